@@ -1,0 +1,3 @@
+"""pyhv: a hypervisor written in Python."""
+
+__version__ = "0.1.0"

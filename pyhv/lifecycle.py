@@ -1,0 +1,50 @@
+"""How devices ask the VM to stop or reset, without knowing who runs it.
+
+A device (isa-debug-exit, the i8042 reset line, ACPI power-off) calls a method of
+:class:`Lifecycle`; the run loop of whichever accelerator checks :attr:`Lifecycle.pending`
+after each exit and acts on it.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import NamedTuple, Optional, Union
+
+
+class Shutdown(NamedTuple):
+    """The VM ends; the pyhv process exits with ``status``."""
+
+    status: int
+    reason: str
+
+
+class Reset(NamedTuple):
+    """The guest asked for a reboot (i8042 reset line, triple fault, ACPI reset)."""
+
+    reason: str
+
+
+StopRequest = Union[Shutdown, Reset]
+
+
+class Lifecycle:
+    """The pending stop request of one VM, set by devices, consumed by the run loop."""
+
+    def __init__(self) -> None:
+        self.pending: Optional[StopRequest] = None
+        self.stopped = threading.Event()
+
+    def shutdown(self, status: int, reason: str) -> None:
+        # The first request wins: a debug-exit followed by a reset must keep its status.
+        if self.pending is None:
+            self.pending = Shutdown(status, reason)
+            self.stopped.set()
+
+    def reset(self, reason: str) -> None:
+        if self.pending is None:
+            self.pending = Reset(reason)
+            self.stopped.set()
+
+    def clear(self) -> None:
+        self.pending = None
+        self.stopped.clear()

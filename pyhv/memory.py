@@ -1,0 +1,141 @@
+"""Guest physical memory: anonymous mmap'd RAM laid out around the below-4 GiB MMIO hole.
+
+All guest memory accesses by loaders, devices and the software CPU go through
+:class:`GuestMemory`. An address outside RAM raises :class:`GuestAddressError`; nothing
+hands out a slice that reaches past a region.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import struct
+from typing import Iterator, List, NamedTuple
+
+from .errors import GuestAddressError, GuestMemoryError
+
+# RAM below 4 GiB stops here; [MMIO_HOLE_START, 4 GiB) is left for the LAPIC, IOAPIC,
+# PCI BARs and virtio-mmio windows, as on QEMU's pc machine.
+MMIO_HOLE_START = 0xC000_0000
+FOUR_GIB = 1 << 32
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+class MemoryRegion(NamedTuple):
+    """One contiguous range of guest RAM backed by a slice of the host mmap."""
+
+    guest_addr: int
+    size: int
+    host_offset: int  # offset of this region inside GuestMemory's mmap
+
+    @property
+    def end(self) -> int:
+        return self.guest_addr + self.size
+
+
+def ram_layout(ram_size: int) -> List[MemoryRegion]:
+    """Split ``ram_size`` bytes into the regions below and above the MMIO hole."""
+    if ram_size <= 0:
+        raise GuestMemoryError(f"guest RAM size must be positive, got {ram_size}")
+    low = min(ram_size, MMIO_HOLE_START)
+    regions = [MemoryRegion(0, low, 0)]
+    if ram_size > low:
+        regions.append(MemoryRegion(FOUR_GIB, ram_size - low, low))
+    return regions
+
+
+class GuestMemory:
+    """Guest RAM of ``ram_size`` bytes, bounds-checked, addressed by guest physical address."""
+
+    def __init__(self, ram_size: int) -> None:
+        self.ram_size = ram_size
+        self.regions = ram_layout(ram_size)
+        try:
+            # MAP_NORESERVE: a large guest costs host memory only for the pages it touches.
+            self._mmap = mmap.mmap(
+                -1, ram_size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0)
+            )
+        except (OSError, OverflowError, ValueError) as err:
+            raise GuestMemoryError(f"cannot allocate {ram_size // MiB} MiB of guest RAM: {err}") from err
+        self._view = memoryview(self._mmap)
+        self._base_ptr = ctypes.addressof(ctypes.c_char.from_buffer(self._mmap))
+
+    # --- layout -------------------------------------------------------------------------
+    def host_address(self, region: MemoryRegion) -> int:
+        """Host virtual address of a region's first byte (for KVM_SET_USER_MEMORY_REGION)."""
+        return self._base_ptr + region.host_offset
+
+    def __iter__(self) -> Iterator[MemoryRegion]:
+        return iter(self.regions)
+
+    def _offset(self, gpa: int, size: int) -> int:
+        """Offset into the mmap of [gpa, gpa+size), which must lie inside one region."""
+        for region in self.regions:
+            if region.guest_addr <= gpa and gpa + size <= region.end:
+                return region.host_offset + (gpa - region.guest_addr)
+        raise GuestAddressError(gpa, size)
+
+    def contains(self, gpa: int, size: int = 1) -> bool:
+        if gpa < 0 or size < 0:
+            return False
+        return any(r.guest_addr <= gpa and gpa + size <= r.end for r in self.regions)
+
+    # --- byte access ---------------------------------------------------------------------
+    def view(self, gpa: int, size: int) -> memoryview:
+        """A writable memoryview of [gpa, gpa+size); the range must lie inside one region."""
+        if gpa < 0 or size < 0:
+            raise GuestAddressError(gpa, size)
+        off = self._offset(gpa, size)
+        return self._view[off:off + size]
+
+    def read(self, gpa: int, size: int) -> bytes:
+        return bytes(self.view(gpa, size))
+
+    def write(self, gpa: int, data: bytes) -> None:
+        self.view(gpa, len(data))[:] = data
+
+    def fill(self, gpa: int, size: int, byte: int = 0) -> None:
+        self.view(gpa, size)[:] = bytes([byte]) * size
+
+    # --- typed access ---------------------------------------------------------------------
+    def read_u8(self, gpa: int) -> int:
+        return self._view[self._offset(gpa, 1)]
+
+    def read_u16(self, gpa: int) -> int:
+        return struct.unpack_from("<H", self._mmap, self._offset(gpa, 2))[0]
+
+    def read_u32(self, gpa: int) -> int:
+        return struct.unpack_from("<I", self._mmap, self._offset(gpa, 4))[0]
+
+    def read_u64(self, gpa: int) -> int:
+        return struct.unpack_from("<Q", self._mmap, self._offset(gpa, 8))[0]
+
+    def write_u8(self, gpa: int, value: int) -> None:
+        self._view[self._offset(gpa, 1)] = value & 0xFF
+
+    def write_u16(self, gpa: int, value: int) -> None:
+        struct.pack_into("<H", self._mmap, self._offset(gpa, 2), value & 0xFFFF)
+
+    def write_u32(self, gpa: int, value: int) -> None:
+        struct.pack_into("<I", self._mmap, self._offset(gpa, 4), value & 0xFFFF_FFFF)
+
+    def write_u64(self, gpa: int, value: int) -> None:
+        struct.pack_into("<Q", self._mmap, self._offset(gpa, 8), value & 0xFFFF_FFFF_FFFF_FFFF)
+
+    def read_obj(self, gpa: int, ctype: type) -> ctypes.Structure:
+        """Copy a ctypes structure out of guest memory."""
+        return ctype.from_buffer_copy(self.read(gpa, ctypes.sizeof(ctype)))
+
+    def write_obj(self, gpa: int, obj: ctypes.Structure) -> None:
+        self.write(gpa, bytes(obj))
+
+    def close(self) -> None:
+        self._view.release()
+        try:
+            self._mmap.close()
+        except BufferError:
+            # A ctypes pointer (KVM memory slot) still references the buffer; the mapping
+            # goes away with the process.
+            pass
