@@ -8,7 +8,7 @@ after each exit and acts on it.
 from __future__ import annotations
 
 import threading
-from typing import NamedTuple, Optional, Union
+from typing import Callable, List, NamedTuple, Optional, Union
 
 
 class Shutdown(NamedTuple):
@@ -33,17 +33,28 @@ class Lifecycle:
     def __init__(self) -> None:
         self.pending: Optional[StopRequest] = None
         self.stopped = threading.Event()
+        self._listeners: List[Callable[[], None]] = []
+
+    def add_listener(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` (from the requesting thread) whenever a stop is requested,
+        e.g. so the accelerator can kick its vCPU out of the guest."""
+        self._listeners.append(callback)
+
+    def _notify(self) -> None:
+        self.stopped.set()
+        for callback in self._listeners:
+            callback()
 
     def shutdown(self, status: int, reason: str) -> None:
         # The first request wins: a debug-exit followed by a reset must keep its status.
         if self.pending is None:
             self.pending = Shutdown(status, reason)
-            self.stopped.set()
+            self._notify()
 
     def reset(self, reason: str) -> None:
         if self.pending is None:
             self.pending = Reset(reason)
-            self.stopped.set()
+            self._notify()
 
     def clear(self) -> None:
         self.pending = None
