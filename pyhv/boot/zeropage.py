@@ -1,0 +1,123 @@
+"""Building the Linux zero page (boot_params): command line, initrd placement, e820 map.
+
+Shared by the bzImage loader (in-guest or host-side decompression) and the ELF vmlinux
+loader; both hand the kernel the same boot_params at :data:`ZERO_PAGE_ADDR`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+from typing import NamedTuple, Optional, Sequence
+
+from ..errors import BootError
+from ..memory import GuestMemory
+from .bootparams import (BOOT_FLAG, CAN_USE_HEAP, E820_MAX_ENTRIES_ZEROPAGE, SETUP_HEADER_MAGIC,
+                         SETUP_HEADER_OFFSET, TYPE_OF_LOADER_UNDEFINED, BootParams, SetupHeader)
+from .e820 import E820Entry, low_ram_end
+from .layout import CMDLINE_ADDR, CMDLINE_LIMIT, PAGE_SIZE, ZERO_PAGE_ADDR, align_down
+
+# Protocol 2.02 (first with cmd_line_ptr) lets the real-mode heap end 0x200 bytes below
+# the 0x10000-byte setup segment, the value boot loaders conventionally pass.
+HEAP_END_PTR = 0xFE00
+DEFAULT_INITRD_ADDR_MAX = 0x37FFFFFF  # protocol < 2.03
+# The setup header we present when the kernel (an ELF vmlinux) has none of its own.
+SYNTHETIC_PROTOCOL = 0x020F
+
+
+class InitrdPlacement(NamedTuple):
+    addr: int
+    size: int
+
+
+def encode_cmdline(cmdline: str, source: str) -> bytes:
+    data = cmdline.encode("utf-8")
+    if b"\0" in data:
+        raise BootError(f"{source}: the kernel command line contains a NUL byte")
+    return data
+
+
+def write_cmdline(memory: GuestMemory, cmdline: str, max_size: int, source: str) -> int:
+    """Write the NUL-terminated command line at CMDLINE_ADDR; return its address.
+
+    ``max_size`` is the kernel's cmdline_size: the longest line it accepts, NUL excluded.
+    """
+    data = encode_cmdline(cmdline, source)
+    if len(data) > max_size:
+        raise BootError(
+            f"{source}: kernel command line is {len(data)} bytes, the kernel accepts at most {max_size}"
+        )
+    if CMDLINE_ADDR + len(data) + 1 > CMDLINE_LIMIT:
+        raise BootError(f"{source}: kernel command line of {len(data)} bytes does not fit below 640 KiB")
+    memory.write(CMDLINE_ADDR, data + b"\0")
+    return CMDLINE_ADDR
+
+
+def load_initrd(memory: GuestMemory, initrd: Path, kernel_end: int, addr_max: int) -> InitrdPlacement:
+    """Read ``initrd`` into guest memory, page-aligned and as high as the kernel allows.
+
+    The image must end at or below ``addr_max`` (the kernel's initrd_addr_max, inclusive)
+    and below the end of low RAM, and must start at or above ``kernel_end`` so the kernel
+    does not overwrite it while it unpacks itself.
+    """
+    try:
+        size = initrd.stat().st_size
+    except OSError as err:
+        raise BootError(f"initrd {initrd}: cannot read: {err.strerror or err}") from err
+    if size == 0:
+        raise BootError(f"initrd {initrd}: file is empty")
+    ceiling = min(addr_max + 1, low_ram_end(memory))
+    addr = align_down(ceiling - size, PAGE_SIZE)
+    if addr < kernel_end:
+        raise BootError(
+            f"initrd {initrd}: {size} bytes do not fit between the kernel's end at {kernel_end:#x} and "
+            f"{ceiling:#x} (the initrd limit or end of low RAM); give the guest more memory (-m)"
+        )
+    try:
+        with initrd.open("rb") as handle:
+            got = handle.readinto(memory.view(addr, size))
+    except OSError as err:
+        raise BootError(f"initrd {initrd}: cannot read: {err.strerror or err}") from err
+    if got != size:
+        raise BootError(f"initrd {initrd}: short read ({got} of {size} bytes); did the file change?")
+    return InitrdPlacement(addr, size)
+
+
+def synthetic_setup_header(cmdline_size: int = 0x7FF) -> bytes:
+    """A setup header for a kernel that brings none (an ELF vmlinux entered at startup_64)."""
+    header = SetupHeader()
+    header.boot_flag = BOOT_FLAG
+    header.header = SETUP_HEADER_MAGIC
+    header.version = SYNTHETIC_PROTOCOL
+    header.cmdline_size = cmdline_size
+    header.initrd_addr_max = 0x7FFFFFFF
+    header.kernel_alignment = 0x200000
+    return bytes(header)
+
+
+def build_zero_page(memory: GuestMemory, header_bytes: bytes, cmdline_addr: int,
+                    initrd: Optional[InitrdPlacement], e820: Sequence[E820Entry],
+                    source: str) -> BootParams:
+    """Fill boot_params from the kernel's setup header and write it at ZERO_PAGE_ADDR."""
+    params = BootParams()
+    raw = header_bytes[:ctypes.sizeof(BootParams) - SETUP_HEADER_OFFSET]
+    ctypes.memmove(ctypes.addressof(params) + SETUP_HEADER_OFFSET, raw, len(raw))
+    hdr = params.hdr
+    hdr.type_of_loader = TYPE_OF_LOADER_UNDEFINED
+    hdr.loadflags |= CAN_USE_HEAP
+    hdr.heap_end_ptr = HEAP_END_PTR
+    hdr.cmd_line_ptr = cmdline_addr & 0xFFFF_FFFF
+    params.ext_cmd_line_ptr = cmdline_addr >> 32
+    if initrd is not None:
+        hdr.ramdisk_image = initrd.addr & 0xFFFF_FFFF
+        hdr.ramdisk_size = initrd.size & 0xFFFF_FFFF
+        params.ext_ramdisk_image = initrd.addr >> 32
+        params.ext_ramdisk_size = initrd.size >> 32
+    if len(e820) > E820_MAX_ENTRIES_ZEROPAGE:
+        raise BootError(f"{source}: memory map has {len(e820)} entries, boot_params holds {E820_MAX_ENTRIES_ZEROPAGE}")
+    for index, entry in enumerate(e820):
+        record = params.e820_table[index]
+        record.addr, record.size, record.type = entry.addr, entry.size, entry.type
+    params.e820_entries = len(e820)
+    memory.write_obj(ZERO_PAGE_ADDR, params)
+    return params
