@@ -1,0 +1,78 @@
+"""The ``/init`` of the default guest: a busybox ``sh`` script run as PID 1.
+
+It mounts the kernel's virtual file systems, loads the virtio modules in the order listed in
+``/lib/modules/<release>/load-order``, prints :data:`READY_MARKER`, then either runs the command
+given after `` -- `` on the kernel command line and powers off with its exit status, or, with
+no command, gives a login-less shell on the console (with job control: ``cttyhack`` makes
+ttyS0 its controlling terminal) and powers off with the shell's status when it ends.
+
+The command is read from ``/proc/cmdline`` rather than from init's argv: the kernel splits
+argv at spaces and only understands double quotes, so ``-- sh -c 'exit 3'`` would reach init as
+``'exit`` and ``3'``; the text after the first `` -- `` is instead handed to ``sh -c`` verbatim.
+
+The exit status leaves through the isa-debug-exit port with ``pyhv-exit`` (see exit_tool.py):
+the VM process then exits with ``(status << 1) | 1``. Without that device the write does
+nothing and ``poweroff -f`` ends the VM with status 0.
+"""
+
+from __future__ import annotations
+
+READY_MARKER = "pyhv-guest: init ready"
+STATUS_MARKER = "pyhv-guest: exit status"
+EXIT_TOOL_PATH = "sbin/pyhv-exit"
+LOAD_ORDER_NAME = "load-order"
+
+INIT_SCRIPT = r"""#!/bin/sh
+# /init of pyhv's default guest, PID 1. Written by pyhv.guestimage; rebuilt when it changes.
+export PATH=/sbin:/usr/sbin:/bin:/usr/bin
+export HOME=/root
+
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts /dev/shm
+mount -t devpts devpts /dev/pts 2>/dev/null
+hostname pyhv-guest
+
+release=$(uname -r)
+modules=/lib/modules/$release
+if [ -r "$modules/load-order" ]; then
+    while read -r module; do
+        insmod "$modules/$module.ko" || echo "pyhv-guest: insmod $module failed"
+    done < "$modules/load-order"
+else
+    echo "pyhv-guest: no modules for kernel $release in this initramfs"
+fi
+
+# Wait until the console has sent everything: the VM may end right after, and bytes still in
+# the UART driver's buffer would be lost. stty applies its (unchanged) settings with TCSADRAIN.
+drain_console() {
+    stty -F /dev/console "$(stty -F /dev/console -g 2>/dev/null)" 2>/dev/null
+}
+
+power_off() {
+    drain_console
+    /sbin/pyhv-exit "$1"
+    poweroff -f
+    # Only reached if power-off failed: PID 1 exiting panics the kernel, which panic=-1 reboots.
+    exit "$1"
+}
+
+command=
+padded_cmdline=" $(cat /proc/cmdline)"
+case "$padded_cmdline" in
+    *" -- "*) command=${padded_cmdline#* -- } ;;
+esac
+
+echo "pyhv-guest: init ready"
+if [ -n "$command" ]; then
+    sh -c "$command"
+    status=$?
+    echo "pyhv-guest: exit status $status"
+    power_off "$status"
+fi
+
+echo "pyhv-guest: no command after ' -- ' on the kernel command line; starting a shell"
+setsid cttyhack sh -l
+power_off "$?"
+"""
