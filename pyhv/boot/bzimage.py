@@ -13,6 +13,7 @@ Two ways in, both entering in 64-bit long mode with RSI = boot_params:
 from __future__ import annotations
 
 import ctypes
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -115,12 +116,22 @@ def parse_bzimage(data: bytes, source: str) -> BzImage:
 
 def decompress_payload(image: BzImage, max_output: int) -> bytes:
     """The vmlinux ELF inside the bzImage, decompressed on the host."""
-    if not image.header.payload_length:
+    if image.header.payload_length < 4:
         raise BootError(f"{image.source}: bzImage has no payload_offset/payload_length (protocol < 2.08)")
+    payload = image.payload()
     try:
-        _fmt, vmlinux = payload_codec.decompress(image.payload(), max_output)
+        fmt, vmlinux = payload_codec.decompress(payload, max_output)
     except BootError as err:
         raise BootError(f"{image.source}: cannot decompress the kernel payload: {err}") from err
+    # The kernel build ends every payload with the uncompressed size (gzip's own ISIZE
+    # field, appended for the other formats); LZ4's legacy frame has no checksum, so this
+    # is what catches a damaged LZ4 kernel.
+    (expected,) = struct.unpack_from("<I", payload, len(payload) - 4)
+    if expected != len(vmlinux) & 0xFFFF_FFFF:
+        raise BootError(
+            f"{image.source}: {fmt} payload decompressed to {len(vmlinux)} bytes, but its size trailer "
+            f"says {expected}: the kernel image is damaged"
+        )
     return vmlinux
 
 
@@ -150,7 +161,7 @@ def load_bzimage(memory: GuestMemory, image: BzImage, initrd: Optional[Path], cm
         check_segments_fit(memory, elf, f"{image.source} (decompressed vmlinux)")
         footprint_end = max(elf.high, image.decompression_address() + image.header.init_size)
         _check_fits(memory, image, footprint_end)
-        load_segments(memory, elf, vmlinux, image.source)
+        load_segments(memory, elf, vmlinux, f"{image.source} (decompressed vmlinux)")
         entry = elf.physical_entry()
         long_mode = True
     else:

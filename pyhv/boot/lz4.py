@@ -101,10 +101,15 @@ def _block_decoder() -> Callable[[bytes, int], bytes]:
         return decompress_block_py
 
     def decode(src: bytes, max_output: int) -> bytes:
+        # A legacy block never exceeds 8 MiB, so decode into that and check the cap after:
+        # the C decoder reports "too small a buffer" and corrupt data alike.
         try:
-            return fast_block.decompress(src, uncompressed_size=max_output)
+            out = fast_block.decompress(src, uncompressed_size=max(max_output, LEGACY_BLOCK_SIZE))
         except Exception as err:  # lz4.block raises its own LZ4BlockError
             raise Lz4Error(f"corrupt LZ4 block: {err}") from err
+        if len(out) > max_output:
+            raise Lz4Error(f"LZ4 block decompresses to more than {max_output} bytes")
+        return out
 
     return decode
 
