@@ -65,6 +65,7 @@ class Qcow2Image(BlockBackend):
         self._pending_frees: List[Tuple[int, int]] = []
         self._zero_cluster = bytes(self.cluster_size)
         self._inflated: Tuple[int, bytes] = (-1, b"")
+        self._compress_cursor = 0  # end of the last compressed stream, in a shared cluster
         self.backing_filename_full: Optional[str] = None
         if h.backing_file:
             self._open_backing(h, chain)
@@ -270,6 +271,35 @@ class Qcow2Image(BlockBackend):
         self.l2cache.mark_dirty(self.l1[first >> self.l2_bits] & E.OFFSET_MASK)
         return length
 
+    def write_compressed(self, offset: int, data) -> None:
+        """Store one whole cluster deflated (``convert -c``); incompressible data is stored
+        as a normal cluster. Streams are packed into shared clusters, never across one."""
+        cs = self.cluster_size
+        view = memoryview(data).cast("B")
+        self._check_request(offset, len(view), True)
+        if offset % cs or (len(view) != cs and offset + len(view) != self.size):
+            raise BlockRequestError(f"{self.filename}: compressed writes must cover one whole "
+                                    f"cluster (offset {offset:#x}, {len(view)} bytes)")
+        packed = E.deflate_cluster(bytes(view).ljust(cs, b"\0"))
+        if len(packed) >= cs - 512:
+            self.write(offset, view)
+            return
+        self._mark_dirty_if_lazy()
+        cluster = offset >> self.cluster_bits
+        table = self._writable_l2(cluster)
+        cursor = self._compress_cursor
+        if cursor and (cursor % cs) + len(packed) <= cs and cursor % cs:
+            self.refcounts.add(cursor >> self.cluster_bits, 1)
+            host = cursor
+        else:
+            host = self.refcounts.alloc(1)
+        fileio.pwrite_all(self._fd, packed, host)
+        self._compress_cursor = host + len(packed)
+        index = cluster & ((1 << self.l2_bits) - 1)
+        self._drop_entry(table[index])
+        table[index] = E.compressed_entry(host, len(packed), self.cluster_bits)
+        self.l2cache.mark_dirty(self.l1[cluster >> self.l2_bits] & E.OFFSET_MASK)
+
     def _drop_entry(self, entry: int) -> None:
         """Queue the clusters an overwritten L2 entry used; freed after the L2 is on disk."""
         if entry & E.COMPRESSED:
@@ -347,6 +377,7 @@ class Qcow2Image(BlockBackend):
         if self._pending_frees:
             os.fdatasync(self._fd)  # the references are gone on disk before the decrement
             frees, self._pending_frees = self._pending_frees, []
+            self._compress_cursor = 0  # its cluster may be freed and handed out again
             for host, count in frees:
                 self.refcounts.free(host, count)
 
