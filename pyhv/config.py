@@ -1,0 +1,110 @@
+"""User-facing machine configuration: what `pyhv run` and domain XML both produce.
+
+These are plain values, validated where they are parsed; :mod:`pyhv.machine` turns them
+into runtime objects.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from .errors import ConfigError
+
+MiB = 1 << 20
+DEFAULT_RAM = 128 * MiB
+DEFAULT_ACCEL = ("kvm", "tcg")
+KNOWN_ACCELS = ("kvm", "tcg")
+
+
+@dataclass
+class DeviceSpec:
+    """One ``-device DRIVER,key=value,...``."""
+
+    driver: str
+    props: Dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class MachineConfig:
+    name: Optional[str] = None
+    ram_size: int = DEFAULT_RAM
+    smp: int = 1
+    kernel: Optional[Path] = None
+    initrd: Optional[str] = None  # a path, or a comma-separated module list for multiboot
+    append: str = ""
+    accel: Tuple[str, ...] = DEFAULT_ACCEL
+    cpu: str = "pyhv64"
+    serial: List[str] = field(default_factory=lambda: ["stdio"])
+    no_reboot: bool = False
+    devices: List[DeviceSpec] = field(default_factory=list)
+    decompress: Optional[bool] = None  # host-side bzImage decompression; None = default
+
+
+_SIZE_SUFFIX = {"": MiB, "B": 1, "K": 1 << 10, "M": MiB, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_memory_size(text: str) -> int:
+    """QEMU's -m: '512', '512M', '2G', 'size=1G' (a bare number means MiB)."""
+    spec = text
+    for part in text.split(","):
+        if part.startswith("size="):
+            spec = part[len("size="):]
+            break
+        if "=" not in part:
+            spec = part
+            break
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([BKMGT]?)i?B?\s*", spec, re.IGNORECASE)
+    if not m:
+        raise ConfigError(f"-m {text}: not a memory size (examples: 512, 512M, 2G)")
+    size = int(float(m.group(1)) * _SIZE_SUFFIX[m.group(2).upper()])
+    if size < 2 * MiB:
+        raise ConfigError(f"-m {text}: guest RAM must be at least 2 MiB")
+    host = host_memory()
+    if host and size > host:
+        raise ConfigError(f"-m {text}: {size // MiB} MiB is more than this host's {host // MiB} MiB of RAM")
+    return size
+
+
+def host_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 0
+
+
+def parse_accel(text: str) -> Tuple[str, ...]:
+    """'kvm', 'tcg', 'kvm:tcg' (first that works), and QEMU's 'kvm,thread=single' options."""
+    names = []
+    for choice in text.split(":"):
+        name = choice.split(",")[0].strip()
+        if name not in KNOWN_ACCELS:
+            raise ConfigError(f"-accel {text}: unknown accelerator '{name}' (known: {', '.join(KNOWN_ACCELS)})")
+        names.append(name)
+    return tuple(names)
+
+
+def parse_device(text: str) -> DeviceSpec:
+    parts = text.split(",")
+    driver = parts[0].strip()
+    if not driver:
+        raise ConfigError(f"-device {text}: missing driver name")
+    props = {}
+    for part in parts[1:]:
+        if not part:
+            continue
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise ConfigError(f"-device {text}: property '{part}' needs a value (key=value)")
+        props[key.strip()] = value.strip()
+    return DeviceSpec(driver, props)
+
+
+def parse_int(text: str, what: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise ConfigError(f"{what}: '{text}' is not a number") from None

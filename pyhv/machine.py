@@ -1,0 +1,160 @@
+"""Builds a VM from a MachineConfig: a straight list of attach steps, then run.
+
+The machine owns guest memory, the PIO and MMIO buses and the devices; the accelerator
+gets them through :class:`pyhv.accel.base.Platform`. Devices never learn which
+accelerator runs them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+from . import cpu_model
+from .accel.base import Accelerator, Platform
+from .bus import Bus
+from .chardev import CharBackend, open_chardev
+from .config import DeviceSpec, MachineConfig, parse_int
+from .errors import AccelError, ConfigError
+from .lifecycle import Lifecycle, StopRequest
+from .memory import GuestMemory
+
+# (I/O base, ISA IRQ) of COM1..COM4, as on every PC.
+SERIAL_PORTS = [(0x3F8, 4), (0x2F8, 3), (0x3E8, 4), (0x2E8, 3)]
+I8042_DATA, I8042_COMMAND = 0x60, 0x64
+RTC_BASE, RTC_IRQ = 0x70, 8
+POST_CODE_PORT = 0x80
+
+
+def create_accelerator(names, platform: Platform, notice: Callable[[str], None]) -> Accelerator:
+    """The first accelerator of ``names`` that works here (QEMU's ``-accel kvm:tcg``)."""
+    failures: List[str] = []
+    for name in names:
+        try:
+            accel = _ACCELERATORS[name](platform)
+        except AccelError as err:
+            failures.append(f"{name}: {err}")
+            continue
+        if failures:
+            notice(f"pyhv: {'; '.join(failures)}; using {name}")
+        return accel
+    raise AccelError("no usable accelerator (" + "; ".join(failures) + ")")
+
+
+def _kvm(platform: Platform) -> Accelerator:
+    from .accel.kvm import KvmAccelerator
+
+    # PYHV_KVM_DEVICE points at another KVM node (a test uses it to play a host without KVM).
+    return KvmAccelerator(platform, os.environ.get("PYHV_KVM_DEVICE", "/dev/kvm"))
+
+
+def _tcg(platform: Platform) -> Accelerator:
+    raise AccelError("the software CPU (tcg) cannot run guests yet")
+
+
+_ACCELERATORS: Dict[str, Callable[[Platform], Accelerator]] = {"kvm": _kvm, "tcg": _tcg}
+
+
+class Machine:
+    """One VM: memory, buses, devices, boot state and an accelerator."""
+
+    def __init__(self, config: MachineConfig, notice: Callable[[str], None] = lambda m: print(m, file=sys.stderr)):
+        self.config = config
+        self.lifecycle = Lifecycle()
+        self.backends: List[CharBackend] = []
+        self.memory = GuestMemory(config.ram_size)
+        self.pio = Bus("pio")
+        self.mmio = Bus("mmio")
+        model = cpu_model.resolve(config.cpu)
+        self.platform = Platform(self.memory, self.pio, self.mmio, self.lifecycle, model)
+        self.accel = create_accelerator(config.accel, self.platform, notice)
+        try:
+            self._attach_serial_ports()
+            self._attach_i8042()
+            self._attach_rtc()
+            self._attach_post_code_port()
+            for spec in config.devices:
+                self._attach_device(spec)
+            self._load_guest()
+        except BaseException:
+            self.close()
+            raise
+
+    # --- attach steps ------------------------------------------------------------------
+    def _attach_serial_ports(self) -> None:
+        from .devices.serial import Serial
+
+        if len(self.config.serial) > len(SERIAL_PORTS):
+            raise ConfigError(f"at most {len(SERIAL_PORTS)} -serial ports are supported")
+        for spec, (base, irq) in zip(self.config.serial, SERIAL_PORTS):
+            backend = open_chardev(spec, self.lifecycle)
+            self.backends.append(backend)
+            if not backend.wants_device:
+                continue
+            uart = Serial(self.accel.irq_line(irq), backend)
+            self.pio.attach(base, 8, uart)
+            backend.start(uart.receive)
+
+    def _attach_i8042(self) -> None:
+        from .devices.i8042 import I8042
+
+        controller = I8042(self.lifecycle, self.accel.irq_line(1), self.accel.irq_line(12))
+        self.pio.attach(I8042_DATA, 1, controller.data_port)
+        self.pio.attach(I8042_COMMAND, 1, controller.command_port)
+
+    def _attach_rtc(self) -> None:
+        from .devices.rtc import Rtc
+
+        self.pio.attach(RTC_BASE, 2, Rtc(ram_size=self.config.ram_size))
+
+    def _attach_post_code_port(self) -> None:
+        from .devices.port80 import Port80
+
+        self.pio.attach(POST_CODE_PORT, 1, Port80())
+
+    def _attach_device(self, spec: DeviceSpec) -> None:
+        factory = DEVICE_FACTORIES.get(spec.driver)
+        if factory is None:
+            known = ", ".join(sorted(DEVICE_FACTORIES))
+            raise ConfigError(f"-device {spec.driver}: unknown or unsupported device (supported: {known})")
+        factory(self, spec)
+
+    def _load_guest(self) -> None:
+        from .boot.loader import load_kernel
+
+        cfg = self.config
+        initrd = cfg.initrd
+        state = load_kernel(self.memory, Path(cfg.kernel), initrd, cfg.append, cfg.decompress)
+        self.accel.load_boot_state(state)
+
+    # --- running -------------------------------------------------------------------------
+    def run(self) -> StopRequest:
+        return self.accel.run()
+
+    def close(self) -> None:
+        for backend in self.backends:
+            backend.close()
+        self.backends = []
+        accel = getattr(self, "accel", None)
+        if accel is not None:
+            accel.close()
+
+
+def _attach_debug_exit(machine: Machine, spec: DeviceSpec) -> None:
+    from .devices.debug_exit import DebugExit
+
+    props = dict(spec.props)
+    iobase = parse_int(props.pop("iobase", "0x501"), "isa-debug-exit iobase")
+    iosize = parse_int(props.pop("iosize", "2"), "isa-debug-exit iosize")
+    if props:
+        raise ConfigError(f"-device isa-debug-exit: unknown property '{next(iter(props))}' (iobase, iosize)")
+    if iosize not in (1, 2, 4):
+        raise ConfigError(f"-device isa-debug-exit: iosize must be 1, 2 or 4, not {iosize}")
+    machine.pio.attach(iobase, iosize, DebugExit(machine.lifecycle))
+
+
+DEVICE_FACTORIES: Dict[str, Callable[[Machine, DeviceSpec], None]] = {
+    "isa-debug-exit": _attach_debug_exit,
+}

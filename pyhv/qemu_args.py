@@ -1,0 +1,136 @@
+"""QEMU's command-line syntax for `pyhv run`, so the same line runs under qemu-system-x86_64.
+
+Options take one dash or two, as in QEMU. Anything pyhv does not support is an error
+naming the option, never silently ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Dict, List, Tuple
+
+from .config import MachineConfig, parse_accel, parse_device, parse_int, parse_memory_size
+from .errors import ConfigError
+
+Handler = Callable[[MachineConfig, str], None]
+
+
+def _smp(cfg: MachineConfig, value: str) -> None:
+    first = value.split(",")[0]
+    cpus = parse_int(first.partition("=")[2] if first.startswith("cpus=") else first, "-smp")
+    if cpus != 1:
+        raise ConfigError(f"-smp {value}: only 1 vCPU is supported so far")
+    cfg.smp = cpus
+
+
+def _machine(cfg: MachineConfig, value: str) -> None:
+    parts = value.split(",")
+    for part in parts:
+        key, sep, val = part.partition("=")
+        if not sep:
+            if key not in ("pc", "q35", "microvm", "pc-i440fx", "none", ""):
+                raise ConfigError(f"-machine {value}: unknown machine type '{key}' (pyhv provides a pc-like machine)")
+        elif key == "accel":
+            cfg.accel = parse_accel(val)
+        else:
+            raise ConfigError(f"-machine {value}: unsupported property '{key}'")
+
+
+def _serial(cfg: MachineConfig, value: str) -> None:
+    cfg.serial.append(value)
+
+
+def _display(cfg: MachineConfig, value: str) -> None:
+    if value.split(",")[0] != "none":
+        raise ConfigError(f"-display {value}: pyhv has no graphical display (use -display none or -nographic)")
+
+
+def _no_decompress(cfg: MachineConfig, value: str) -> None:
+    cfg.decompress = False
+
+
+def _set(attr: str, convert: Callable[[str], object] = str) -> Handler:
+    def handler(cfg: MachineConfig, value: str) -> None:
+        setattr(cfg, attr, convert(value))
+    return handler
+
+
+def _flag(attr: str, value: object) -> Handler:
+    def handler(cfg: MachineConfig, _unused: str) -> None:
+        setattr(cfg, attr, value)
+    return handler
+
+
+def _ignore(_cfg: MachineConfig, _value: str) -> None:
+    """Options whose QEMU meaning is already pyhv's behaviour."""
+
+
+def _decompress(cfg: MachineConfig, value: str) -> None:
+    if value not in ("on", "off", "auto"):
+        raise ConfigError(f"-kernel-decompress {value}: use on, off or auto")
+    cfg.decompress = {"on": True, "off": False, "auto": None}[value]
+
+
+# name -> (takes a value, handler)
+OPTIONS: Dict[str, Tuple[bool, Handler]] = {
+    "m": (True, _set("ram_size", parse_memory_size)),
+    "smp": (True, _smp),
+    "kernel": (True, _set("kernel", Path)),
+    "initrd": (True, _set("initrd")),
+    "append": (True, _set("append")),
+    "accel": (True, _set("accel", parse_accel)),
+    "enable-kvm": (False, _flag("accel", ("kvm",))),
+    "machine": (True, _machine),
+    "M": (True, _machine),
+    "cpu": (True, _set("cpu")),
+    "name": (True, lambda cfg, v: setattr(cfg, "name", v.split(",")[0].partition("=")[2] or v.split(",")[0])),
+    "serial": (True, _serial),
+    "nographic": (False, _ignore),  # the serial console is on stdio unless -serial says otherwise
+    "nodefaults": (False, _ignore),
+    "display": (True, _display),
+    "no-reboot": (False, _flag("no_reboot", True)),
+    "device": (True, lambda cfg, v: cfg.devices.append(parse_device(v))),
+    # pyhv's own: host-side decompression of a bzImage payload (on/off/auto)
+    "kernel-decompress": (True, _decompress),
+}
+
+
+def parse_run_args(argv: List[str]) -> MachineConfig:
+    """Parse `pyhv run` arguments (QEMU syntax) into a MachineConfig."""
+    cfg = MachineConfig(serial=[])
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("-") or arg == "-":
+            raise ConfigError(f"unexpected argument '{arg}' (options start with '-'; see pyhv run -help)")
+        name = arg.lstrip("-")
+        name, eq, inline = name.partition("=")
+        if name not in OPTIONS:
+            raise ConfigError(f"unsupported option '{arg}' (pyhv run -help lists the options it knows)")
+        takes_value, handler = OPTIONS[name]
+        if takes_value:
+            if eq:
+                value = inline
+            else:
+                i += 1
+                if i >= len(argv):
+                    raise ConfigError(f"option '{arg}' needs a value")
+                value = argv[i]
+        else:
+            if eq:
+                raise ConfigError(f"option '-{name}' takes no value")
+            value = ""
+        handler(cfg, value)
+        i += 1
+    if not cfg.serial:
+        cfg.serial = ["stdio"]
+    if cfg.kernel is None:
+        raise ConfigError("no guest given: use -kernel FILE (bzImage, ELF vmlinux or multiboot image)")
+    return cfg
+
+
+def usage() -> str:
+    lines = ["usage: pyhv run [options]   (QEMU syntax; a subset of qemu-system-x86_64's options)", ""]
+    for name, (takes_value, _) in OPTIONS.items():
+        lines.append(f"  -{name}{' VALUE' if takes_value else ''}")
+    return "\n".join(lines)

@@ -1,0 +1,100 @@
+"""`pyhv run` end to end as a user meets it: bad input is one line on stderr and a non-zero exit."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pyhv.kvm.system import kvm_available
+
+needs_kvm = pytest.mark.skipif(kvm_available() is not None, reason=f"needs /dev/kvm: {kvm_available()}")
+
+
+def pyhv(*args, env=None, timeout=60):
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-m", "pyhv", *args], capture_output=True, text=True,
+                          timeout=timeout, env=full_env, stdin=subprocess.DEVNULL)
+
+
+def assert_clean_error(result, text):
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    assert text in result.stderr, result.stderr
+    assert result.stderr.startswith("pyhv: ")
+
+
+@pytest.fixture
+def fake_bzimage(tmp_path):
+    """A bzImage header that promises far more than the file holds."""
+    header = bytearray(0x400)
+    header[0x1F1] = 4  # setup_sects
+    header[0x1FE:0x200] = b"\x55\xaa"
+    header[0x202:0x206] = b"HdrS"
+    header[0x206:0x208] = (0x020F).to_bytes(2, "little")
+    header[0x1F4:0x1F8] = (0x100000).to_bytes(4, "little")  # syssize (16-byte units): 16 MiB
+    path = tmp_path / "bzImage"
+    path.write_bytes(bytes(header))
+    return path
+
+
+def test_version_and_help():
+    assert pyhv("--version").stdout.startswith("pyhv ")
+    result = pyhv("run", "-help")
+    assert result.returncode == 0 and "-kernel" in result.stdout
+
+
+def test_unknown_command():
+    result = pyhv("frobnicate")
+    assert result.returncode == 2 and "unknown command 'frobnicate'" in result.stderr
+
+
+def test_unknown_option():
+    assert_clean_error(pyhv("run", "-kernel", "x", "-vga", "std"), "unsupported option '-vga'")
+
+
+@needs_kvm
+def test_kernel_that_is_not_a_kernel(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("this is not a kernel\n" * 100)
+    assert_clean_error(pyhv("run", "-accel", "kvm", "-kernel", str(text)), str(text))
+
+
+@needs_kvm
+def test_missing_kernel(tmp_path):
+    assert_clean_error(pyhv("run", "-accel", "kvm", "-kernel", str(tmp_path / "nope")), "nope")
+
+
+@needs_kvm
+def test_truncated_bzimage(fake_bzimage):
+    assert_clean_error(pyhv("run", "-accel", "kvm", "-kernel", str(fake_bzimage)), str(fake_bzimage))
+
+
+@needs_kvm
+def test_missing_initrd(guest_path, tmp_path):
+    missing = tmp_path / "initrd.cpio"
+    assert_clean_error(pyhv("run", "-accel", "kvm", "-kernel", str(guest_path("hello")), "-initrd", str(missing)),
+                       "initrd.cpio")
+
+
+def test_memory_larger_than_host():
+    assert_clean_error(pyhv("run", "-m", "64T", "-kernel", "k"), "more than this host")
+
+
+def test_no_kvm_device(tmp_path):
+    result = pyhv("run", "-accel", "kvm", "-kernel", "k", env={"PYHV_KVM_DEVICE": str(tmp_path / "kvm")})
+    assert_clean_error(result, "does not exist")
+
+
+def test_no_permission_on_kvm(monkeypatch, capsys):
+    """Root ignores file modes, so the EACCES a normal user would meet is injected."""
+    from pyhv import cli
+    from pyhv.kvm import system
+
+    def deny(path, flags, *args):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(system.os, "open", deny)
+    status = cli.main(["run", "-accel", "kvm", "-kernel", "k"])
+    err = capsys.readouterr().err
+    assert status == 1 and err.startswith("pyhv: ") and "no permission to open /dev/kvm" in err

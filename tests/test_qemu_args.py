@@ -1,0 +1,60 @@
+"""`pyhv run` parses QEMU's syntax; anything it does not support is a clear error."""
+
+from pathlib import Path
+
+import pytest
+
+from pyhv.config import MiB, parse_memory_size
+from pyhv.errors import ConfigError
+from pyhv.qemu_args import parse_run_args
+
+
+def test_full_line():
+    cfg = parse_run_args([
+        "-m", "256M", "-smp", "1", "-kernel", "k", "-initrd", "i", "-append", "console=ttyS0 quiet",
+        "-accel", "kvm:tcg", "-cpu", "qemu64", "-nographic", "-no-reboot", "-name", "vm1",
+        "-device", "isa-debug-exit,iobase=0xf4,iosize=4", "--serial", "file:/tmp/x",
+    ])
+    assert cfg.ram_size == 256 * MiB
+    assert cfg.kernel == Path("k") and cfg.initrd == "i" and cfg.append == "console=ttyS0 quiet"
+    assert cfg.accel == ("kvm", "tcg") and cfg.cpu == "qemu64" and cfg.no_reboot and cfg.name == "vm1"
+    assert cfg.devices[0].driver == "isa-debug-exit"
+    assert cfg.devices[0].props == {"iobase": "0xf4", "iosize": "4"}
+    assert cfg.serial == ["file:/tmp/x"]
+
+
+def test_defaults():
+    cfg = parse_run_args(["-kernel", "k"])
+    assert cfg.ram_size == 128 * MiB and cfg.serial == ["stdio"] and cfg.accel == ("kvm", "tcg")
+    assert not cfg.no_reboot and cfg.decompress is None
+
+
+@pytest.mark.parametrize("text,size", [("64", 64 * MiB), ("1G", 1 << 30), ("512M", 512 * MiB),
+                                       ("size=32M", 32 * MiB), ("2048k", 2 * MiB), ("1.5G", 3 << 29)])
+def test_memory_sizes(text, size):
+    assert parse_memory_size(text) == size
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["-kernel", "k", "-hda", "disk.img"], "unsupported option '-hda'"),
+    (["-kernel", "k", "-m"], "option '-m' needs a value"),
+    (["-kernel", "k", "-m", "lots"], "-m lots: not a memory size"),
+    (["-kernel", "k", "-m", "1T"], "more than this host"),
+    (["-kernel", "k", "-m", "1M"], "at least 2 MiB"),
+    (["-kernel", "k", "-accel", "hvf"], "unknown accelerator 'hvf'"),
+    (["-kernel", "k", "-smp", "4"], "only 1 vCPU"),
+    (["-kernel", "k", "-device", "isa-debug-exit,iobase"], "needs a value"),
+    (["-kernel", "k", "-display", "gtk"], "no graphical display"),
+    (["-kernel", "k", "-machine", "virt"], "unknown machine type 'virt'"),
+    (["-kernel", "k", "stray"], "unexpected argument 'stray'"),
+    (["-nographic"], "no guest given"),
+    (["-kernel", "k", "-no-reboot=1"], "takes no value"),
+])
+def test_bad_input(argv, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_run_args(argv)
+
+
+def test_machine_accel_property():
+    assert parse_run_args(["-M", "pc,accel=tcg", "-kernel", "k"]).accel == ("tcg",)
+    assert parse_run_args(["-enable-kvm", "-kernel", "k"]).accel == ("kvm",)
