@@ -1,0 +1,272 @@
+"""The software vCPU: block cache and run loop.
+
+Guest code is decoded once per basic block (a run of instructions up to a branch, a
+mode-changing instruction, the end of a page or 64 instructions) and cached by the block's
+physical address. Each block is a list of decoded :class:`Insn` with their handlers bound,
+so the run loop does no decoding and no dispatch-table lookups in steady state.
+A write to a page holding blocks drops them (see :mod:`.mmu`). The next step turns each
+cached block into generated Python source with registers in locals (``translate.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, List, NamedTuple, Optional
+
+from ...bus import Bus
+from ...cpu_state import CpuBootState
+from ...lifecycle import Lifecycle
+from ...memory import GuestMemory
+from . import insns  # noqa: F401  (fills the decoder's table)
+from .decoder import END, Insn, decode
+from .faults import GuestFault, PF
+from .interrupts import TripleFault, raise_exception, raise_interrupt
+from .mmu import ACCESS_FETCH, Mmu
+from .state import CS, IF, SS, CpuState
+
+MAX_BLOCK_INSNS = 64
+MASK64 = 0xFFFF_FFFF_FFFF_FFFF
+
+
+class StopReason:
+    HLT = "hlt"  # halted with no interrupt to wake it
+    SHUTDOWN = "shutdown"  # triple fault: the CPU is in shutdown state
+    BUDGET = "budget"  # max_instructions executed
+    EXIT_REQUEST = "exit-request"  # a device or another thread asked the loop to return
+
+
+class RunResult(NamedTuple):
+    reason: str
+    instructions: int
+    detail: str = ""
+
+
+class Block:
+    __slots__ = ("phys", "rip", "bits", "cs_base", "insns", "pages")
+
+    def __init__(self, phys: int, rip: int, bits: int, cs_base: int, insns: List[Insn],
+                 pages: List[int]) -> None:
+        self.phys = phys
+        self.rip = rip
+        self.bits = bits
+        self.cs_base = cs_base
+        self.insns = insns
+        self.pages = pages
+
+
+class Cpu:
+    """One x86-64 vCPU running on guest RAM, with port I/O and MMIO buses.
+
+    External interrupts: an interrupt controller sets :attr:`interrupt_request` (and may
+    call :meth:`kick`); when RFLAGS.IF allows, the CPU calls :attr:`acknowledge_interrupt`,
+    which returns the vector to deliver (or None when the request went away).
+    """
+
+    def __init__(self, memory: GuestMemory, pio_bus: Bus, mmio_bus: Bus,
+                 lifecycle: Optional[Lifecycle] = None) -> None:
+        self.s = CpuState()
+        self.memory = memory
+        self.pio_bus = pio_bus
+        self.mmio_bus = mmio_bus
+        self.lifecycle = lifecycle
+        self.mmu = Mmu(memory, mmio_bus, self.s)
+        self.mmu.on_code_write = self._invalidate_page
+        self.blocks: Dict[int, Block] = {}
+        self.page_blocks: Dict[int, List[int]] = {}
+        self.mmu.code_pages = self.page_blocks
+        self.halted = False
+        self.shutdown: Optional[str] = None
+        self.interrupt_request = False
+        self.acknowledge_interrupt: Callable[[], Optional[int]] = lambda: None
+        self.exit_request = False
+        self.break_block = False
+        self.inhibit_irq = False
+        self.bits = 16
+        self.stack_mask = 0xFFFF
+        self.debug_regs = [0, 0, 0, 0, 0, 0, 0xFFFF0FF0, 0x400]
+        self.update_mode()
+
+    # --- state --------------------------------------------------------------------------
+    def load_state(self, boot: CpuBootState) -> None:
+        self.s.load_boot_state(boot)
+        self.reset_caches()
+
+    def set_registers(self, values: dict) -> None:
+        """Set registers from a plain dict (names as in :meth:`CpuState.to_dict`)."""
+        self.s.update_from_dict(values)
+        self.reset_caches()
+
+    def registers(self) -> dict:
+        return self.s.to_dict()
+
+    def reset_caches(self) -> None:
+        self.mmu.flush()
+        self.mmu.set_user(self.s.cpl == 3)
+        self.halted = False
+        self.shutdown = None
+        self.update_mode()
+
+    def update_mode(self) -> None:
+        """Recompute cached mode bits after CS, SS, CR0 or EFER changed."""
+        s = self.s
+        self.bits = s.code_bits
+        stack_bits = s.stack_bits
+        self.stack_mask = MASK64 if stack_bits == 64 else (0xFFFF_FFFF if stack_bits == 32 else 0xFFFF)
+        self.break_block = True
+
+    def after_io(self) -> None:
+        """A port or MMIO access may have asked the VM to stop: leave the run loop."""
+        if self.lifecycle is not None and self.lifecycle.pending is not None:
+            self.exit_request = True
+            self.break_block = True
+
+    def kick(self) -> None:
+        """Make :meth:`run` look at interrupt_request / exit_request soon (any thread)."""
+        self.exit_request = True
+
+    # --- block cache --------------------------------------------------------------------
+    def _invalidate_page(self, ppn: int) -> None:
+        keys = self.page_blocks.pop(ppn, None)
+        if keys:
+            for key in keys:
+                block = self.blocks.pop(key, None)
+                if block is not None:
+                    for other in block.pages:
+                        if other != ppn and other in self.page_blocks:
+                            try:
+                                self.page_blocks[other].remove(key)
+                            except ValueError:
+                                pass
+            self.break_block = True
+
+    def flush_blocks(self) -> None:
+        self.blocks.clear()
+        self.page_blocks.clear()
+
+    def _build_block(self, rip: int, phys: int) -> Block:
+        s = self.s
+        bits = self.bits
+        cs_base = s.segs[CS].base if bits != 64 else 0
+        linear = (cs_base + rip) & MASK64
+        page_left = 0x1000 - (linear & 0xFFF)
+        code = self.mmu.phys_bytes(phys, page_left)
+        if code is None:
+            code = bytes(self.mmu.phys_read(phys + k, 1) for k in range(page_left))
+        pages = [phys >> 12]
+        next_fault: Optional[GuestFault] = None
+        extended = False
+        insns: List[Insn] = []
+        pos = 0
+        ipmask = MASK64 if bits == 64 else (0xFFFF_FFFF if bits == 32 else 0xFFFF)
+        cur = rip
+        while len(insns) < MAX_BLOCK_INSNS and pos < page_left:
+            if not extended and page_left - pos < 15:
+                extended = True
+                try:
+                    next_phys = self.mmu.translate((linear + page_left) & MASK64, ACCESS_FETCH)
+                    more = self.mmu.phys_bytes(next_phys, 15)
+                    if more is not None:
+                        code = code + more
+                        pages.append(next_phys >> 12)
+                except GuestFault as fault:
+                    next_fault = fault
+            try:
+                insn = decode(code, pos, cur, bits)
+            except IndexError:
+                if insns:
+                    break
+                if next_fault is not None:
+                    raise next_fault from None
+                raise GuestFault(PF, 0x10, cr2=(linear + page_left) & MASK64) from None
+            except GuestFault:
+                if insns:
+                    break  # the faulting instruction starts its own block
+                raise
+            insns.append(insn)
+            pos += insn.length
+            cur = (cur + insn.length) & ipmask
+            if insn.spec.flags & END or insn.handler is None:
+                break
+        if pos <= page_left and len(pages) > 1:
+            pages.pop()
+        block = Block(phys, rip, bits, cs_base, insns, pages)
+        self.blocks[phys] = block
+        for ppn in pages:
+            self.page_blocks.setdefault(ppn, []).append(phys)
+            self.mmu.protect_code_page(ppn)
+        return block
+
+    # --- run loop -----------------------------------------------------------------------
+    def run(self, max_instructions: int) -> RunResult:
+        """Run until HLT, shutdown, an exit request, or ``max_instructions`` executed."""
+        s = self.s
+        mmu = self.mmu
+        blocks = self.blocks
+        executed = 0
+        if self.shutdown is not None:
+            return RunResult(StopReason.SHUTDOWN, 0, self.shutdown)
+        while True:
+            if self.exit_request:
+                self.exit_request = False
+                return RunResult(StopReason.EXIT_REQUEST, executed)
+            if self.interrupt_request and s.rflags & IF and not self.inhibit_irq:
+                vector = self.acknowledge_interrupt()
+                if vector is not None:
+                    try:
+                        raise_interrupt(self, vector)
+                    except TripleFault as err:
+                        return self._enter_shutdown(str(err), executed)
+                self.interrupt_request = False if vector is None else self.interrupt_request
+            if self.halted:
+                return RunResult(StopReason.HLT, executed)
+            if executed >= max_instructions:
+                return RunResult(StopReason.BUDGET, executed)
+            rip = s.rip
+            insn = None
+            try:
+                if self.bits == 64:
+                    linear = rip
+                else:
+                    linear = (s.segs[CS].base + rip) & MASK64
+                base = mmu.x.get(linear >> 12)
+                phys = mmu.translate(linear, ACCESS_FETCH) if base is None else base | (linear & 0xFFF)
+                block = blocks.get(phys)
+                if block is None or block.rip != rip or block.bits != self.bits:
+                    block = self._build_block(rip, phys)
+                todo = block.insns
+                budget = max_instructions - executed
+                if self.inhibit_irq:
+                    todo = todo[:1]
+                    self.inhibit_irq = False
+                elif len(todo) > budget:
+                    todo = todo[:budget]
+                self.break_block = False
+                for insn in todo:
+                    s.rip = insn.next_rip
+                    insn.handler(self, insn)
+                    executed += 1
+                    if self.break_block:
+                        break
+            except GuestFault as fault:
+                if insn is not None and not fault.trap:
+                    s.rip = insn.addr
+                elif insn is not None:
+                    executed += 1
+                try:
+                    raise_exception(self, fault)
+                except TripleFault as err:
+                    return self._enter_shutdown(str(err), executed)
+            except TripleFault as err:
+                return self._enter_shutdown(str(err), executed)
+
+    def _enter_shutdown(self, reason: str, executed: int) -> RunResult:
+        self.shutdown = f"triple fault: {reason}"
+        if self.lifecycle is not None:
+            self.lifecycle.reset(self.shutdown)
+        return RunResult(StopReason.SHUTDOWN, executed, self.shutdown)
+
+    def step(self) -> RunResult:
+        return self.run(1)
+
+    @property
+    def ss_base(self) -> int:
+        return self.s.segs[SS].base

@@ -1,0 +1,315 @@
+"""System instructions: hlt, cli/sti, flag bit ops, port I/O, cpuid, rdtsc, rdmsr/wrmsr,
+syscall/sysret, swapgs, and the no-operation hints."""
+
+from __future__ import annotations
+
+import time
+
+from ..decoder import BYTE, END, IMM_B, Insn, register
+from ..faults import GP, UD, GuestFault
+from ..flags import get_cf, materialize, read_rflags, write_rflags
+from ..operands import MASK64, get_reg, set_reg
+from ..segments import set_cs
+from ..state import (CF, CS, DF, FS, GS, IF, IOPL, MSR_APIC_BASE, MSR_CSTAR, MSR_EFER,
+                     MSR_FMASK, MSR_FS_BASE, MSR_GS_BASE, MSR_KERNEL_GS_BASE, MSR_LSTAR,
+                     MSR_PAT, MSR_STAR, MSR_SYSENTER_CS, MSR_SYSENTER_EIP, MSR_SYSENTER_ESP,
+                     MSR_TSC, MSR_TSC_AUX, RAX, RBX, RCX, RDX, RF, SS, VM, SegmentCache)
+from ..state import AF, PF, SF, ZF
+
+EFER_SCE = 1 << 0
+EFER_LME = 1 << 8
+EFER_LMA = 1 << 10
+EFER_NXE = 1 << 11
+EFER_WRITABLE = EFER_SCE | EFER_LME | EFER_NXE
+
+
+def require_cpl0(cpu) -> None:
+    if cpu.s.cpl != 0:
+        raise GuestFault(GP, 0)
+
+
+def check_io(cpu, port: int, size: int) -> None:
+    """#GP for port I/O above IOPL (the TSS I/O bitmap is not consulted)."""
+    s = cpu.s
+    if s.cr0 & 1 and (s.cpl > (s.rflags & IOPL) >> 12 or s.rflags & VM):
+        raise GuestFault(GP, 0)
+
+
+def hlt(cpu, i: Insn) -> None:
+    require_cpl0(cpu)
+    cpu.halted = True
+    cpu.break_block = True
+
+
+def _check_if_change(cpu) -> None:
+    s = cpu.s
+    if s.cr0 & 1 and s.cpl > (s.rflags & IOPL) >> 12:
+        raise GuestFault(GP, 0)
+
+
+def cli(cpu, i: Insn) -> None:
+    _check_if_change(cpu)
+    cpu.s.rflags &= ~IF
+
+
+def sti(cpu, i: Insn) -> None:
+    _check_if_change(cpu)
+    s = cpu.s
+    if not s.rflags & IF:
+        s.rflags |= IF
+        cpu.inhibit_irq = True  # the instruction after sti runs before any interrupt
+    cpu.break_block = True
+
+
+def flag_op(cpu, i: Insn) -> None:
+    s = cpu.s
+    op = i.op
+    if op == 0xFC:
+        s.rflags &= ~DF
+        return
+    if op == 0xFD:
+        s.rflags |= DF
+        return
+    materialize(s)
+    if op == 0xF8:
+        s.rflags &= ~CF
+    elif op == 0xF9:
+        s.rflags |= CF
+    else:  # cmc
+        s.rflags ^= CF
+
+
+def sahf(cpu, i: Insn) -> None:
+    s = cpu.s
+    materialize(s)
+    mask = SF | ZF | AF | PF | CF
+    s.rflags = (s.rflags & ~mask) | ((s.regs[RAX] >> 8) & mask)
+
+
+def lahf(cpu, i: Insn) -> None:
+    set_reg(cpu.s.regs, 16, 1, read_rflags(cpu.s) & 0xFF)
+
+
+def _io_size(i: Insn) -> int:
+    return 1 if i.op & 1 == 0 else (2 if i.opsize == 2 else 4)
+
+
+def in_port(cpu, i: Insn) -> None:
+    size = _io_size(i)
+    port = i.imm if i.op < 0xE8 else cpu.s.regs[RDX] & 0xFFFF
+    check_io(cpu, port, size)
+    set_reg(cpu.s.regs, RAX, size, cpu.pio_bus.read(port, size))
+    cpu.after_io()
+
+
+def out_port(cpu, i: Insn) -> None:
+    size = _io_size(i)
+    port = i.imm if i.op < 0xE8 else cpu.s.regs[RDX] & 0xFFFF
+    check_io(cpu, port, size)
+    cpu.pio_bus.write(port, size, get_reg(cpu.s.regs, RAX, size))
+    cpu.after_io()
+
+
+# --- cpuid --------------------------------------------------------------------------------
+# Leaf 1 EDX: fpu pse tsc msr pae cx8 apic pge cmov pat clflush mmx fxsr sse sse2.
+_LEAF1_EDX = (1 << 0) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 8) | (1 << 9) | \
+    (1 << 13) | (1 << 15) | (1 << 16) | (1 << 19) | (1 << 23) | (1 << 24) | (1 << 25) | (1 << 26)
+# Leaf 1 ECX: cx16 popcnt hypervisor.
+_LEAF1_ECX = (1 << 13) | (1 << 23) | (1 << 31)
+# 0x80000001 EDX: syscall nx pdpe1gb lm; ECX: lahf_lm.
+_EXT1_EDX = (1 << 11) | (1 << 20) | (1 << 26) | (1 << 29)
+_BRAND = b"pyhv software x86-64 CPU".ljust(48, b"\0")
+
+
+def _words(text: bytes) -> tuple:
+    return tuple(int.from_bytes(text[k:k + 4], "little") for k in range(0, len(text), 4))
+
+
+def cpuid_leaf(leaf: int, subleaf: int) -> tuple:
+    """(eax, ebx, ecx, edx) for a cpuid leaf."""
+    if leaf == 0:
+        ebx, edx, ecx = _words(b"GenuineIntel")
+        return 7, ebx, ecx, edx
+    if leaf == 1:
+        # Family 6, model 0x3A, stepping 9; CLFLUSH line 64 bytes; one logical CPU.
+        return 0x000306A9, (8 << 8) | (1 << 16), _LEAF1_ECX, _LEAF1_EDX
+    if leaf == 0x8000_0000:
+        return 0x8000_0008, 0, 0, 0
+    if leaf == 0x8000_0001:
+        return 0, 0, 1, _EXT1_EDX
+    if 0x8000_0002 <= leaf <= 0x8000_0004:
+        return _words(_BRAND[(leaf - 0x8000_0002) * 16:(leaf - 0x8000_0001) * 16])
+    if leaf == 0x8000_0008:
+        return 0x3028, 0, 0, 0  # 40 physical, 48 linear address bits
+    return 0, 0, 0, 0
+
+
+def cpuid(cpu, i: Insn) -> None:
+    regs = cpu.s.regs
+    eax, ebx, ecx, edx = cpuid_leaf(regs[RAX] & 0xFFFF_FFFF, regs[RCX] & 0xFFFF_FFFF)
+    regs[RAX], regs[RBX], regs[RCX], regs[RDX] = eax, ebx, ecx, edx
+
+
+def read_tsc(cpu) -> int:
+    return (time.monotonic_ns() + cpu.s.tsc_offset) & MASK64  # a 1 GHz TSC
+
+
+def rdtsc(cpu, i: Insn) -> None:
+    s = cpu.s
+    if s.cr4 & (1 << 2) and s.cpl != 0:
+        raise GuestFault(GP, 0)
+    tsc = read_tsc(cpu)
+    s.regs[RAX] = tsc & 0xFFFF_FFFF
+    s.regs[RDX] = tsc >> 32
+
+
+def rdtscp(cpu, i: Insn) -> None:
+    rdtsc(cpu, i)
+    cpu.s.regs[RCX] = cpu.s.msrs.get(MSR_TSC_AUX, 0) & 0xFFFF_FFFF
+
+
+# --- MSRs ---------------------------------------------------------------------------------
+_PLAIN_MSRS = frozenset((MSR_APIC_BASE, MSR_PAT, MSR_STAR, MSR_LSTAR, MSR_CSTAR, MSR_FMASK,
+                         MSR_KERNEL_GS_BASE, MSR_TSC_AUX, MSR_SYSENTER_CS, MSR_SYSENTER_ESP,
+                         MSR_SYSENTER_EIP))
+
+
+def read_msr(cpu, index: int) -> int:
+    s = cpu.s
+    if index == MSR_EFER:
+        return s.efer
+    if index == MSR_FS_BASE:
+        return s.segs[FS].base
+    if index == MSR_GS_BASE:
+        return s.segs[GS].base
+    if index == MSR_TSC:
+        return read_tsc(cpu)
+    if index in _PLAIN_MSRS:
+        return s.msrs.get(index, 0)
+    raise GuestFault(GP, 0)
+
+
+def write_msr(cpu, index: int, value: int) -> None:
+    s = cpu.s
+    if index == MSR_EFER:
+        if value & ~EFER_WRITABLE & ~EFER_LMA:
+            raise GuestFault(GP, 0)
+        if s.cr0 & (1 << 31) and (value ^ s.efer) & EFER_LME:
+            raise GuestFault(GP, 0)  # LME may not change while paging is on
+        new = (value & EFER_WRITABLE) | (s.efer & EFER_LMA)
+        if (new ^ s.efer) & EFER_NXE:
+            cpu.mmu.flush()
+        s.efer = new
+        cpu.update_mode()
+    elif index == MSR_FS_BASE:
+        s.segs[FS].base = value
+    elif index == MSR_GS_BASE:
+        s.segs[GS].base = value
+    elif index == MSR_TSC:
+        s.tsc_offset = (value - time.monotonic_ns()) & MASK64
+    elif index in _PLAIN_MSRS:
+        s.msrs[index] = value
+    else:
+        raise GuestFault(GP, 0)
+
+
+def rdmsr(cpu, i: Insn) -> None:
+    require_cpl0(cpu)
+    regs = cpu.s.regs
+    value = read_msr(cpu, regs[RCX] & 0xFFFF_FFFF)
+    regs[RAX] = value & 0xFFFF_FFFF
+    regs[RDX] = value >> 32
+
+
+def wrmsr(cpu, i: Insn) -> None:
+    require_cpl0(cpu)
+    regs = cpu.s.regs
+    write_msr(cpu, regs[RCX] & 0xFFFF_FFFF, ((regs[RDX] & 0xFFFF_FFFF) << 32) | (regs[RAX] & 0xFFFF_FFFF))
+    cpu.break_block = True
+
+
+# --- fast system calls --------------------------------------------------------------------
+def syscall(cpu, i: Insn) -> None:
+    s = cpu.s
+    if not s.efer & EFER_SCE or not s.efer & EFER_LMA:
+        raise GuestFault(UD)
+    star = s.msrs.get(MSR_STAR, 0)
+    selector = (star >> 32) & 0xFFFC
+    s.regs[RCX] = i.next_rip
+    flags = read_rflags(s)
+    s.regs[11] = flags & ~RF
+    code = SegmentCache(selector, 0, 0xFFFF_FFFF, 0xB, 1, 0, 1, 0, 1, 1)
+    s.segs[SS] = SegmentCache(selector + 8, 0, 0xFFFF_FFFF, 3, 1, 0, 1, 1, 0, 1)
+    set_cs(cpu, code, 0)
+    write_rflags(s, flags & ~s.msrs.get(MSR_FMASK, 0) & ~RF)
+    s.rip = s.msrs.get(MSR_LSTAR if i.bits == 64 else MSR_CSTAR, 0)
+
+
+def sysret(cpu, i: Insn) -> None:
+    s = cpu.s
+    if not s.efer & EFER_SCE:
+        raise GuestFault(UD)
+    if s.cpl != 0 or not s.efer & EFER_LMA or i.bits != 64:
+        raise GuestFault(GP, 0)
+    base = (s.msrs.get(MSR_STAR, 0) >> 48) & 0xFFFF
+    target = s.regs[RCX]
+    if i.opsize == 8:
+        top = target >> 47
+        if top != 0 and top != 0x1FFFF:
+            raise GuestFault(GP, 0)
+        code = SegmentCache(base + 16, 0, 0xFFFF_FFFF, 0xB, 1, 3, 1, 0, 1, 1)
+    else:
+        code = SegmentCache(base, 0, 0xFFFF_FFFF, 0xB, 1, 3, 1, 1, 0, 1)
+        target &= 0xFFFF_FFFF
+    s.segs[SS] = SegmentCache(((base + 8) & 0xFFFC) | 3, 0, 0xFFFF_FFFF, 3, 1, 3, 1, 1, 0, 1)
+    write_rflags(s, (s.regs[11] & 0x3C7FD7) | 2)
+    set_cs(cpu, code, 3)
+    s.rip = target
+
+
+def swapgs(cpu, i: Insn) -> None:
+    s = cpu.s
+    if i.bits != 64:
+        raise GuestFault(UD)
+    require_cpl0(cpu)
+    gs = s.segs[GS]
+    gs.base, s.msrs[MSR_KERNEL_GS_BASE] = s.msrs.get(MSR_KERNEL_GS_BASE, 0), gs.base
+
+
+def nop_modrm(cpu, i: Insn) -> None:
+    pass
+
+
+def ud2(cpu, i: Insn) -> None:
+    raise GuestFault(UD)
+
+
+def _register() -> None:
+    register(0xF4, hlt, flags=END)
+    register(0xFA, cli)
+    register(0xFB, sti, flags=END)
+    for op in (0xF5, 0xF8, 0xF9, 0xFC, 0xFD):
+        register(op, flag_op)
+    register(0x9E, sahf)
+    register(0x9F, lahf)
+    register(0xE4, in_port, imm=IMM_B, flags=BYTE)
+    register(0xE5, in_port, imm=IMM_B)
+    register(0xE6, out_port, imm=IMM_B, flags=BYTE | END)
+    register(0xE7, out_port, imm=IMM_B, flags=END)
+    register(0xEC, in_port, flags=BYTE)
+    register(0xED, in_port)
+    register(0xEE, out_port, flags=BYTE | END)
+    register(0xEF, out_port, flags=END)
+    register(0x1A2, cpuid)
+    register(0x131, rdtsc)
+    register(0x130, wrmsr, flags=END)
+    register(0x132, rdmsr)
+    register(0x105, syscall, flags=END)
+    register(0x107, sysret, flags=END)
+    register(0x10B, ud2, flags=END)
+    register(0x10D, nop_modrm, modrm=True)  # prefetch/prefetchw
+    for op in range(0x118, 0x120):
+        register(op, nop_modrm, modrm=True)  # hint nops, nopl
+
+
+_register()

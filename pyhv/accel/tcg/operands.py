@@ -1,0 +1,109 @@
+"""Operand access shared by every instruction family: registers, effective addresses, stack.
+
+Byte registers 16-19 are AH, CH, DH, BH (the decoder maps them when no REX prefix is
+present). A 32-bit register write zero-extends to 64 bits; 8- and 16-bit writes keep the
+rest of the register, as the architecture says.
+"""
+
+from __future__ import annotations
+
+from .decoder import Insn
+from .state import RSP, SS
+
+MASK = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFF_FFFF, 8: 0xFFFF_FFFF_FFFF_FFFF}
+SIGN = {1: 0x80, 2: 0x8000, 4: 0x8000_0000, 8: 0x8000_0000_0000_0000}
+MASK64 = 0xFFFF_FFFF_FFFF_FFFF
+
+
+def sext(value: int, size: int) -> int:
+    """Two's-complement value of a ``size``-byte integer."""
+    sign = SIGN[size]
+    return (value & (sign - 1)) - (value & sign)
+
+
+def get_reg(regs: list, r: int, size: int) -> int:
+    if size == 8:
+        return regs[r]
+    if size == 4:
+        return regs[r] & 0xFFFF_FFFF
+    if size == 2:
+        return regs[r] & 0xFFFF
+    if r >= 16:
+        return (regs[r - 16] >> 8) & 0xFF
+    return regs[r] & 0xFF
+
+
+def set_reg(regs: list, r: int, size: int, value: int) -> None:
+    if size == 8:
+        regs[r] = value & MASK64
+    elif size == 4:
+        regs[r] = value & 0xFFFF_FFFF
+    elif size == 2:
+        regs[r] = (regs[r] & 0xFFFF_FFFF_FFFF_0000) | (value & 0xFFFF)
+    elif r >= 16:
+        regs[r - 16] = (regs[r - 16] & 0xFFFF_FFFF_FFFF_00FF) | ((value & 0xFF) << 8)
+    else:
+        regs[r] = (regs[r] & 0xFFFF_FFFF_FFFF_FF00) | (value & 0xFF)
+
+
+def ea_offset(cpu, i: Insn) -> int:
+    """Effective address (offset in the segment) of a memory operand."""
+    regs = cpu.s.regs
+    addr = i.disp
+    if i.base >= 0:
+        addr += regs[i.base]
+    if i.index >= 0:
+        addr += regs[i.index] << i.scale
+    return addr & MASK[i.adsize]
+
+
+def ea(cpu, i: Insn) -> int:
+    """Linear address of a memory operand."""
+    regs = cpu.s.regs
+    addr = i.disp
+    if i.base >= 0:
+        addr += regs[i.base]
+    if i.index >= 0:
+        addr += regs[i.index] << i.scale
+    addr &= MASK[i.adsize]
+    if i.seg >= 0:
+        addr += cpu.s.segs[i.seg].base
+    return addr
+
+
+def read_rm(cpu, i: Insn, size: int) -> int:
+    if i.is_mem:
+        return cpu.mmu.read(ea(cpu, i), size)
+    return get_reg(cpu.s.regs, i.rm, size)
+
+
+def write_rm(cpu, i: Insn, size: int, value: int) -> None:
+    if i.is_mem:
+        cpu.mmu.write(ea(cpu, i), size, value)
+    else:
+        set_reg(cpu.s.regs, i.rm, size, value)
+
+
+def push(cpu, size: int, value: int) -> None:
+    s = cpu.s
+    smask = cpu.stack_mask
+    sp = (s.regs[RSP] - size) & smask
+    cpu.mmu.write(s.segs[SS].base + sp if smask != MASK64 else sp, size, value)
+    s.regs[RSP] = (s.regs[RSP] & ~smask) | sp
+
+
+def pop(cpu, size: int) -> int:
+    s = cpu.s
+    smask = cpu.stack_mask
+    sp = s.regs[RSP] & smask
+    value = cpu.mmu.read(s.segs[SS].base + sp if smask != MASK64 else sp, size)
+    s.regs[RSP] = (s.regs[RSP] & ~smask) | ((sp + size) & smask)
+    return value
+
+
+def peek(cpu, size: int, offset: int = 0) -> int:
+    """Read the stack at RSP+offset without popping."""
+    s = cpu.s
+    smask = cpu.stack_mask
+    sp = (s.regs[RSP] + offset) & smask
+    return cpu.mmu.read(s.segs[SS].base + sp if smask != MASK64 else sp, size)
