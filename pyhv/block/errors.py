@@ -21,5 +21,5 @@ class BlockRequestError(BlockError):
     """A request is outside the device or not allowed (write to a read-only image)."""
 
 
-class BlockOptionError(ConfigError):
+class BlockOptionError(BlockError, ConfigError):
     """A bad image option on the command line (size, cluster_size, format name)."""
