@@ -148,10 +148,13 @@ def _resolve(key: str, resolver: Callable[[], Tuple[str, str]], debian_dir: Path
         memo = json.loads(memo_path.read_text())
     except (OSError, ValueError):
         memo = {}
-    if not isinstance(memo, dict) or memo.get("stamp") != stamp:
+    if not isinstance(memo, dict) or not isinstance(memo.get("packages"), dict):
+        memo = {"stamp": stamp, "packages": {}}
+    # Without apt's lists (apt removed, or a copied cache) the last answer is the best one.
+    if memo.get("stamp") != stamp and stamp is not None:
         memo = {"stamp": stamp, "packages": {}}
     known = memo["packages"].get(key)
-    if stamp is not None and isinstance(known, list) and len(known) == 2:
+    if isinstance(known, list) and len(known) == 2 and (debian_dir / _entry_name(*known)).is_dir():
         return known[0], known[1]
     package, version = resolver()
     memo["packages"][key] = [package, version]

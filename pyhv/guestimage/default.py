@@ -15,6 +15,11 @@ The default command line, and why each word is there:
   a trapped UART write, and the boot log is hundreds of lines. Errors still show.
 - ``no_timer_check``: skip the check that the IO-APIC timer interrupt ticks, which waits
   for ticks and can misfire on a slow or emulated CPU (the same reason as Firecracker).
+
+Measured under QEMU 7.2 TCG with ``-icount shift=0`` (virtual time = instructions): the
+boot log without ``quiet`` is 22 KB of UART output, with it 80 bytes; ``/init`` runs at 0.82 s
+of virtual uptime with the uncompressed initramfs and 0.87 s with a gzip one (the guest's
+inflate costs more than copying 1.4 MB more), so the initramfs is stored uncompressed.
 """
 
 from __future__ import annotations

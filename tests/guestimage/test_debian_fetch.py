@@ -215,3 +215,14 @@ def test_real_packages_are_cached_by_version(debian_packages) -> None:
     assert KernelFiles.load(fetch_kernel(runner=recording)) == kernel
     assert fetch_busybox(runner=recording) == busybox
     assert [call for call in calls if call[0] != "apt-cache"] == []
+
+
+def test_without_apt_lists_the_cached_entry_is_used(tmp_path: Path, apt_lists: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    entry = fetch_kernel(tmp_path, runner=FakeApt())
+    monkeypatch.setattr(debian, "APT_LISTS", tmp_path / "no-apt-lists")
+
+    def no_apt(args: Sequence[str], cwd: Optional[Path]) -> "subprocess.CompletedProcess[str]":
+        raise AssertionError(f"apt used: {args}")
+
+    assert fetch_kernel(tmp_path, runner=no_apt) == entry
