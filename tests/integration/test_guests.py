@@ -45,6 +45,7 @@ GUEST_CASES = {
     "pio_mmio": GuestCase(
         "pio=300 mmio=200 reads=8",
         [
+            "exit loops: start",
             "pio writes: 300",
             "mmio writes: 200",
             "pio reads: 8 x 3 sizes, all ones",

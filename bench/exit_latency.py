@@ -1,0 +1,255 @@
+"""Exit latency: microseconds per port-I/O exit and per MMIO exit, pyhv against QEMU.
+
+Boots the pio_mmio test guest (tests/guests/pio_mmio.S) under `pyhv run -accel kvm` on
+each configured interpreter, and under `qemu-system-x86_64 -accel kvm` (-M pc, and
+-M microvm). The guest prints a line before its `out` loop, after it, and after its MMIO
+write loop; the loops are timed by when those lines arrive on the VMM's stdout, so the
+VMM's start-up (SeaBIOS alone costs QEMU -M pc 3 to 10 s here) drops out. Each VMM runs
+with N exits of each kind and with none (which prices the lines themselves, subtracted);
+the best of the rounds is kept.
+
+    .venv/bin/python bench/exit_latency.py                 # CPython + PyPy + QEMU
+    .venv/bin/python bench/exit_latency.py --exits 50000 --rounds 1 --no-qemu
+    .venv/bin/python bench/exit_latency.py --interpreter pypy=/usr/bin/pypy3 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, NamedTuple, Optional, Sequence
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_INTERPRETERS = {
+    "cpython": REPO_ROOT / ".venv" / "bin" / "python",
+    "pypy": REPO_ROOT / ".venv-pypy" / "bin" / "python",
+}
+QEMU_BINARY = "qemu-system-x86_64"
+DEBUG_EXIT_DEVICE = "isa-debug-exit,iobase=0xf4,iosize=4"
+GUEST_EXIT_OK_STATUS = 33
+
+
+class BenchError(Exception):
+    """A VMM could not run the benchmark guest as expected."""
+
+
+class Vmm(NamedTuple):
+    label: str
+    argv_prefix: List[str]  # everything but -append
+
+
+class Result(NamedTuple):
+    label: str
+    startup_s: float
+    pio_us: float
+    mmio_us: float
+
+
+def _load_guest_builder():
+    spec = importlib.util.spec_from_file_location("pyhv_bench_guest_build", REPO_ROOT / "tests" / "guests" / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def interpreter_label(python: Path) -> str:
+    probe = "import platform; print(platform.python_implementation(), platform.python_version())"
+    try:
+        done = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, timeout=60)
+    except OSError as err:
+        raise BenchError(f"interpreter {python}: {err}") from err
+    if done.returncode != 0:
+        raise BenchError(f"interpreter {python} failed: {done.stderr.strip()}")
+    return done.stdout.strip()
+
+
+def pyhv_vmm(python: Path, kernel: Path) -> Vmm:
+    argv = [
+        str(python), "-m", "pyhv", "run", "-accel", "kvm", "-m", "64", "-nographic", "-no-reboot",
+        "-device", DEBUG_EXIT_DEVICE, "-kernel", str(kernel),
+    ]
+    return Vmm(f"pyhv kvm, {interpreter_label(python)}", argv)
+
+
+def qemu_vmm(machine: str, kernel: Path) -> Vmm:
+    argv = [
+        QEMU_BINARY, "-M", machine, "-accel", "kvm", "-m", "64", "-nographic", "-nodefaults",
+        "-serial", "stdio", "-no-reboot", "-device", DEBUG_EXIT_DEVICE, "-kernel", str(kernel),
+    ]
+    return Vmm(f"qemu kvm -M {machine}", argv)
+
+
+def _kill(process: subprocess.Popen) -> None:
+    process.kill()
+    process.wait()
+
+
+def timed_run(vmm: Vmm, exits: int, timeout_s: float) -> Dict[str, float]:
+    """Runs the guest with `exits` of each kind; returns when each serial mark arrived.
+
+    Times are seconds from the VMM's start to the end of the line "exit loops: start",
+    then of "pio writes: N" and "mmio writes: N", each sent as soon as its loop ends.
+    """
+    append = f"pio={exits} mmio={exits} reads=0"
+    argv = vmm.argv_prefix + ["-append", append]
+    wanted = {
+        "start": b"exit loops: start",
+        "pio": b"pio writes: %d" % exits,
+        "mmio": b"mmio writes: %d" % exits,
+    }
+    marks: Dict[str, float] = {}
+    output = b""
+    with tempfile.TemporaryFile() as stderr:
+        started = time.perf_counter()
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr)
+        deadline = started + timeout_s
+        with process.stdout:
+            fd = process.stdout.fileno()
+            while True:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    _kill(process)
+                    raise BenchError(f"{vmm.label}: {append!r} still running after {timeout_s} s")
+                ready, _, _ = select.select([fd], [], [], remaining)
+                if not ready:
+                    continue
+                chunk = os.read(fd, 65536)
+                arrived = time.perf_counter() - started
+                if not chunk:
+                    break
+                output += chunk
+                # SeaBIOS precedes the guest on the same line, so marks end lines, not start them.
+                for name, mark in wanted.items():
+                    if name not in marks and mark + b"\n" in output:
+                        marks[name] = arrived
+        try:
+            status = process.wait(timeout=max(deadline - time.perf_counter(), 1))
+        except subprocess.TimeoutExpired as err:
+            _kill(process)
+            raise BenchError(f"{vmm.label}: {append!r} did not exit after its output ended") from err
+        stderr.seek(0)
+        errors = stderr.read().decode("utf-8", errors="replace").strip()
+    if status != GUEST_EXIT_OK_STATUS or len(marks) != len(wanted):
+        raise BenchError(
+            f"{vmm.label}: {append!r} ended with status {status} (want {GUEST_EXIT_OK_STATUS}), "
+            f"marks seen: {sorted(marks)}\nstdout: {output.decode('utf-8', errors='replace').strip()!r}\n"
+            f"stderr: {errors[-2000:]}"
+        )
+    return marks
+
+
+def measure(vmm: Vmm, exits: int, rounds: int, timeout_s: float) -> Result:
+    """Best-of-rounds loop times with `exits` and with none; their difference is the exits' cost."""
+    best: Dict[str, float] = {}
+
+    def keep_best(key: str, seconds: float) -> None:
+        best[key] = min(seconds, best.get(key, seconds))
+
+    for _ in range(rounds):
+        for count in (0, exits):
+            marks = timed_run(vmm, count, timeout_s)
+            keep_best(f"startup{count}", marks["start"])
+            keep_best(f"pio{count}", marks["pio"] - marks["start"])
+            keep_best(f"mmio{count}", marks["mmio"] - marks["pio"])
+    per_exit_us = 1e6 / exits
+    return Result(
+        vmm.label,
+        best["startup0"],
+        (best[f"pio{exits}"] - best["pio0"]) * per_exit_us,
+        (best[f"mmio{exits}"] - best["mmio0"]) * per_exit_us,
+    )
+
+
+def _ratio(value: float, reference: Optional[float]) -> str:
+    if reference is None or reference <= 0:
+        return "-"
+    return f"{value / reference:.2f}"
+
+
+def format_table(results: Sequence[Result], reference: Optional[Result], exits: int, rounds: int) -> str:
+    ref_name = reference.label if reference else "no QEMU run"
+    lines = [
+        f"exit latency: {exits} exits per kind, best of {rounds}, start-up subtracted; ratios against {ref_name}",
+        f"{'VMM':<36} {'to guest s':>10} {'us/PIO':>8} {'us/MMIO':>8} {'PIO ratio':>10} {'MMIO ratio':>10}",
+    ]
+    for result in results:
+        lines.append(
+            f"{result.label:<36} {result.startup_s:>10.2f} {result.pio_us:>8.2f} {result.mmio_us:>8.2f} "
+            f"{_ratio(result.pio_us, reference.pio_us if reference else None):>10} "
+            f"{_ratio(result.mmio_us, reference.mmio_us if reference else None):>10}"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--exits", type=int, default=200_000, help="exits per measured run (default 200000)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds; the best time of each run is kept")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds allowed to one VM run")
+    parser.add_argument("--cpython", type=Path, default=DEFAULT_INTERPRETERS["cpython"], help="CPython to run pyhv")
+    parser.add_argument("--pypy", type=Path, default=DEFAULT_INTERPRETERS["pypy"], help="PyPy to run pyhv")
+    parser.add_argument(
+        "--interpreter", action="append", default=[], metavar="PATH",
+        help="run pyhv on these interpreters instead of --cpython/--pypy (repeatable)",
+    )
+    parser.add_argument("--no-pyhv", action="store_true", help="measure QEMU only")
+    parser.add_argument("--no-qemu", action="store_true", help="measure pyhv only")
+    parser.add_argument("--no-microvm", action="store_true", help="skip QEMU -M microvm")
+    parser.add_argument("--json", type=Path, help="also write the results here as JSON")
+    args = parser.parse_args(argv)
+    if args.exits <= 0 or args.rounds <= 0:
+        parser.error("--exits and --rounds must be positive")
+    return args
+
+
+def main(argv: Sequence[str]) -> int:
+    args = parse_args(argv)
+    kernel = _load_guest_builder().build_guest("pio_mmio")
+    vmms: List[Vmm] = []
+    problems: List[str] = []
+    if not args.no_qemu:
+        if shutil.which(QEMU_BINARY) is None:
+            problems.append(f"{QEMU_BINARY} not found: QEMU skipped")
+        else:
+            vmms.append(qemu_vmm("pc", kernel))
+            if not args.no_microvm:
+                vmms.append(qemu_vmm("microvm", kernel))
+    if not args.no_pyhv:
+        interpreters = [Path(p) for p in args.interpreter] or [args.cpython, args.pypy]
+        for python in interpreters:
+            try:
+                vmms.append(pyhv_vmm(python, kernel))
+            except BenchError as err:
+                problems.append(f"skipped: {err}")
+
+    results: List[Result] = []
+    for vmm in vmms:
+        print(f"measuring {vmm.label} ...", file=sys.stderr, flush=True)
+        try:
+            results.append(measure(vmm, args.exits, args.rounds, args.timeout))
+        except BenchError as err:
+            problems.append(f"failed: {err}")
+    reference = next((r for r in results if r.label.startswith("qemu kvm -M pc")), None)
+    print(format_table(results, reference, args.exits, args.rounds))
+    for problem in problems:
+        print(problem)
+    if args.json:
+        args.json.write_text(json.dumps(
+            {"exits": args.exits, "rounds": args.rounds, "results": [r._asdict() for r in results],
+             "problems": problems},
+            indent=2,
+        ))
+    return 0 if results and not any(p.startswith("failed") for p in problems) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
