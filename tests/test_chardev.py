@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import queue
+import select
 import shutil
 import socket
 import tempfile
@@ -12,8 +13,9 @@ from typing import Iterator
 
 import pytest
 
-from pyhv.chardev import (EscapeCommand, EscapeDecoder, FileBackend, NoneBackend, NullBackend,
-                          StdioBackend, UnixSocketBackend, open_chardev, split_options)
+from pyhv.chardev import (FLUSH_SIZE, EscapeCommand, EscapeDecoder, FileBackend, LineBufferedOutput,
+                          NoneBackend, NullBackend, StdioBackend, UnixSocketBackend, open_chardev,
+                          split_options)
 from pyhv.errors import ConfigError
 from pyhv.lifecycle import Lifecycle, Shutdown
 
@@ -97,6 +99,51 @@ def test_file_backend_appends(short_dir: str) -> None:
         backend.close()
     with open(path, "rb") as log:
         assert log.read() == b"first boot\nsecond boot\n"
+
+
+def read_now(fd: int) -> bytes:
+    """What is in the pipe at this instant (b"" if nothing), without waiting."""
+    os.set_blocking(fd, False)
+    try:
+        return os.read(fd, 1 << 16)
+    except BlockingIOError:
+        return b""
+    finally:
+        os.set_blocking(fd, True)
+
+
+def test_line_buffered_output_flushes_at_newline_size_and_close() -> None:
+    read_end, write_end = os.pipe()
+    output = LineBufferedOutput(write_end)
+    try:
+        output.write(b"[    0.000000] Linux")
+        output.write(b" version\r\n")
+        assert read_now(read_end) == b"[    0.000000] Linux version\r\n"  # written synchronously
+        output.write(b"x" * FLUSH_SIZE)
+        assert read_now(read_end) == b"x" * FLUSH_SIZE
+        output.write(b"tail without newline")
+        output.close()
+        assert read_now(read_end) == b"tail without newline"
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def test_line_buffered_output_flushes_a_prompt_on_its_own() -> None:
+    read_end, write_end = os.pipe()
+    output = LineBufferedOutput(write_end)
+    try:
+        for byte in b"login: ":
+            output.write(bytes((byte,)))
+        received = b""
+        while received != b"login: ":  # arrives without a newline, a close or more output
+            ready, _, _ = select.select([read_end], [], [], PATIENCE)
+            assert ready, f"prompt never flushed; got {received!r}"
+            received += os.read(read_end, 100)
+    finally:
+        output.close()
+        os.close(read_end)
+        os.close(write_end)
 
 
 # --- unix socket ---------------------------------------------------------------------------
