@@ -84,6 +84,8 @@ real_mode_stub:
         mov $PM16_STACK_TOP, %sp
         mov $(pm16_message - real_mode_stub + LOW_STUB_BASE), %si
         call stub_puts
+        mov %cs, %bx                                    /* the selector SEL_CODE16 */
+        call stub_puthex16
         mov %cr0, %eax
         and $~CR0_PE, %eax
         mov %eax, %cr0
@@ -103,20 +105,8 @@ real_mode_entry:
         call stub_putc
         mov $(real_mode_cs_message - real_mode_stub), %si
         call stub_puts
-        /* Print CS in hex, 4 digits, to show the segment really is a real-mode paragraph. */
-        mov %cs, %bx
-        mov $4, %cx
-1:      rol $4, %bx
-        mov %bl, %al
-        and $0x0f, %al
-        add $'0', %al
-        cmp $'9', %al
-        jbe 2f
-        add $('a' - '9' - 1), %al
-2:      call stub_putc
-        loop 1b
-        mov $'\n', %al
-        call stub_putc
+        mov %cs, %bx                                    /* a paragraph number, not a selector */
+        call stub_puthex16
         /* A far pointer write only real-mode segmentation gets right: 0x1000:0x0010 = 0x10010. */
         mov $0x1000, %ax
         mov %ax, %es
@@ -129,6 +119,26 @@ real_mode_entry:
         or $CR0_PE, %eax
         mov %eax, %cr0
         ljmpl $SEL_CODE32, $back_in_protected_mode
+
+/* stub_puthex16: writes BX as 4 hex digits and a newline. */
+stub_puthex16:
+        push %ax
+        push %cx
+        mov $4, %cx
+1:      rol $4, %bx
+        mov %bl, %al
+        and $0x0f, %al
+        add $'0', %al
+        cmp $'9', %al
+        jbe 2f
+        add $('a' - '9' - 1), %al
+2:      call stub_putc
+        loop 1b
+        mov $'\n', %al
+        call stub_putc
+        pop %cx
+        pop %ax
+        ret
 
 /* stub_puts: writes the string at DS:SI. stub_putc: writes AL. */
 stub_puts:
@@ -157,7 +167,7 @@ stub_putc:
         ret
 
 pm16_message:
-        .asciz "16-bit protected mode: entered through a 16-bit code segment\n"
+        .asciz "16-bit protected mode: cs=0x"
 real_mode_message:
         .asciz "real mode: cr0.pe="
 real_mode_cs_message:

@@ -35,7 +35,7 @@ GUEST_CASES = {
         None,
         [
             "protected mode: cr0.pe=1 cs=0x8",
-            "16-bit protected mode: entered through a 16-bit code segment",
+            "16-bit protected mode: cs=0x0020",
             "real mode: cr0.pe=0 cs=0x0800",
             "protected mode again: cr0.pe=1 real-mode marker=0x1234abcd",
             "long mode: efer.lma=1 cr4.pae=1 cr0.pg=1 64-bit arithmetic=0x10000000000",
