@@ -125,7 +125,7 @@ class Machine:
         from .boot.loader import load_kernel
 
         cfg = self.config
-        initrd = cfg.initrd
+        initrd = Path(cfg.initrd) if cfg.initrd else None
         state = load_kernel(self.memory, Path(cfg.kernel), initrd, cfg.append, cfg.decompress)
         self.accel.load_boot_state(state)
 
