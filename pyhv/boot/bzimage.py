@@ -63,6 +63,11 @@ class BzImage:
     def initrd_addr_max(self) -> int:
         return self.header.initrd_addr_max if self.protocol >= 0x0203 else DEFAULT_INITRD_ADDR_MAX
 
+    @property
+    def has_payload(self) -> bool:
+        """Whether the header locates the compressed vmlinux (protocol 2.08 and later)."""
+        return self.protocol >= 0x0208 and self.header.payload_length >= 4
+
     def payload(self) -> bytes:
         start = self.setup_size + self.header.payload_offset
         return self.data[start:start + self.header.payload_length]
@@ -116,7 +121,7 @@ def parse_bzimage(data: bytes, source: str) -> BzImage:
 
 def decompress_payload(image: BzImage, max_output: int) -> bytes:
     """The vmlinux ELF inside the bzImage, decompressed on the host."""
-    if image.header.payload_length < 4:
+    if not image.has_payload:
         raise BootError(f"{image.source}: bzImage has no payload_offset/payload_length (protocol < 2.08)")
     payload = image.payload()
     try:

@@ -70,7 +70,11 @@ def load_kernel(memory: GuestMemory, kernel: Path, initrd: Optional[Path] = None
     source = str(kernel)
     if is_bzimage(data):
         image = parse_bzimage(data, source)
-        return load_bzimage(memory, image, initrd, cmdline, True if decompress is None else decompress)
+        if decompress is None:
+            # Host-side decompression by default; kernels older than protocol 2.08 do not
+            # say where their payload is, so they decompress themselves.
+            decompress = image.has_payload
+        return load_bzimage(memory, image, initrd, cmdline, decompress)
     header, bad_checksum_at = find_header(data)
     if header is not None:
         return load_multiboot(memory, kernel, data, header, initrd, cmdline)

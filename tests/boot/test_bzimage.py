@@ -248,3 +248,12 @@ def test_32bit_boot_protocol_entry(tmp_path: Path, memory: GuestMemory) -> None:
     assert state.rip == 0x100000
     assert state.gprs == {"rsi": ZERO_PAGE, "rbp": 0, "rdi": 0, "rbx": 0}
     assert state.cs.selector == 0x10 and state.cs.db == 1
+
+
+def test_kernel_without_payload_fields_decompresses_itself_by_default(tmp_path: Path, memory: GuestMemory) -> None:
+    kernel = write_kernel(tmp_path, version=0x0207)  # payload_offset/length arrived in 2.08
+    state = load_kernel(memory, kernel)
+    assert memory.read(0x100000, 0x300) == b"\xf4" * 0x300  # the protected-mode kernel itself
+    assert state.rip == 0x100000 and not state.long_mode  # 2.07 predates the 64-bit entry
+    with pytest.raises(BootError, match="no payload_offset/payload_length"):
+        load_kernel(memory, kernel, decompress=True)
