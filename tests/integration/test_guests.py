@@ -7,7 +7,8 @@ peer, which the `qemu` tests check, so a guest that drifts from the truth is cau
 
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional
+from pathlib import Path
+from typing import Dict, List, NamedTuple, Optional
 
 import pytest
 
@@ -107,13 +108,15 @@ ACCELERATORS = [
 ]
 
 
-def expected_output(case: GuestCase, kernel, overrides=None) -> str:
+def expected_output(case: GuestCase, kernel: Path, overrides: Optional[Dict[str, str]] = None) -> str:
     overrides = overrides or {}
     lines = [overrides.get(line, line).replace("{kernel}", str(kernel)) for line in case.lines]
     return "".join(line + "\n" for line in lines)
 
 
-def assert_run_matches(run, case: GuestCase, kernel, overrides=None) -> None:
+def assert_run_matches(
+    run, case: GuestCase, kernel: Path, overrides: Optional[Dict[str, str]] = None
+) -> None:
     expected = expected_output(case, kernel, overrides)
     assert (run.stdout, run.status) == (expected, case.status), run.describe()
     assert "Traceback" not in run.stderr, run.describe()
