@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Callable, Dict, List, NamedTuple, Optional
 
 from ...bus import Bus
+from ...cpu_model import CpuModel, pyhv64
 from ...cpu_state import CpuBootState
 from ...lifecycle import Lifecycle
 from ...memory import GuestMemory
@@ -62,8 +63,11 @@ class Cpu:
     """
 
     def __init__(self, memory: GuestMemory, pio_bus: Bus, mmio_bus: Bus,
-                 lifecycle: Optional[Lifecycle] = None) -> None:
+                 lifecycle: Optional[Lifecycle] = None, cpu_model: Optional[CpuModel] = None,
+                 apic_id: int = 0) -> None:
         self.s = CpuState()
+        self.cpu_model = cpu_model if cpu_model is not None else pyhv64()
+        self.apic_id = apic_id
         self.memory = memory
         self.pio_bus = pio_bus
         self.mmio_bus = mmio_bus

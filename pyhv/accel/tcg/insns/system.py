@@ -111,42 +111,13 @@ def out_port(cpu, i: Insn) -> None:
 
 
 # --- cpuid --------------------------------------------------------------------------------
-# Leaf 1 EDX: fpu pse tsc msr pae cx8 apic pge cmov pat clflush mmx fxsr sse sse2.
-_LEAF1_EDX = (1 << 0) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 8) | (1 << 9) | \
-    (1 << 13) | (1 << 15) | (1 << 16) | (1 << 19) | (1 << 23) | (1 << 24) | (1 << 25) | (1 << 26)
-# Leaf 1 ECX: cx16 popcnt hypervisor.
-_LEAF1_ECX = (1 << 13) | (1 << 23) | (1 << 31)
-# 0x80000001 EDX: syscall nx pdpe1gb lm; ECX: lahf_lm.
-_EXT1_EDX = (1 << 11) | (1 << 20) | (1 << 26) | (1 << 29)
-_BRAND = b"pyhv software x86-64 CPU".ljust(48, b"\0")
-
-
-def _words(text: bytes) -> tuple:
-    return tuple(int.from_bytes(text[k:k + 4], "little") for k in range(0, len(text), 4))
-
-
-def cpuid_leaf(leaf: int, subleaf: int) -> tuple:
-    """(eax, ebx, ecx, edx) for a cpuid leaf."""
-    if leaf == 0:
-        ebx, edx, ecx = _words(b"GenuineIntel")
-        return 7, ebx, ecx, edx
-    if leaf == 1:
-        # Family 6, model 0x3A, stepping 9; CLFLUSH line 64 bytes; one logical CPU.
-        return 0x000306A9, (8 << 8) | (1 << 16), _LEAF1_ECX, _LEAF1_EDX
-    if leaf == 0x8000_0000:
-        return 0x8000_0008, 0, 0, 0
-    if leaf == 0x8000_0001:
-        return 0, 0, 1, _EXT1_EDX
-    if 0x8000_0002 <= leaf <= 0x8000_0004:
-        return _words(_BRAND[(leaf - 0x8000_0002) * 16:(leaf - 0x8000_0001) * 16])
-    if leaf == 0x8000_0008:
-        return 0x3028, 0, 0, 0  # 40 physical, 48 linear address bits
-    return 0, 0, 0, 0
+# The answers come from the machine's CPU model (pyhv/cpu_model.py), the same table the KVM
+# accelerator hands to KVM_SET_CPUID2, so a guest sees one CPU whichever accelerator runs it.
 
 
 def cpuid(cpu, i: Insn) -> None:
     regs = cpu.s.regs
-    eax, ebx, ecx, edx = cpuid_leaf(regs[RAX] & 0xFFFF_FFFF, regs[RCX] & 0xFFFF_FFFF)
+    eax, ebx, ecx, edx = cpu.cpu_model.cpuid(regs[RAX] & 0xFFFF_FFFF, regs[RCX] & 0xFFFF_FFFF, cpu.apic_id)
     regs[RAX], regs[RBX], regs[RCX], regs[RDX] = eax, ebx, ecx, edx
 
 
