@@ -173,7 +173,7 @@ def load_bzimage(memory: GuestMemory, image: BzImage, initrd: Optional[Path], cm
         _check_fits(memory, image, footprint_end)
         memory.write(KERNEL_LOAD_ADDR, image.protected_mode_kernel)
         if not long_mode:
-            entry = image.header.code32_start
+            entry = KERNEL_LOAD_ADDR  # the 32-bit entry is the start of the protected-mode code
     placement = None
     if initrd is not None:
         placement = load_initrd(memory, initrd, footprint_end, image.initrd_addr_max)

@@ -7,7 +7,7 @@ multiboot v1 header in the first 8 KiB, then an ELF64 vmlinux entered at its 64-
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 from ..cpu_state import CpuBootState
 from ..errors import BootError
@@ -56,33 +56,35 @@ def load_elf_vmlinux(memory: GuestMemory, kernel: Path, data: bytes, initrd: Opt
     return long_mode_entry(memory, image.physical_entry(), ZERO_PAGE_ADDR)
 
 
-def load_kernel(memory: GuestMemory, kernel: Path, initrd: Optional[Path] = None, cmdline: str = "",
-                decompress: Optional[bool] = None) -> CpuBootState:
+def load_kernel(memory: GuestMemory, kernel: Union[str, Path], initrd: Optional[Union[str, Path]] = None,
+                cmdline: str = "", decompress: Optional[bool] = None) -> CpuBootState:
     """Load ``kernel`` (bzImage, multiboot v1 or ELF64 vmlinux) and its initrd into ``memory``.
 
     ``initrd`` is the Linux initial ramdisk, or for multiboot QEMU's comma-separated module
-    list (each entry "file args..."). ``decompress`` (default on) unpacks a bzImage's payload
+    list (each entry "file args..."). Multiboot guests see the kernel and module names as
+    given, so pass the user's strings unchanged to match QEMU exactly. ``decompress`` (default on) unpacks a bzImage's payload
     on the host and enters the kernel past its own decompressor.
     Returns the boot vCPU's entry state; raises :class:`BootError` for unusable input.
     """
+    kernel_name = str(kernel)
     kernel = Path(kernel)
     data = read_kernel_file(kernel, memory)
-    source = str(kernel)
+    source = kernel_name
     if is_bzimage(data):
         image = parse_bzimage(data, source)
         if decompress is None:
             # Host-side decompression by default; kernels older than protocol 2.08 do not
             # say where their payload is, so they decompress themselves.
             decompress = image.has_payload
-        return load_bzimage(memory, image, initrd, cmdline, decompress)
+        return load_bzimage(memory, image, None if initrd is None else Path(initrd), cmdline, decompress)
     header, bad_checksum_at = find_header(data)
     if header is not None:
-        return load_multiboot(memory, kernel, data, header, initrd, cmdline)
+        return load_multiboot(memory, kernel_name, data, header, initrd, cmdline)
     elf64 = is_elf(data) and len(data) > 4 and data[4] == ELFCLASS64
     if bad_checksum_at is not None and not elf64:
         raise BootError(f"{source}: multiboot header at offset {bad_checksum_at:#x} has a bad checksum")
     if is_elf(data):
-        return load_elf_vmlinux(memory, kernel, data, initrd, cmdline)
+        return load_elf_vmlinux(memory, kernel, data, None if initrd is None else Path(initrd), cmdline)
     raise BootError(
         f"{source}: not a kernel pyhv can boot (no bzImage 'HdrS' header at 0x202, no multiboot header "
         f"in the first 8 KiB, not an ELF file)"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 from pathlib import Path
-from typing import List, NamedTuple, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple, Union
 
 from ..cpu_state import CpuBootState
 from ..errors import BootError
@@ -172,9 +172,13 @@ class _Buffer:
         return addr
 
 
-def load_multiboot(memory: GuestMemory, kernel: Path, data: bytes, header: MultibootHeader,
-                   initrd: Optional[Path], cmdline: str) -> CpuBootState:
-    """Load a multiboot kernel and its modules; return the 32-bit entry state."""
+def load_multiboot(memory: GuestMemory, kernel: Union[str, Path], data: bytes, header: MultibootHeader,
+                   initrd: Optional[Union[str, Path]], cmdline: str) -> CpuBootState:
+    """Load a multiboot kernel and its modules; return the 32-bit entry state.
+
+    ``kernel`` and ``initrd`` are spelled as the user gave them: their text ends up in
+    the guest's command lines.
+    """
     source = str(kernel)
     if header.flags & FLAG_AOUT_KLUDGE:
         load_addr, end, entry = _load_aout(memory, data, header, source)
@@ -193,7 +197,7 @@ def load_multiboot(memory: GuestMemory, kernel: Path, data: bytes, header: Multi
     module_table = buffer.reserve(MODULE_ENTRY_SIZE * len(modules), "multiboot module table")
     module_cmdlines = [buffer.put_string(spec, "module command line") for spec in modules]
     # QEMU passes "<kernel file name> <-append string>", the name as given on the command line.
-    kernel_cmdline = buffer.put_string(f"{kernel} {cmdline}", "kernel command line")
+    kernel_cmdline = buffer.put_string(f"{source} {cmdline}", "kernel command line")
     loader_name = buffer.put_string(BOOTLOADER_NAME, "boot loader name")
     buffer.next = page_align_up(buffer.next)
     for index, spec in enumerate(modules):

@@ -242,7 +242,8 @@ def test_vmlinux_segment_outside_ram_is_refused(tmp_path: Path, memory: GuestMem
 
 
 def test_32bit_boot_protocol_entry(tmp_path: Path, memory: GuestMemory) -> None:
-    kernel = write_kernel(tmp_path, xloadflags=0, code32_start=0x100000)
+    # code32_start is the loader's to set; the code is where we put it, at 1 MiB.
+    kernel = write_kernel(tmp_path, xloadflags=0, code32_start=0x200000)
     state = load_kernel(memory, kernel, decompress=False)
     assert not state.long_mode
     assert state.rip == 0x100000

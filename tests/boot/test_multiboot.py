@@ -195,3 +195,12 @@ def test_module_that_does_not_fit_is_refused(tmp_path: Path) -> None:
     module.write_bytes(bytes(2 * MiB))
     with pytest.raises(BootError, match="multiboot module .*huge.mod .* does not fit in guest RAM"):
         load_kernel(memory, kernel, module)
+
+
+def test_names_reach_the_guest_as_spelled(tmp_path: Path, memory: GuestMemory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    aout_kernel(tmp_path)
+    (tmp_path / "m.bin").write_bytes(b"module")
+    load_kernel(memory, "./kernel.bin", ".//m.bin  two  spaces", "x")
+    assert c_string(memory, info(memory)[4]) == b"./kernel.bin x"
+    assert modules(memory)[0][2] == b".//m.bin  two  spaces"
