@@ -16,7 +16,7 @@ import ctypes
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from ..cpu_state import CpuBootState
 from ..errors import BootError
@@ -25,7 +25,7 @@ from . import decompress as payload_codec
 from .bootparams import (BOOT_FLAG, LOADED_HIGH, SETUP_HEADER_MAGIC, SETUP_HEADER_OFFSET,
                          XLF_KERNEL_64, SetupHeader)
 from .cpu_entry import long_mode_entry, protected_mode_entry
-from .e820 import low_ram_end, memory_map
+from .e820 import E820Entry, low_ram_end, memory_map
 from .elf import ELFCLASS64, EM_X86_64, check_segments_fit, is_elf, load_segments, parse_elf
 from .layout import KERNEL_LOAD_ADDR, ZERO_PAGE_ADDR, align_up
 from .zeropage import DEFAULT_INITRD_ADDR_MAX, build_zero_page, load_initrd, write_cmdline
@@ -151,8 +151,14 @@ def _check_fits(memory: GuestMemory, image: BzImage, end: int) -> None:
 
 
 def load_bzimage(memory: GuestMemory, image: BzImage, initrd: Optional[Path], cmdline: str,
-                 decompress: bool) -> CpuBootState:
-    """Load ``image`` (and ``initrd``) into guest memory and return the entry state."""
+                 decompress: bool, e820: Optional[Sequence[E820Entry]] = None,
+                 acpi_rsdp_addr: Optional[int] = None) -> CpuBootState:
+    """Load ``image`` (and ``initrd``) into guest memory and return the entry state.
+
+    ``e820`` defaults to the map of ``memory``'s RAM; pass one with reserved ranges when
+    the machine keeps firmware tables in RAM.
+    """
+    e820 = memory_map(memory) if e820 is None else e820
     footprint_end = image.footprint_end()
     entry = KERNEL_LOAD_ADDR + STARTUP_64_OFFSET
     long_mode = bool(image.protocol >= 0x020C and image.header.xloadflags & XLF_KERNEL_64)
@@ -176,9 +182,9 @@ def load_bzimage(memory: GuestMemory, image: BzImage, initrd: Optional[Path], cm
             entry = KERNEL_LOAD_ADDR  # the 32-bit entry is the start of the protected-mode code
     placement = None
     if initrd is not None:
-        placement = load_initrd(memory, initrd, footprint_end, image.initrd_addr_max)
+        placement = load_initrd(memory, initrd, footprint_end, image.initrd_addr_max, e820)
     cmdline_addr = write_cmdline(memory, cmdline, image.header.cmdline_size, image.source)
-    build_zero_page(memory, image.header_bytes, cmdline_addr, placement, memory_map(memory), image.source)
+    build_zero_page(memory, image.header_bytes, cmdline_addr, placement, e820, image.source, acpi_rsdp_addr)
     if long_mode:
         return long_mode_entry(memory, entry, ZERO_PAGE_ADDR)
     # 32-bit boot protocol: ESI = boot_params; EBP, EDI and EBX must be zero.

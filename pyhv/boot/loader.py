@@ -7,14 +7,14 @@ multiboot v1 header in the first 8 KiB, then an ELF64 vmlinux entered at its 64-
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Tuple, Union
 
 from ..cpu_state import CpuBootState
 from ..errors import BootError
 from ..memory import GuestMemory
 from .bzimage import is_bzimage, load_bzimage, parse_bzimage
 from .cpu_entry import long_mode_entry
-from .e820 import memory_map
+from .e820 import E820Entry, memory_map
 from .elf import ELFCLASS64, EM_X86_64, is_elf, load_segments, parse_elf
 from .layout import ZERO_PAGE_ADDR
 from .multiboot import find_header, load_multiboot
@@ -40,7 +40,7 @@ def read_kernel_file(kernel: Path, memory: GuestMemory) -> bytes:
 
 
 def load_elf_vmlinux(memory: GuestMemory, kernel: Path, data: bytes, initrd: Optional[Path],
-                     cmdline: str) -> CpuBootState:
+                     cmdline: str, e820: Sequence[E820Entry], acpi_rsdp_addr: Optional[int] = None) -> CpuBootState:
     """An uncompressed ELF64 vmlinux: load by PT_LOAD, enter startup_64 with a zero page."""
     source = str(kernel)
     image = parse_elf(data, source)
@@ -49,42 +49,48 @@ def load_elf_vmlinux(memory: GuestMemory, kernel: Path, data: bytes, initrd: Opt
     load_segments(memory, image, data, source)
     placement = None
     if initrd is not None:
-        placement = load_initrd(memory, initrd, image.high, 0xFFFF_FFFF)
+        placement = load_initrd(memory, initrd, image.high, 0xFFFF_FFFF, e820)
     cmdline_addr = write_cmdline(memory, cmdline, ELF_CMDLINE_SIZE, source)
     build_zero_page(memory, synthetic_setup_header(ELF_CMDLINE_SIZE), cmdline_addr, placement,
-                    memory_map(memory), source)
+                    e820, source, acpi_rsdp_addr)
     return long_mode_entry(memory, image.physical_entry(), ZERO_PAGE_ADDR)
 
 
 def load_kernel(memory: GuestMemory, kernel: Union[str, Path], initrd: Optional[Union[str, Path]] = None,
-                cmdline: str = "", decompress: Optional[bool] = None) -> CpuBootState:
+                cmdline: str = "", decompress: Optional[bool] = None, *,
+                reserved: Sequence[Tuple[int, int]] = (), acpi_rsdp_addr: Optional[int] = None) -> CpuBootState:
     """Load ``kernel`` (bzImage, multiboot v1 or ELF64 vmlinux) and its initrd into ``memory``.
 
     ``initrd`` is the Linux initial ramdisk, or for multiboot QEMU's comma-separated module
     list (each entry "file args..."). Multiboot guests see the kernel and module names as
-    given, so pass the user's strings unchanged to match QEMU exactly. ``decompress`` (default on) unpacks a bzImage's payload
-    on the host and enters the kernel past its own decompressor.
+    given, so pass the user's strings unchanged to match QEMU exactly. ``decompress``
+    (default on) unpacks a bzImage's payload on the host and enters the kernel past its own
+    decompressor. ``reserved`` lists [start, end) ranges of RAM the machine keeps (firmware
+    or ACPI tables): they are reported reserved in the e820 map / multiboot mmap and the
+    initrd avoids them. ``acpi_rsdp_addr`` goes into the Linux zero page.
     Returns the boot vCPU's entry state; raises :class:`BootError` for unusable input.
     """
     kernel_name = str(kernel)
     kernel = Path(kernel)
     data = read_kernel_file(kernel, memory)
     source = kernel_name
+    e820 = memory_map(memory, reserved)
+    initrd_path = None if initrd is None else Path(initrd)
     if is_bzimage(data):
         image = parse_bzimage(data, source)
         if decompress is None:
             # Host-side decompression by default; kernels older than protocol 2.08 do not
             # say where their payload is, so they decompress themselves.
             decompress = image.has_payload
-        return load_bzimage(memory, image, None if initrd is None else Path(initrd), cmdline, decompress)
+        return load_bzimage(memory, image, initrd_path, cmdline, decompress, e820, acpi_rsdp_addr)
     header, bad_checksum_at = find_header(data)
     if header is not None:
-        return load_multiboot(memory, kernel_name, data, header, initrd, cmdline)
+        return load_multiboot(memory, kernel_name, data, header, initrd, cmdline, e820)
     elf64 = is_elf(data) and len(data) > 4 and data[4] == ELFCLASS64
     if bad_checksum_at is not None and not elf64:
         raise BootError(f"{source}: multiboot header at offset {bad_checksum_at:#x} has a bad checksum")
     if is_elf(data):
-        return load_elf_vmlinux(memory, kernel, data, None if initrd is None else Path(initrd), cmdline)
+        return load_elf_vmlinux(memory, kernel, data, initrd_path, cmdline, e820, acpi_rsdp_addr)
     raise BootError(
         f"{source}: not a kernel pyhv can boot (no bzImage 'HdrS' header at 0x202, no multiboot header "
         f"in the first 8 KiB, not an ELF file)"

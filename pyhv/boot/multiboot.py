@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import struct
 from pathlib import Path
-from typing import List, NamedTuple, Optional, Tuple, Union
+from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from ..cpu_state import CpuBootState
 from ..errors import BootError
 from ..memory import GuestMemory
 from .cpu_entry import protected_mode_entry
-from .e820 import E820Entry, memory_map, ram_kib_above_1mib, ram_kib_below_640k
+from .e820 import E820_RAM, E820Entry, memory_map, ram_kib_above_1mib, ram_kib_below_640k
 from .elf import ELFCLASS64, is_elf, load_segments, parse_elf
 from .layout import BOOT_GDT_ADDR, MULTIBOOT_INFO_ADDR, MULTIBOOT_MMAP_ADDR, page_align_up
 
@@ -141,7 +141,7 @@ def _load_elf32(memory: GuestMemory, data: bytes, source: str) -> Tuple[int, int
     return low, high, image.physical_entry()
 
 
-def _write_mmap(memory: GuestMemory, entries: List[E820Entry], source: str) -> int:
+def _write_mmap(memory: GuestMemory, entries: Sequence[E820Entry], source: str) -> int:
     blob = b"".join(struct.pack("<IQQI", MMAP_ENTRY_SIZE - 4, e.addr, e.size, e.type) for e in entries)
     if len(blob) > MMAP_AREA_SIZE:
         raise BootError(f"{source}: memory map of {len(entries)} entries does not fit the multiboot area")
@@ -152,8 +152,9 @@ def _write_mmap(memory: GuestMemory, entries: List[E820Entry], source: str) -> i
 class _Buffer:
     """Allocates guest memory after the kernel, as QEMU's mb_buf does."""
 
-    def __init__(self, memory: GuestMemory, start: int, source: str) -> None:
+    def __init__(self, memory: GuestMemory, start: int, source: str, e820: Sequence[E820Entry]) -> None:
         self.memory, self.next, self.source = memory, start, source
+        self.kept = [e for e in e820 if e.type != E820_RAM]
 
     def reserve(self, size: int, what: str) -> int:
         addr = self.next
@@ -162,6 +163,12 @@ class _Buffer:
                 f"{self.source}: {what} ({size} bytes at {addr:#x}) does not fit in guest RAM "
                 f"({self.memory.ram_size >> 20} MiB); give the guest more memory (-m)"
             )
+        for entry in self.kept:
+            if addr < entry.end and entry.addr < addr + size:
+                raise BootError(
+                    f"{self.source}: {what} ({size} bytes at {addr:#x}) would overwrite the reserved range "
+                    f"[{entry.addr:#x}, {entry.end:#x})"
+                )
         self.next = addr + size
         return addr
 
@@ -173,7 +180,8 @@ class _Buffer:
 
 
 def load_multiboot(memory: GuestMemory, kernel: Union[str, Path], data: bytes, header: MultibootHeader,
-                   initrd: Optional[Union[str, Path]], cmdline: str) -> CpuBootState:
+                   initrd: Optional[Union[str, Path]], cmdline: str,
+                   e820: Optional[Sequence[E820Entry]] = None) -> CpuBootState:
     """Load a multiboot kernel and its modules; return the 32-bit entry state.
 
     ``kernel`` and ``initrd`` are spelled as the user gave them: their text ends up in
@@ -193,7 +201,8 @@ def load_multiboot(memory: GuestMemory, kernel: Union[str, Path], data: bytes, h
         raise BootError(f"{source}: multiboot entry point {entry:#x} is outside guest RAM")
 
     modules = split_modules(str(initrd)) if initrd is not None else []
-    buffer = _Buffer(memory, page_align_up(end), source)
+    e820 = list(memory_map(memory) if e820 is None else e820)
+    buffer = _Buffer(memory, page_align_up(end), source, e820)
     module_table = buffer.reserve(MODULE_ENTRY_SIZE * len(modules), "multiboot module table")
     module_cmdlines = [buffer.put_string(spec, "module command line") for spec in modules]
     # QEMU passes "<kernel file name> <-append string>", the name as given on the command line.
@@ -218,7 +227,6 @@ def load_multiboot(memory: GuestMemory, kernel: Union[str, Path], data: bytes, h
         memory.write(module_table + index * MODULE_ENTRY_SIZE,
                      struct.pack("<IIII", start, start + size, module_cmdlines[index], 0))
 
-    e820 = memory_map(memory)
     mmap_length = _write_mmap(memory, e820, source)
     info = bytearray(INFO_SIZE)
     struct.pack_into("<IIIIIII", info, 0,

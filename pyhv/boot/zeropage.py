@@ -14,7 +14,7 @@ from ..errors import BootError
 from ..memory import GuestMemory
 from .bootparams import (BOOT_FLAG, CAN_USE_HEAP, E820_MAX_ENTRIES_ZEROPAGE, SETUP_HEADER_MAGIC,
                          SETUP_HEADER_OFFSET, TYPE_OF_LOADER_UNDEFINED, BootParams, SetupHeader)
-from .e820 import E820Entry, low_ram_end
+from .e820 import E820_RAM, E820Entry, low_ram_end
 from .layout import CMDLINE_ADDR, CMDLINE_LIMIT, PAGE_SIZE, ZERO_PAGE_ADDR, align_down
 
 # Protocol 2.02 (first with cmd_line_ptr) lets the real-mode heap end 0x200 bytes below
@@ -53,12 +53,14 @@ def write_cmdline(memory: GuestMemory, cmdline: str, max_size: int, source: str)
     return CMDLINE_ADDR
 
 
-def load_initrd(memory: GuestMemory, initrd: Path, kernel_end: int, addr_max: int) -> InitrdPlacement:
+def load_initrd(memory: GuestMemory, initrd: Path, kernel_end: int, addr_max: int,
+                e820: Sequence[E820Entry]) -> InitrdPlacement:
     """Read ``initrd`` into guest memory, page-aligned and as high as the kernel allows.
 
-    The image must end at or below ``addr_max`` (the kernel's initrd_addr_max, inclusive)
-    and below the end of low RAM, and must start at or above ``kernel_end`` so the kernel
-    does not overwrite it while it unpacks itself.
+    The image must lie in one usable RAM range of ``e820`` (so it spares reserved ranges
+    such as ACPI tables), end at or below ``addr_max`` (the kernel's initrd_addr_max,
+    inclusive) and below the end of low RAM, and start at or above ``kernel_end`` so the
+    kernel does not overwrite it while it unpacks itself.
     """
     try:
         size = initrd.stat().st_size
@@ -67,8 +69,14 @@ def load_initrd(memory: GuestMemory, initrd: Path, kernel_end: int, addr_max: in
     if size == 0:
         raise BootError(f"initrd {initrd}: file is empty")
     ceiling = min(addr_max + 1, low_ram_end(memory))
-    addr = align_down(ceiling - size, PAGE_SIZE)
-    if addr < kernel_end:
+    addr = -1
+    for entry in e820:
+        if entry.type != E820_RAM:
+            continue
+        candidate = align_down(min(entry.end, ceiling) - size, PAGE_SIZE)
+        if candidate >= max(entry.addr, kernel_end):
+            addr = max(addr, candidate)
+    if addr < 0:
         raise BootError(
             f"initrd {initrd}: {size} bytes do not fit between the kernel's end at {kernel_end:#x} and "
             f"{ceiling:#x} (the initrd limit or end of low RAM); give the guest more memory (-m)"
@@ -97,9 +105,11 @@ def synthetic_setup_header(cmdline_size: int = 0x7FF) -> bytes:
 
 def build_zero_page(memory: GuestMemory, header_bytes: bytes, cmdline_addr: int,
                     initrd: Optional[InitrdPlacement], e820: Sequence[E820Entry],
-                    source: str) -> BootParams:
+                    source: str, acpi_rsdp_addr: Optional[int] = None) -> BootParams:
     """Fill boot_params from the kernel's setup header and write it at ZERO_PAGE_ADDR."""
     params = BootParams()
+    if acpi_rsdp_addr is not None:
+        params.acpi_rsdp_addr = acpi_rsdp_addr
     raw = header_bytes[:ctypes.sizeof(BootParams) - SETUP_HEADER_OFFSET]
     ctypes.memmove(ctypes.addressof(params) + SETUP_HEADER_OFFSET, raw, len(raw))
     hdr = params.hdr

@@ -258,3 +258,24 @@ def test_kernel_without_payload_fields_decompresses_itself_by_default(tmp_path: 
     assert state.rip == 0x100000 and not state.long_mode  # 2.07 predates the 64-bit entry
     with pytest.raises(BootError, match="no payload_offset/payload_length"):
         load_kernel(memory, kernel, decompress=True)
+
+
+def test_reserved_ranges_and_rsdp_reach_the_zero_page(tmp_path: Path, memory: GuestMemory) -> None:
+    kernel = write_kernel(tmp_path)
+    initrd = tmp_path / "initrd"
+    initrd.write_bytes(b"z" * 10000)
+    acpi = (250 * MiB, 256 * MiB)  # firmware tables at the top of RAM, as SeaBIOS puts them
+    load_kernel(memory, kernel, initrd, reserved=[acpi], acpi_rsdp_addr=0xF5A30)
+    assert memory.read_u64(ZERO_PAGE + 0x070) == 0xF5A30
+    count = zp_u8(memory, 0x1E8)
+    entries = [struct.unpack("<QQI", memory.read(ZERO_PAGE + 0x2D0 + 20 * i, 20)) for i in range(count)]
+    assert (0x100000, 249 * MiB, 1) in entries
+    assert (250 * MiB, 6 * MiB, 2) in entries
+    image = zp_u32(memory, 0x218)
+    assert image + 10000 <= 250 * MiB and image > 249 * MiB  # highest spot that spares the tables
+
+
+def test_no_rsdp_leaves_the_field_zero(tmp_path: Path, memory: GuestMemory) -> None:
+    memory.write_u64(ZERO_PAGE + 0x070, 0x1234)
+    load_kernel(memory, write_kernel(tmp_path))
+    assert memory.read_u64(ZERO_PAGE + 0x070) == 0

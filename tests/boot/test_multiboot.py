@@ -204,3 +204,18 @@ def test_names_reach_the_guest_as_spelled(tmp_path: Path, memory: GuestMemory, m
     load_kernel(memory, "./kernel.bin", ".//m.bin  two  spaces", "x")
     assert c_string(memory, info(memory)[4]) == b"./kernel.bin x"
     assert modules(memory)[0][2] == b".//m.bin  two  spaces"
+
+
+def test_reserved_ranges_in_mmap_and_spared_by_modules(tmp_path: Path, memory: GuestMemory) -> None:
+    kernel = aout_kernel(tmp_path)
+    module = tmp_path / "mod"
+    module.write_bytes(b"m" * 100)
+    load_kernel(memory, kernel, module, reserved=[(128 * MiB, 129 * MiB)])
+    fields = info(memory)
+    mmap_length, mmap_addr = fields[11], fields[12]
+    entries = [struct.unpack("<IQQI", memory.read(mmap_addr + off, 24))[1:] for off in range(0, mmap_length, 24)]
+    assert (128 * MiB, MiB, 2) in entries and (MiB, 127 * MiB, 1) in entries
+    assert fields[2] == 127 * 1024  # mem_upper stops at the first hole above 1 MiB
+    clash = [(LOAD + 0x1000, LOAD + 0x2000)]  # right where the module table would go
+    with pytest.raises(BootError, match=r"would overwrite the reserved range \[0x101000, 0x102000\)"):
+        load_kernel(memory, aout_kernel(tmp_path, bss=0), module, reserved=clash)
