@@ -151,7 +151,7 @@ class Qcow2Image(BlockBackend):
     # ----- reads -----
     def readinto(self, offset: int, buf: memoryview) -> None:
         self._check_request(offset, len(buf), False)
-        self._read_guest(offset, memoryview(buf).cast("B"))
+        self._read_guest(offset, fileio.byte_view(buf))
 
     def _read_guest(self, offset: int, buf: memoryview) -> None:
         cs, cb = self.cluster_size, self.cluster_bits
@@ -208,7 +208,7 @@ class Qcow2Image(BlockBackend):
 
     # ----- writes -----
     def write(self, offset: int, data) -> None:
-        view = memoryview(data).cast("B")
+        view = fileio.byte_view(data)
         self._check_request(offset, len(view), True)
         self._mark_dirty_if_lazy()
         cs, cb = self.cluster_size, self.cluster_bits
@@ -275,7 +275,7 @@ class Qcow2Image(BlockBackend):
         """Store one whole cluster deflated (``convert -c``); incompressible data is stored
         as a normal cluster. Streams are packed into shared clusters, never across one."""
         cs = self.cluster_size
-        view = memoryview(data).cast("B")
+        view = fileio.byte_view(data)
         self._check_request(offset, len(view), True)
         if offset % cs or (len(view) != cs and offset + len(view) != self.size):
             raise BlockRequestError(f"{self.filename}: compressed writes must cover one whole "
