@@ -1,0 +1,223 @@
+"""Split virtqueues (virtio 1.2, 2.7): descriptor table, available ring, used ring.
+
+The guest is hostile. Every address and length it gives is checked against guest RAM
+through :class:`GuestMemory` before anything is read or handed to a device; chains have
+a length limit (a loop is a chain that never ends, so the limit catches it too), indirect
+tables are validated, and a ring index that jumps further than the queue is long is
+refused. Whatever the guest did wrong ends in :class:`VirtqueueError`, which the device
+turns into DEVICE_NEEDS_RESET; nothing here raises anything else for guest input.
+
+As in rust-vmm's virtio-queue, the methods take the guest memory as a parameter instead
+of keeping it, so a queue is plain state and tests can point it at any memory.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Iterator, List, NamedTuple, Optional
+
+from ...errors import GuestAddressError
+from ...memory import GuestMemory
+
+DESC_F_NEXT = 0x1
+DESC_F_WRITE = 0x2
+DESC_F_INDIRECT = 0x4
+AVAIL_F_NO_INTERRUPT = 0x1
+
+DESCRIPTOR_SIZE = 16
+USED_ELEM_SIZE = 8
+MAX_QUEUE_SIZE = 32768  # the largest split queue the spec allows (2.7)
+_DESCRIPTOR = struct.Struct("<QIHH")  # addr, len, flags, next
+
+
+class VirtqueueError(Exception):
+    """The guest broke a virtqueue rule. A guest fault, not a host error: the device
+    reports it to the guest with DEVICE_NEEDS_RESET instead of stopping the VM."""
+
+
+class Descriptor(NamedTuple):
+    """One guest buffer of a chain, already checked to lie inside guest RAM."""
+
+    gpa: int
+    length: int
+    writable: bool
+
+
+class DescriptorChain(NamedTuple):
+    """An available request: the head index (what goes back in the used ring) and buffers."""
+
+    head: int
+    descriptors: List[Descriptor]
+
+    @property
+    def readable(self) -> List[Descriptor]:
+        return [d for d in self.descriptors if not d.writable]
+
+    @property
+    def writable(self) -> List[Descriptor]:
+        return [d for d in self.descriptors if d.writable]
+
+
+def _is_power_of_two(value: int) -> bool:
+    return value > 0 and value & (value - 1) == 0
+
+
+class SplitQueue:
+    """Device-side state of one split virtqueue, as the transport's registers set it."""
+
+    def __init__(self, max_size: int) -> None:
+        if not _is_power_of_two(max_size) or max_size > MAX_QUEUE_SIZE:
+            raise ValueError(f"queue maximum {max_size} is not a power of two up to {MAX_QUEUE_SIZE}")
+        self.max_size = max_size
+        self.reset()
+
+    def reset(self) -> None:
+        self.size = self.max_size
+        self.ready = False
+        self.desc_table = 0
+        self.avail_ring = 0
+        self.used_ring = 0
+        self.next_avail = 0
+        self.next_used = 0
+        self.event_idx = False  # VIRTIO_F_EVENT_IDX negotiated
+        self.indirect = False  # VIRTIO_F_INDIRECT_DESC negotiated
+        self.signalled_used: Optional[int] = None
+
+    # --- layout -------------------------------------------------------------------------
+    def _avail_size(self) -> int:
+        return 6 + 2 * self.size  # flags, idx, ring[size], used_event
+
+    def _used_size(self) -> int:
+        return 6 + USED_ELEM_SIZE * self.size  # flags, idx, ring[size], avail_event
+
+    def validate(self, memory: GuestMemory) -> None:
+        """Check the size and the three ring areas before the device uses the queue."""
+        if not _is_power_of_two(self.size) or self.size > self.max_size:
+            raise VirtqueueError(f"queue size {self.size} is not a power of two up to {self.max_size}")
+        areas = (
+            ("descriptor table", self.desc_table, DESCRIPTOR_SIZE * self.size, 16),
+            ("available ring", self.avail_ring, self._avail_size(), 2),
+            ("used ring", self.used_ring, self._used_size(), 4),
+        )
+        for name, gpa, size, alignment in areas:
+            if gpa % alignment:
+                raise VirtqueueError(f"{name} at {gpa:#x} is not {alignment}-byte aligned")
+            if not memory.contains(gpa, size):
+                raise VirtqueueError(f"{name} at {gpa:#x}+{size:#x} is outside guest RAM")
+
+    # --- guest memory access (every read is bounds-checked by GuestMemory) ----------------
+    @staticmethod
+    def _read_u16(memory: GuestMemory, gpa: int) -> int:
+        try:
+            return memory.read_u16(gpa)
+        except GuestAddressError as err:
+            raise VirtqueueError(str(err)) from err
+
+    @staticmethod
+    def _write_u16(memory: GuestMemory, gpa: int, value: int) -> None:
+        try:
+            memory.write_u16(gpa, value)
+        except GuestAddressError as err:
+            raise VirtqueueError(str(err)) from err
+
+    def avail_idx(self, memory: GuestMemory) -> int:
+        return self._read_u16(memory, self.avail_ring + 2)
+
+    def pending(self, memory: GuestMemory) -> int:
+        """How many chains the driver made available that the device has not taken."""
+        count = (self.avail_idx(memory) - self.next_avail) & 0xFFFF
+        if count > self.size:
+            raise VirtqueueError(
+                f"available index moved {count} entries ahead of the device, more than the "
+                f"queue size {self.size}")
+        return count
+
+    # --- the available side -------------------------------------------------------------
+    def pop(self, memory: GuestMemory) -> Optional[DescriptorChain]:
+        """The next available chain, or None when the driver has made nothing more available."""
+        if not self.pending(memory):
+            return None
+        slot = self.avail_ring + 4 + 2 * (self.next_avail % self.size)
+        head = self._read_u16(memory, slot)
+        self.next_avail = (self.next_avail + 1) & 0xFFFF
+        if self.event_idx:
+            # avail_event: "kick me once you make the entry after this one available".
+            self._write_u16(memory, self.used_ring + 4 + USED_ELEM_SIZE * self.size, self.next_avail)
+        return DescriptorChain(head, self._walk_chain(memory, head))
+
+    def iter_available(self, memory: GuestMemory) -> Iterator[DescriptorChain]:
+        """Pop chains until none is left; the available index is re-read before each one,
+        so buffers the driver adds meanwhile (the console's input thread) are seen too."""
+        while True:
+            chain = self.pop(memory)
+            if chain is None:
+                return
+            yield chain
+
+    def _read_descriptor(self, memory: GuestMemory, table: int, index: int):
+        try:
+            return _DESCRIPTOR.unpack(memory.read(table + DESCRIPTOR_SIZE * index, DESCRIPTOR_SIZE))
+        except GuestAddressError as err:
+            raise VirtqueueError(f"descriptor {index} of table {table:#x}: {err}") from err
+
+    def _walk_chain(self, memory: GuestMemory, head: int) -> List[Descriptor]:
+        if head >= self.size:
+            raise VirtqueueError(f"chain head {head} is not below the queue size {self.size}")
+        table, table_len, index = self.desc_table, self.size, head
+        in_indirect = False
+        descriptors: List[Descriptor] = []
+        while True:
+            addr, length, flags, next_index = self._read_descriptor(memory, table, index)
+            if flags & DESC_F_INDIRECT:
+                if in_indirect:
+                    raise VirtqueueError(f"descriptor {index} of an indirect table is itself indirect")
+                if not self.indirect:
+                    raise VirtqueueError(f"descriptor {index} is indirect but INDIRECT_DESC was not negotiated")
+                if descriptors or flags & DESC_F_NEXT:
+                    raise VirtqueueError(f"indirect descriptor {index} is not alone in its chain")
+                if length == 0 or length % DESCRIPTOR_SIZE or length // DESCRIPTOR_SIZE > MAX_QUEUE_SIZE:
+                    raise VirtqueueError(
+                        f"indirect table at {addr:#x} has length {length}, not a non-zero multiple "
+                        f"of {DESCRIPTOR_SIZE} up to {MAX_QUEUE_SIZE} entries")
+                if not memory.contains(addr, length):
+                    raise VirtqueueError(f"indirect table at {addr:#x}+{length:#x} is outside guest RAM")
+                table, table_len, index = addr, length // DESCRIPTOR_SIZE, 0
+                in_indirect = True
+                continue
+            if not memory.contains(addr, length):
+                raise VirtqueueError(f"descriptor {index} buffer {addr:#x}+{length:#x} is outside guest RAM")
+            descriptors.append(Descriptor(addr, length, bool(flags & DESC_F_WRITE)))
+            if len(descriptors) > table_len:
+                # A chain visiting more descriptors than its table holds revisits one: a loop.
+                raise VirtqueueError(
+                    f"chain from head {head} is longer than its {table_len}-entry table (a loop?)")
+            if not flags & DESC_F_NEXT:
+                return descriptors
+            if next_index >= table_len:
+                raise VirtqueueError(f"descriptor {index} points to {next_index}, past the {table_len}-entry table")
+            index = next_index
+
+    # --- the used side ---------------------------------------------------------------------
+    def add_used(self, memory: GuestMemory, head: int, length: int) -> None:
+        """Return chain ``head`` to the driver with ``length`` bytes written into it."""
+        slot = self.used_ring + 4 + USED_ELEM_SIZE * (self.next_used % self.size)
+        try:
+            memory.write_u32(slot, head)
+            memory.write_u32(slot + 4, length)
+        except GuestAddressError as err:
+            raise VirtqueueError(str(err)) from err
+        self.next_used = (self.next_used + 1) & 0xFFFF
+        # The element is in place before the index that publishes it (x86 keeps store order).
+        self._write_u16(memory, self.used_ring + 2, self.next_used)
+
+    def needs_notification(self, memory: GuestMemory) -> bool:
+        """Whether the driver wants an interrupt for the used entries added since the last one."""
+        if not self.event_idx:
+            return not self._read_u16(memory, self.avail_ring) & AVAIL_F_NO_INTERRUPT
+        used_event = self._read_u16(memory, self.avail_ring + 4 + 2 * self.size)
+        old, new = self.signalled_used, self.next_used
+        self.signalled_used = new
+        if old is None:
+            return True
+        # vring_need_event: did the used index step over used_event since the last signal?
+        return (new - used_event - 1) & 0xFFFF < (new - old) & 0xFFFF
