@@ -66,17 +66,19 @@ _CONFIG = struct.Struct("<QIIHBBIBBHIBBHIIIIIB3x")
 
 
 class VirtioBlock(VirtioDevice):
-    """One disk; ``serial`` is what VIRTIO_BLK_T_GET_ID returns (20 bytes at most)."""
+    """One disk; ``serial`` is what VIRTIO_BLK_T_GET_ID returns (20 bytes at most);
+    ``discard=False`` (QEMU's discard=ignore) leaves DISCARD unoffered."""
 
     device_id = spec.ID_BLOCK
     name = "virtio-blk"
 
-    def __init__(self, memory: GuestMemory, backend: BlockBackend, serial: str = "") -> None:
+    def __init__(self, memory: GuestMemory, backend: BlockBackend, serial: str = "",
+                 discard: bool = True) -> None:
         features = spec.bit(F_SEG_MAX) | spec.bit(F_BLK_SIZE) | spec.bit(F_FLUSH)
         if backend.read_only:
             features |= spec.bit(F_RO)
         else:
-            features |= spec.bit(F_DISCARD) | spec.bit(F_WRITE_ZEROES)
+            features |= spec.bit(F_WRITE_ZEROES) | (spec.bit(F_DISCARD) if discard else 0)
         super().__init__(memory, [QUEUE_SIZE], features)
         self.backend = backend
         self.serial = serial.encode()[:ID_BYTES]
@@ -159,6 +161,8 @@ class VirtioBlock(VirtioDevice):
         return S_OK, scatter(in_data, self.serial.ljust(ID_BYTES, b"\0"))
 
     def _discard(self, sector: int, out_data: List[memoryview], in_data: List[memoryview]) -> Tuple[int, int]:
+        if not self.avail_features >> F_DISCARD & 1:
+            return S_UNSUPP, 0
         return self._segments(out_data, unmap_allowed=False, operation=self.backend.discard)
 
     def _write_zeroes(self, sector: int, out_data: List[memoryview],

@@ -94,6 +94,3 @@ class VirtioConsole(VirtioDevice):
 
     def activated(self) -> None:
         self._deliver_input()
-
-    def close(self) -> None:
-        self.backend.close()

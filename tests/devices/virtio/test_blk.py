@@ -187,3 +187,14 @@ def test_several_requests_one_kick_one_interrupt(memory, plug, image):
     assert len(queue.take_used()) == 4
     assert all(memory.read_u8(s) == blk.S_OK for s in statuses)
     assert driver.ack_interrupts() == spec.INT_USED_BUFFER
+
+
+def test_discard_ignore_leaves_discard_unoffered(memory, plug, image):
+    before = image.read_bytes()
+    device = VirtioBlock(memory, open_image(str(image), "raw", False), discard=False)
+    driver, _transport, _irq = plug(device)
+    driver.start(1)
+    assert not driver.features() >> blk.F_DISCARD & 1
+    assert driver.features() >> blk.F_WRITE_ZEROES & 1
+    assert request(driver, blk.T_DISCARD, out=struct.pack("<QII", 0, 8, 0))[0] == blk.S_UNSUPP
+    assert image.read_bytes() == before
