@@ -10,6 +10,7 @@ cached block into generated Python source with registers in locals (``translate.
 
 from __future__ import annotations
 
+import os
 from typing import Callable, Dict, List, NamedTuple, Optional
 
 from ...bus import Bus
@@ -23,8 +24,16 @@ from .faults import GuestFault, PF
 from .interrupts import TripleFault, raise_exception, raise_interrupt
 from .mmu import ACCESS_FETCH, Mmu
 from .state import CS, IF, SS, CpuState
+from .translate import Translator
+from .translate_insns import EMITTERS
 
 MAX_BLOCK_INSNS = 64
+# Translating costs about as much as interpreting a block a few hundred times on CPython,
+# so code that runs once or twice (boot-time set-up) stays interpreted.
+# PYHV_TCG_TRANSLATE_AFTER overrides it (0: translate at once; "off": never translate),
+# so the whole test suite can run through the translator or the interpreter alone.
+_TRANSLATE_ENV = os.environ.get("PYHV_TCG_TRANSLATE_AFTER", "2")
+TRANSLATE_AFTER: Optional[int] = None if _TRANSLATE_ENV == "off" else int(_TRANSLATE_ENV)
 MASK64 = 0xFFFF_FFFF_FFFF_FFFF
 
 
@@ -42,7 +51,9 @@ class RunResult(NamedTuple):
 
 
 class Block:
-    __slots__ = ("phys", "rip", "bits", "cs_base", "insns", "pages")
+    """A decoded basic block; ``fn`` is its translated function once it ran ``heat`` times."""
+
+    __slots__ = ("phys", "rip", "bits", "cs_base", "insns", "pages", "fn", "heat")
 
     def __init__(self, phys: int, rip: int, bits: int, cs_base: int, insns: List[Insn],
                  pages: List[int]) -> None:
@@ -52,6 +63,8 @@ class Block:
         self.cs_base = cs_base
         self.insns = insns
         self.pages = pages
+        self.fn: Optional[Callable[..., int]] = None
+        self.heat = 0
 
 
 class Cpu:
@@ -87,6 +100,13 @@ class Cpu:
         self.bits = 16
         self.stack_mask = 0xFFFF
         self.debug_regs = [0, 0, 0, 0, 0, 0, 0xFFFF0FF0, 0x400]
+        # Guest instructions retired over the CPU's life (updated when run() returns).
+        self.instructions_retired = 0
+        # A block is translated to Python after it ran this many times interpreted
+        # (None: never translate, the interpreter runs everything).
+        self.translate_after: Optional[int] = TRANSLATE_AFTER
+        self.translator = Translator(self.mmu.low_end, EMITTERS)
+        self.fault_retired = 0  # set by a translated block that raises a guest fault
         self.update_mode()
 
     # --- state --------------------------------------------------------------------------
@@ -202,6 +222,11 @@ class Cpu:
     # --- run loop -----------------------------------------------------------------------
     def run(self, max_instructions: int) -> RunResult:
         """Run until HLT, shutdown, an exit request, or ``max_instructions`` executed."""
+        result = self._run(max_instructions)
+        self.instructions_retired += result.instructions
+        return result
+
+    def _run(self, max_instructions: int) -> RunResult:
         s = self.s
         mmu = self.mmu
         blocks = self.blocks
@@ -222,10 +247,12 @@ class Cpu:
                 self.interrupt_request = False if vector is None else self.interrupt_request
             if self.halted:
                 return RunResult(StopReason.HLT, executed)
-            if executed >= max_instructions:
+            budget = max_instructions - executed
+            if budget <= 0:
                 return RunResult(StopReason.BUDGET, executed)
             rip = s.rip
             insn = None
+            fn = None
             try:
                 if self.bits == 64:
                     linear = rip
@@ -237,13 +264,24 @@ class Cpu:
                 if block is None or block.rip != rip or block.bits != self.bits:
                     block = self._build_block(rip, phys)
                 todo = block.insns
-                budget = max_instructions - executed
-                if self.inhibit_irq:
-                    todo = todo[:1]
-                    self.inhibit_irq = False
-                elif len(todo) > budget:
-                    todo = todo[:budget]
                 self.break_block = False
+                if self.inhibit_irq or len(todo) > budget:
+                    # The instruction after sti / mov ss, and the tail of the budget, run
+                    # interpreted, one instruction at a time.
+                    if self.inhibit_irq:
+                        todo = todo[:1]
+                        self.inhibit_irq = False
+                    else:
+                        todo = todo[:budget]
+                else:
+                    fn = block.fn
+                    if fn is None and self.translate_after is not None:
+                        block.heat += 1
+                        if block.heat > self.translate_after:
+                            fn = block.fn = self.translator.translate(todo, block.bits)
+                    if fn is not None:
+                        executed += fn(self, s)
+                        continue
                 for insn in todo:
                     s.rip = insn.next_rip
                     insn.handler(self, insn)
@@ -251,7 +289,9 @@ class Cpu:
                     if self.break_block:
                         break
             except GuestFault as fault:
-                if insn is not None and not fault.trap:
+                if fn is not None:
+                    executed += self.fault_retired  # the block left RIP and registers exact
+                elif insn is not None and not fault.trap:
                     s.rip = insn.addr
                 elif insn is not None:
                     executed += 1

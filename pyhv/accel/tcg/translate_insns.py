@@ -1,0 +1,378 @@
+"""Instruction translators: one emitter per interpreter handler, in one table.
+
+:data:`EMITTERS` maps the handler the decoder put in an :class:`Insn` to a function that
+emits that instruction's Python source through a :class:`~.translate.BlockCodegen`. A
+handler missing from the table (or an emitter raising :class:`~.translate.Untranslatable`
+for a form it does not cover) makes the translator call the handler itself.
+
+Each emitter does every load and store before it writes a register, so a fault leaves the
+registers as they were before the instruction; flag locals may be written at any time,
+since a fault restores the flags recorded before the instruction.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict
+
+from .decoder import Insn
+from .flags import CC_ADD, CC_DEC, CC_INC, CC_LOGIC, CC_SUB
+from .insns import alu, control, mov, shift, stack, system
+from .state import RAX
+from .translate import M64, MASK, SIGN, BlockCodegen, Untranslatable
+
+ADD, OR, ADC, SBB, AND, SUB, XOR, CMP = range(8)
+
+
+def _alu(gen: BlockCodegen, i: Insn, kind: int, dest: int, dest_is_rm: bool, src: str) -> None:
+    """``dest kind= src``; ``dest`` is a register number unless ``dest_is_rm`` with memory."""
+    if kind == ADC or kind == SBB:
+        raise Untranslatable("adc/sbb")
+    size = i.opsize
+    mask = MASK[size]
+    in_memory = dest_is_rm and i.is_mem
+    if in_memory:
+        value = gen.load(gen.address(i), size)
+    else:
+        value = gen.reg(dest, size)
+    k = gen.index
+    if kind == ADD:
+        res, op = f"({value} + {src}) & {mask:#x}", CC_ADD
+    elif kind == SUB or kind == CMP:
+        res, op = f"({value} - {src}) & {mask:#x}", CC_SUB
+        if src == value and kind == SUB:
+            res = "0"
+    elif kind == AND:
+        res, op = f"{value} & {src}", CC_LOGIC
+    elif kind == OR:
+        res, op = f"{value} | {src}", CC_LOGIC
+    else:
+        res, op = ("0" if src == value else f"{value} ^ {src}"), CC_LOGIC
+    gen.set_flags(op, size, value, src, res)
+    if kind == CMP:
+        return
+    if in_memory:
+        gen.store("a", size, f"fr{k}")
+    else:
+        gen.set_reg(dest, size, f"fr{k}")
+
+
+def alu_rm_r(gen: BlockCodegen, i: Insn) -> None:
+    _alu(gen, i, (i.op >> 3) & 7, i.rm, True, gen.reg(i.reg, i.opsize))
+
+
+def alu_r_rm(gen: BlockCodegen, i: Insn) -> None:
+    kind = (i.op >> 3) & 7
+    if kind == ADC or kind == SBB:
+        raise Untranslatable("adc/sbb")
+    src = gen.read_operand(i, i.opsize)
+    _alu(gen, i, kind, i.reg, False, src)
+
+
+def alu_acc_imm(gen: BlockCodegen, i: Insn) -> None:
+    _alu(gen, i, (i.op >> 3) & 7, RAX, False, f"{i.imm:#x}")
+
+
+def alu_rm_imm(gen: BlockCodegen, i: Insn) -> None:
+    _alu(gen, i, i.raw_reg, i.rm, True, f"{i.imm:#x}")
+
+
+def _test(gen: BlockCodegen, i: Insn, a: str, b: str) -> None:
+    gen.set_flags(CC_LOGIC, i.opsize, a, b, f"{a} & {b}")
+
+
+def test_rm_r(gen: BlockCodegen, i: Insn) -> None:
+    _test(gen, i, gen.read_operand(i, i.opsize), gen.reg(i.reg, i.opsize))
+
+
+def test_rm_imm(gen: BlockCodegen, i: Insn) -> None:
+    _test(gen, i, gen.read_operand(i, i.opsize), f"{i.imm:#x}")
+
+
+def test_acc_imm(gen: BlockCodegen, i: Insn) -> None:
+    _test(gen, i, gen.reg(RAX, i.opsize), f"{i.imm:#x}")
+
+
+def _unary(gen: BlockCodegen, i: Insn, reg: int, on_rm: bool, result) -> None:
+    """Read-modify-write of one operand; ``result(value, k)`` emits flags, returns the value."""
+    size = i.opsize
+    in_memory = on_rm and i.is_mem
+    value = gen.load(gen.address(i), size) if in_memory else gen.reg(reg, size)
+    out = result(value, gen.index)
+    if in_memory:
+        gen.store("a", size, out)
+    else:
+        gen.set_reg(reg, size, out)
+
+
+def _incdec(gen: BlockCodegen, i: Insn, reg: int, on_rm: bool, inc: bool) -> None:
+    mask = MASK[i.opsize]
+
+    def result(value: str, k: int) -> str:
+        carry = gen.carry()
+        res = f"({value} + 1) & {mask:#x}" if inc else f"({value} - 1) & {mask:#x}"
+        gen.set_flags(CC_INC if inc else CC_DEC, i.opsize, value, "1", res, carry=carry)
+        return f"fr{k}"
+
+    _unary(gen, i, reg, on_rm, result)
+
+
+def inc_rm(gen: BlockCodegen, i: Insn) -> None:
+    _incdec(gen, i, i.rm, True, True)
+
+
+def dec_rm(gen: BlockCodegen, i: Insn) -> None:
+    _incdec(gen, i, i.rm, True, False)
+
+
+def inc_dec_reg(gen: BlockCodegen, i: Insn) -> None:
+    _incdec(gen, i, i.reg, False, i.op < 0x48)
+
+
+def neg_rm(gen: BlockCodegen, i: Insn) -> None:
+    mask = MASK[i.opsize]
+
+    def result(value: str, k: int) -> str:
+        gen.set_flags(CC_SUB, i.opsize, "0", value, f"(-{value}) & {mask:#x}")
+        return f"fr{k}"
+
+    _unary(gen, i, i.rm, True, result)
+
+
+def not_rm(gen: BlockCodegen, i: Insn) -> None:
+    mask = MASK[i.opsize]
+    _unary(gen, i, i.rm, True, lambda value, k: f"{value} ^ {mask:#x}")
+
+
+# --- data movement -----------------------------------------------------------------------
+def _write_rm(gen: BlockCodegen, i: Insn, size: int, value: str) -> None:
+    if i.is_mem:
+        gen.store(gen.address(i), size, value)
+    else:
+        gen.set_reg(i.rm, size, value)
+
+
+def mov_rm_r(gen: BlockCodegen, i: Insn) -> None:
+    _write_rm(gen, i, i.opsize, gen.reg(i.reg, i.opsize))
+
+
+def mov_r_rm(gen: BlockCodegen, i: Insn) -> None:
+    gen.set_reg(i.reg, i.opsize, gen.read_operand(i, i.opsize))
+
+
+def mov_rm_imm(gen: BlockCodegen, i: Insn) -> None:
+    _write_rm(gen, i, i.opsize, f"{i.imm:#x}")
+
+
+def mov_reg_imm(gen: BlockCodegen, i: Insn) -> None:
+    gen.set_reg(i.reg, i.opsize, f"{i.imm:#x}")
+
+
+def mov_acc_moffs(gen: BlockCodegen, i: Insn) -> None:
+    gen.set_reg(RAX, i.opsize, gen.load(gen.address(i), i.opsize))
+
+
+def mov_moffs_acc(gen: BlockCodegen, i: Insn) -> None:
+    gen.store(gen.address(i), i.opsize, gen.reg(RAX, i.opsize))
+
+
+def lea(gen: BlockCodegen, i: Insn) -> None:
+    value = gen.offset(i)
+    if i.opsize < i.adsize:
+        value = f"({value}) & {MASK[i.opsize]:#x}"
+    gen.set_reg(i.reg, i.opsize, value)
+
+
+def _extend(gen: BlockCodegen, i: Insn, from_size: int, signed: bool) -> None:
+    value = gen.read_operand(i, from_size)
+    if signed:
+        sign = SIGN[from_size]
+        value = f"(({value} ^ {sign:#x}) - {sign:#x}) & {MASK[i.opsize]:#x}"
+    gen.set_reg(i.reg, i.opsize, value)
+
+
+def movzx8(gen: BlockCodegen, i: Insn) -> None:
+    _extend(gen, i, 1, False)
+
+
+def movzx16(gen: BlockCodegen, i: Insn) -> None:
+    _extend(gen, i, 2, False)
+
+
+def movsx8(gen: BlockCodegen, i: Insn) -> None:
+    _extend(gen, i, 1, True)
+
+
+def movsx16(gen: BlockCodegen, i: Insn) -> None:
+    _extend(gen, i, 2, True)
+
+
+def movsxd(gen: BlockCodegen, i: Insn) -> None:
+    if i.bits != 64:
+        raise Untranslatable("arpl")
+    if i.opsize == 8:
+        _extend(gen, i, 4, True)
+    else:
+        gen.set_reg(i.reg, i.opsize, f"{gen.read_operand(i, 4)} & {MASK[i.opsize]:#x}")
+
+
+def xchg_acc_reg(gen: BlockCodegen, i: Insn) -> None:
+    if i.reg == RAX:
+        return  # nop / pause
+    size = i.opsize
+    gen.emit(f"x = {gen.reg(i.reg, size)}")
+    gen.emit(f"y = {gen.reg(RAX, size)}")
+    gen.set_reg(i.reg, size, "y")
+    gen.set_reg(RAX, size, "x")
+
+
+def xchg_rm_r(gen: BlockCodegen, i: Insn) -> None:
+    size = i.opsize
+    if i.is_mem:
+        old = gen.load(gen.address(i), size)
+        gen.store("a", size, gen.reg(i.reg, size))
+    else:
+        old = gen.temp()
+        gen.emit(f"{old} = {gen.reg(i.rm, size)}")
+        gen.set_reg(i.rm, size, gen.reg(i.reg, size))
+    gen.set_reg(i.reg, size, old)
+
+
+def nop(gen: BlockCodegen, i: Insn) -> None:
+    pass
+
+
+def setcc(gen: BlockCodegen, i: Insn) -> None:
+    value = gen.temp()
+    gen.emit(f"{value} = 1 if {gen.condition(i.op & 0xF)} else 0")
+    _write_rm(gen, i, 1, value)
+
+
+def cmovcc(gen: BlockCodegen, i: Insn) -> None:
+    size = i.opsize
+    value = gen.read_operand(i, size)  # read (and able to fault) whatever the condition
+    cond = gen.condition(i.op & 0xF)
+    keep = f"r{i.reg}" if size != 4 else f"(r{i.reg} & 0xFFFFFFFF)"
+    gen.set_reg(i.reg, 8, f"{gen.merged(i.reg, size, value)} if {cond} else {keep}")
+
+
+def cbw(gen: BlockCodegen, i: Insn) -> None:
+    half = i.opsize // 2
+    sign = SIGN[half]
+    gen.set_reg(RAX, i.opsize, f"(({gen.reg(RAX, half)} ^ {sign:#x}) - {sign:#x}) & {MASK[i.opsize]:#x}")
+
+
+def cwd(gen: BlockCodegen, i: Insn) -> None:
+    size = i.opsize
+    gen.set_reg(2, size, f"{MASK[size]:#x} if {gen.reg(RAX, size)} >= {SIGN[size]:#x} else 0")
+
+
+# --- shifts by a constant count: flags computed eagerly into one local ---------------------
+def shift_rm(gen: BlockCodegen, i: Insn) -> None:
+    kind = i.raw_reg
+    if kind not in (shift.SHL, shift.SHR, shift.SAL, shift.SAR) or i.op in (0xD2, 0xD3):
+        raise Untranslatable("rotates and shifts by CL")
+    size = i.opsize
+    bits = size * 8
+    count = (1 if i.op in (0xD0, 0xD1) else i.imm) & (0x3F if size == 8 else 0x1F)
+    value = gen.read_operand(i, size)
+    if count == 0:
+        return  # flags and operand unchanged (the operand was still read)
+    if count >= bits:
+        raise Untranslatable("shift count beyond the operand width")
+    mask = MASK[size]
+    k = gen.index
+    if kind == shift.SHL or kind == shift.SAL:
+        res = f"({value} << {count}) & {mask:#x}"
+        cf = f"({value} >> {bits - count}) & 1"
+        of = f"((fr{k} >> {bits - 1}) ^ ({value} >> {bits - count})) & 1"
+    elif kind == shift.SHR:
+        res = f"{value} >> {count}"
+        cf = f"({value} >> {count - 1}) & 1"
+        of = f"{value} >> {bits - 1}"
+    else:
+        sign = SIGN[size]
+        res = f"((({value} ^ {sign:#x}) - {sign:#x}) >> {count}) & {mask:#x}"
+        cf = f"({value} >> {count - 1}) & 1"
+        of = "0"
+    gen.set_eager(size, res, cf, of)
+    if i.is_mem:
+        gen.store("a", size, f"fr{k}")
+    else:
+        gen.set_reg(i.rm, size, f"fr{k}")
+
+
+# --- stack ---------------------------------------------------------------------------------
+def push_reg(gen: BlockCodegen, i: Insn) -> None:
+    gen.push(i.opsize, gen.reg(i.reg, i.opsize))
+
+
+def pop_reg(gen: BlockCodegen, i: Insn) -> None:
+    gen.set_reg(i.reg, i.opsize, gen.pop(i.opsize))
+
+
+def push_imm(gen: BlockCodegen, i: Insn) -> None:
+    gen.push(i.opsize, f"{i.imm:#x}")
+
+
+def push_rm(gen: BlockCodegen, i: Insn) -> None:
+    gen.push(i.opsize, gen.read_operand(i, i.opsize))
+
+
+# --- control transfer (always the block's last instruction) -------------------------------
+def _end(gen: BlockCodegen, rip: str) -> None:
+    gen.exit(rip, gen.index + 1)
+    gen.ended = True
+
+
+def jmp_rel(gen: BlockCodegen, i: Insn) -> None:
+    _end(gen, f"{i.imm:#x}")
+
+
+def jcc(gen: BlockCodegen, i: Insn) -> None:
+    gen.emit(f"c = {gen.condition(i.op & 0xF)}")
+    _end(gen, f"{i.imm:#x} if c else {i.next_rip:#x}")
+
+
+def call_rel(gen: BlockCodegen, i: Insn) -> None:
+    gen.push(i.opsize, f"{i.next_rip:#x}")
+    _end(gen, f"{i.imm:#x}")
+
+
+def jmp_rm(gen: BlockCodegen, i: Insn) -> None:
+    # The operand, read at the operand size, already has the right instruction-pointer width.
+    _end(gen, gen.read_operand(i, i.opsize))
+
+
+def call_rm(gen: BlockCodegen, i: Insn) -> None:
+    target = gen.read_operand(i, i.opsize)
+    gen.push(i.opsize, f"{i.next_rip:#x}")
+    _end(gen, target)
+
+
+def ret_near(gen: BlockCodegen, i: Insn) -> None:
+    target = gen.pop(i.opsize)
+    if i.op == 0xC2:
+        if gen.bits == 64:
+            gen.set_reg(4, 8, f"(r4 + {i.imm:#x}) & {M64:#x}")
+        else:
+            gen.set_reg(4, 8, f"(r4 & ~smask) | ((r4 + {i.imm:#x}) & smask)")
+    _end(gen, target)
+
+
+EMITTERS: Dict[Callable, Callable[[BlockCodegen, Insn], None]] = {
+    alu.alu_rm_r: alu_rm_r, alu.alu_r_rm: alu_r_rm, alu.alu_acc_imm: alu_acc_imm,
+    alu.alu_rm_imm: alu_rm_imm, alu.test_rm_r: test_rm_r, alu.test_rm_imm: test_rm_imm,
+    alu.test_acc_imm: test_acc_imm, alu.inc_rm: inc_rm, alu.dec_rm: dec_rm,
+    alu.inc_dec_reg: inc_dec_reg, alu.neg_rm: neg_rm, alu.not_rm: not_rm,
+    mov.mov_rm_r: mov_rm_r, mov.mov_r_rm: mov_r_rm, mov.mov_rm_imm: mov_rm_imm,
+    mov.mov_reg_imm: mov_reg_imm, mov.mov_acc_moffs: mov_acc_moffs,
+    mov.mov_moffs_acc: mov_moffs_acc, mov.lea: lea, mov.movzx8: movzx8, mov.movzx16: movzx16,
+    mov.movsx8: movsx8, mov.movsx16: movsx16, mov.movsxd: movsxd,
+    mov.xchg_acc_reg: xchg_acc_reg, mov.xchg_rm_r: xchg_rm_r, mov.nop: nop,
+    system.nop_modrm: nop, mov.setcc: setcc, mov.cmovcc: cmovcc, mov.cbw: cbw, mov.cwd: cwd,
+    shift.shift_rm: shift_rm,
+    stack.push_reg: push_reg, stack.pop_reg: pop_reg, stack.push_imm: push_imm,
+    stack.push_rm: push_rm,
+    control.jmp_rel: jmp_rel, control.jcc: jcc, control.call_rel: call_rel,
+    control.jmp_rm: jmp_rm, control.call_rm: call_rm, control.ret_near: ret_near,
+}
