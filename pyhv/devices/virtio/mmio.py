@@ -8,7 +8,6 @@ InterruptStatus has a bit set, and the driver lowers it by writing InterruptACK.
 from __future__ import annotations
 
 from ...irq import IrqLine
-from . import spec
 from .device import VirtioDevice
 
 MMIO_WINDOW_SIZE = 0x200
