@@ -125,8 +125,10 @@ class Serial:
             self._dll = 0x0C  # 9600 baud, the PC BIOS default
             self._dlm = 0
             self._ier = 0
-            self._lcr = 0x03  # 8N1
-            self._mcr = 0
+            self._lcr = 0
+            # OUT2 starts set, as under QEMU: guests written against QEMU, which ignores OUT2,
+            # get their interrupts without touching MCR; a guest that clears it is obeyed.
+            self._mcr = MCR_OUT2
             self._scr = 0
             self._line_errors = 0
             self._msr_deltas = 0

@@ -85,6 +85,8 @@ def test_thre_interrupt_armed_on_ier_rising_edge_and_cleared_by_iir_read(
 
 
 def test_out2_gates_the_irq_line(port: Serial, console: BufferBackend, irq: RecordingIrqLine) -> None:
+    assert port.read(uart.MCR, 1) == uart.MCR_OUT2  # QEMU's power-on value
+    port.write(uart.MCR, 1, 0)
     port.write(uart.IER, 1, uart.IER_RDI)
     console.feed(b"k")
     assert iir(port) == uart.IIR_RX_DATA
@@ -229,7 +231,7 @@ def test_reset_restores_power_on_registers(port: Serial, irq: RecordingIrqLine) 
     port.write(uart.IIR_FCR, 1, uart.FCR_ENABLE_FIFO)
     port.reset()
     assert not irq.level
-    assert port.read(uart.IER, 1) == 0 and port.read(uart.MCR, 1) == 0
+    assert port.read(uart.IER, 1) == 0 and port.read(uart.MCR, 1) == uart.MCR_OUT2
     assert iir(port) == uart.IIR_NO_INTERRUPT
 
 
