@@ -51,7 +51,9 @@ def _kvm(platform: Platform) -> Accelerator:
 
 
 def _tcg(platform: Platform) -> Accelerator:
-    raise AccelError("the software CPU (tcg) cannot run guests yet")
+    from .accel.tcg.accel import TcgAccelerator
+
+    return TcgAccelerator(platform)
 
 
 _ACCELERATORS: Dict[str, Callable[[Platform], Accelerator]] = {"kvm": _kvm, "tcg": _tcg}

@@ -102,10 +102,11 @@ QEMU_LINE_OVERRIDES = {
 
 ACCELERATORS = [
     pytest.param("kvm", marks=pytest.mark.kvm, id="kvm"),
-    pytest.param(
-        "tcg", marks=pytest.mark.xfail(reason="software CPU not yet wired", strict=False), id="tcg"
-    ),
+    pytest.param("tcg", id="tcg"),
 ]
+
+# Guests the software CPU cannot run yet, and why (strict: the mark must come off when they pass).
+TCG_PENDING = {"hlt_timer": "no PIC/PIT emulation under -accel tcg yet"}
 
 
 def expected_output(case: GuestCase, kernel: Path, overrides: Optional[Dict[str, str]] = None) -> str:
@@ -124,7 +125,9 @@ def assert_run_matches(
 
 @pytest.mark.parametrize("accel", ACCELERATORS)
 @pytest.mark.parametrize("guest", sorted(GUEST_CASES))
-def test_guest_under_pyhv(guest, accel, guest_kernel, run_pyhv):
+def test_guest_under_pyhv(guest, accel, guest_kernel, run_pyhv, request):
+    if accel == "tcg" and guest in TCG_PENDING:
+        request.applymarker(pytest.mark.xfail(reason=TCG_PENDING[guest], strict=True))
     case = GUEST_CASES[guest]
     kernel = guest_kernel(guest)
     timeout_s = KVM_TIMEOUT_S if accel == "kvm" else TCG_TIMEOUT_S
