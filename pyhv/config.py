@@ -41,6 +41,9 @@ class MachineConfig:
     serial: List[str] = field(default_factory=lambda: ["stdio"])
     no_reboot: bool = False
     devices: List[DeviceSpec] = field(default_factory=list)
+    drives: List[str] = field(default_factory=list)  # -drive option texts, in order
+    blockdevs: List[str] = field(default_factory=list)  # -blockdev option texts, in order
+    chardevs: Dict[str, str] = field(default_factory=dict)  # -chardev id -> back-end spec
     decompress: Optional[bool] = None  # host-side bzImage decompression; None = default
 
 
@@ -101,6 +104,39 @@ def parse_device(text: str) -> DeviceSpec:
             raise ConfigError(f"-device {text}: property '{part}' needs a value (key=value)")
         props[key.strip()] = value.strip()
     return DeviceSpec(driver, props)
+
+
+def parse_chardev(text: str) -> Tuple[str, str]:
+    """QEMU's ``-chardev BACKEND,id=ID,...`` → (id, the back-end spec pyhv.chardev opens)."""
+    parts = text.split(",")
+    backend, props = parts[0], {}
+    for part in parts[1:]:
+        key, sep, value = part.partition("=")
+        props[key] = value if sep else "on"
+    chardev_id = props.pop("id", "")
+    if not chardev_id:
+        raise ConfigError(f"-chardev {text}: missing id=")
+    if backend == "stdio":
+        signal = props.pop("signal", None)
+        spec = "stdio" if signal is None else f"stdio,signal={signal}"
+    elif backend == "null":
+        spec = "null"
+    elif backend == "file":
+        spec = "file:" + props.pop("path", "")
+        if spec == "file:":
+            raise ConfigError(f"-chardev {text}: file needs path=")
+    elif backend == "socket":
+        path = props.pop("path", "")
+        if not path:
+            raise ConfigError(f"-chardev {text}: pyhv supports unix sockets only (path=)")
+        server = props.pop("server", "off") == "on"
+        wait = props.pop("wait", "on") == "on"
+        spec = f"unix:{path}" + (",server" if server else "") + ("" if wait else ",nowait")
+    else:
+        raise ConfigError(f"-chardev {text}: unsupported back-end '{backend}' (stdio, null, file, socket)")
+    if props:
+        raise ConfigError(f"-chardev {text}: unsupported property '{next(iter(props))}'")
+    return chardev_id, spec
 
 
 def parse_int(text: str, what: str) -> int:

@@ -72,11 +72,14 @@ class Machine:
         model = cpu_model.resolve(config.cpu)
         self.platform = Platform(self.memory, self.pio, self.mmio, self.lifecycle, model)
         self.accel = create_accelerator(config.accel, self.platform, notice)
+        self.virtio = None
         try:
+            self._open_chardevs()
             self._attach_serial_ports()
             self._attach_i8042()
             self._attach_rtc()
             self._attach_post_code_port()
+            self._attach_drives()
             for spec in config.devices:
                 self._attach_device(spec)
             self._load_guest()
@@ -85,14 +88,30 @@ class Machine:
             raise
 
     # --- attach steps ------------------------------------------------------------------
+    def _open_chardevs(self) -> None:
+        self.chardevs: Dict[str, CharBackend] = {}
+        for chardev_id, spec in self.config.chardevs.items():
+            backend = open_chardev(spec, self.lifecycle)
+            self.backends.append(backend)
+            self.chardevs[chardev_id] = backend
+
+    def _serial_backend(self, spec: str) -> CharBackend:
+        if spec.startswith("chardev:"):
+            name = spec[len("chardev:"):]
+            if name not in self.chardevs:
+                raise ConfigError(f"-serial {spec}: no -chardev with id '{name}'")
+            return self.chardevs[name]
+        backend = open_chardev(spec, self.lifecycle)
+        self.backends.append(backend)
+        return backend
+
     def _attach_serial_ports(self) -> None:
         from .devices.serial import Serial
 
         if len(self.config.serial) > len(SERIAL_PORTS):
             raise ConfigError(f"at most {len(SERIAL_PORTS)} -serial ports are supported")
         for spec, (base, irq) in zip(self.config.serial, SERIAL_PORTS):
-            backend = open_chardev(spec, self.lifecycle)
-            self.backends.append(backend)
+            backend = self._serial_backend(spec)
             if not backend.wants_device:
                 continue
             uart = Serial(self.accel.irq_line(irq), backend)
@@ -116,10 +135,29 @@ class Machine:
 
         self.pio.attach(POST_CODE_PORT, 1, Port80())
 
+    def _virtio_builder(self):
+        if self.virtio is None:
+            from .devices.virtio.attach import VirtioMmioBuilder
+
+            self.virtio = VirtioMmioBuilder(self.mmio, self.memory, self.accel.irq_line, self.chardevs)
+        return self.virtio
+
+    def _attach_drives(self) -> None:
+        """-drive and -blockdev come before any -device, as in QEMU, so devices can name them."""
+        for text in self.config.drives:
+            self._virtio_builder().add_drive(text)
+        for text in self.config.blockdevs:
+            self._virtio_builder().add_blockdev(text)
+
     def _attach_device(self, spec: DeviceSpec) -> None:
+        from .devices.virtio.attach import DEVICE_FACTORIES as VIRTIO_DEVICES
+
+        if spec.driver in VIRTIO_DEVICES:
+            self._virtio_builder().add_device(spec.driver, spec.props)
+            return
         factory = DEVICE_FACTORIES.get(spec.driver)
         if factory is None:
-            known = ", ".join(sorted(DEVICE_FACTORIES))
+            known = ", ".join(sorted(set(DEVICE_FACTORIES) | set(VIRTIO_DEVICES)))
             raise ConfigError(f"-device {spec.driver}: unknown or unsupported device (supported: {known})")
         factory(self, spec)
 
@@ -136,6 +174,9 @@ class Machine:
         return self.accel.run()
 
     def close(self) -> None:
+        if getattr(self, "virtio", None) is not None:
+            self.virtio.close()
+            self.virtio = None
         for backend in self.backends:
             backend.close()
         self.backends = []

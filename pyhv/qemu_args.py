@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple
 
-from .config import MachineConfig, parse_accel, parse_device, parse_int, parse_memory_size
+from .config import MachineConfig, parse_accel, parse_chardev, parse_device, parse_int, parse_memory_size
 from .errors import ConfigError
 
 Handler = Callable[[MachineConfig, str], None]
@@ -38,6 +38,13 @@ def _machine(cfg: MachineConfig, value: str) -> None:
 
 def _serial(cfg: MachineConfig, value: str) -> None:
     cfg.serial.append(value)
+
+
+def _chardev(cfg: MachineConfig, value: str) -> None:
+    chardev_id, spec = parse_chardev(value)
+    if chardev_id in cfg.chardevs:
+        raise ConfigError(f"-chardev {value}: id '{chardev_id}' is already used")
+    cfg.chardevs[chardev_id] = spec
 
 
 def _display(cfg: MachineConfig, value: str) -> None:
@@ -90,6 +97,9 @@ OPTIONS: Dict[str, Tuple[bool, Handler]] = {
     "display": (True, _display),
     "no-reboot": (False, _flag("no_reboot", True)),
     "device": (True, lambda cfg, v: cfg.devices.append(parse_device(v))),
+    "drive": (True, lambda cfg, v: cfg.drives.append(v)),
+    "blockdev": (True, lambda cfg, v: cfg.blockdevs.append(v)),
+    "chardev": (True, _chardev),
     # pyhv's own: host-side decompression of a bzImage payload (on/off/auto)
     "kernel-decompress": (True, _decompress),
 }

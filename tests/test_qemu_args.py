@@ -58,3 +58,40 @@ def test_bad_input(argv, message):
 def test_machine_accel_property():
     assert parse_run_args(["-M", "pc,accel=tcg", "-kernel", "k"]).accel == ("tcg",)
     assert parse_run_args(["-enable-kvm", "-kernel", "k"]).accel == ("kvm",)
+
+
+@pytest.mark.parametrize("text,chardev_id,spec", [
+    ("stdio,id=c0", "c0", "stdio"),
+    ("stdio,id=c0,signal=off", "c0", "stdio,signal=off"),
+    ("null,id=n", "n", "null"),
+    ("file,id=log,path=/tmp/out.txt", "log", "file:/tmp/out.txt"),
+    ("socket,id=con,path=/run/x.sock,server=on,wait=off", "con", "unix:/run/x.sock,server,nowait"),
+    ("socket,id=con,path=/run/x.sock", "con", "unix:/run/x.sock"),
+])
+def test_chardev_option(text, chardev_id, spec):
+    cfg = parse_run_args(["-kernel", "k", "-chardev", text])
+    assert cfg.chardevs == {chardev_id: spec}
+
+
+@pytest.mark.parametrize("text,message", [
+    ("stdio", "missing id="),
+    ("socket,id=s,host=127.0.0.1,port=4444", "unix sockets only"),
+    ("pty,id=p", "unsupported back-end 'pty'"),
+    ("file,id=f", "file needs path="),
+    ("null,id=n,mux=on", "unsupported property 'mux'"),
+])
+def test_bad_chardev(text, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_run_args(["-kernel", "k", "-chardev", text])
+
+
+def test_duplicate_chardev_id():
+    with pytest.raises(ConfigError, match="already used"):
+        parse_run_args(["-kernel", "k", "-chardev", "null,id=a", "-chardev", "null,id=a"])
+
+
+def test_drive_options_keep_their_order():
+    cfg = parse_run_args(["-kernel", "k", "-drive", "file=a.img,if=virtio,format=raw",
+                          "-blockdev", "driver=file,node-name=f,filename=b.img", "-drive", "file=c.qcow2,if=none,id=d"])
+    assert cfg.drives == ["file=a.img,if=virtio,format=raw", "file=c.qcow2,if=none,id=d"]
+    assert cfg.blockdevs == ["driver=file,node-name=f,filename=b.img"]
