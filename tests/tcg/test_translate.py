@@ -1,0 +1,327 @@
+"""The block translator against the interpreter: same registers, flags, memory, faults,
+instruction counts and budget stops, on random instruction mixes and on crafted cases."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import tempfile
+from typing import Dict, List, Optional
+
+import pytest
+
+from pyhv.accel.tcg import StopReason
+from pyhv.accel.tcg.translate import Translator
+from pyhv.accel.tcg.translate_insns import EMITTERS
+
+from .harness import CODE, assemble, long_mode_cpu, needs_as, protected_mode_cpu, real_mode_cpu
+
+pytestmark = needs_as
+
+DATA = 0x20000
+UNMAPPED = 0x500000  # the harness maps 4 MiB
+
+_REGS64 = ["rax", "rcx", "rdx", "rbx", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13"]
+_REGS32 = ["eax", "ecx", "edx", "ebx", "esi", "edi", "r8d", "r9d", "r10d", "r11d"]
+_REGS16 = ["ax", "cx", "dx", "bx", "si", "di", "r8w", "r9w"]
+_REGS8 = ["al", "cl", "dl", "bl", "ah", "ch", "dh", "bh"]
+_REGS8_REX = ["al", "cl", "sil", "dil", "r8b", "r9b"]
+_ALU = ["add", "sub", "and", "or", "xor", "cmp", "test", "adc", "sbb"]
+_CC = ["o", "no", "b", "ae", "e", "ne", "be", "a", "s", "ns", "p", "np", "l", "ge", "le", "g"]
+
+
+def _templates() -> List[str]:
+    """Instruction forms the generator draws from (translated ones and fallbacks)."""
+    out = []
+    sized = [("q", _REGS64), ("l", _REGS32), ("w", _REGS16), ("b", _REGS8), ("b", _REGS8_REX)]
+    for op in _ALU:
+        for suffix, regs in sized:
+            for k in range(3):
+                a, b = regs[k], regs[(k * 3 + 1) % len(regs)]
+                out.append(f"{op}{suffix} %{a}, %{b}")
+                out.append(f"{op}{suffix} %{a}, %{a}")
+            out.append(f"{op}{suffix} ${0x7F if suffix == 'b' else 0x12345 & (0xFFF if suffix == 'w' else 0xFFFFF)}, %{regs[2]}")
+            out.append(f"{op}{suffix} $-3, %{regs[1]}")
+            out.append(f"{op}{suffix} {8 * len(op)}(%rbp), %{regs[3]}")
+            out.append(f"{op}{suffix} %{regs[0]}, {16 + len(op)}(%rbp)")
+    for op in ("inc", "dec", "neg", "not"):
+        for suffix, regs in sized:
+            out.append(f"{op}{suffix} %{regs[1]}")
+        out.append(f"{op}q 24(%rbp)")
+        out.append(f"{op}b 25(%rbp)")
+    for op in ("shl", "shr", "sar", "rol", "rcr"):
+        for count in (1, 4, 31, 63):
+            out.append(f"{op}q ${count}, %rax")
+            out.append(f"{op}l ${count & 31}, %edx")
+        out.append(f"{op}b $3, %cl")
+        out.append(f"{op}w $1, 40(%rbp)")
+        out.append(f"{op}q %cl, %rbx")
+    for cc in _CC:
+        out.append(f"set{cc} %al")
+        out.append(f"set{cc} %bh")
+        out.append(f"set{cc} 48(%rbp)")
+        out.append(f"cmov{cc}q %rcx, %rdx")
+        out.append(f"cmov{cc}l 56(%rbp), %esi")
+        out.append(f"cmov{cc}w %r8w, %r9w")
+    out += ["mov %rax, %rbx", "mov %ecx, %edx", "mov %si, %di", "mov %ah, %bl", "mov %r8b, %al",
+            "mov 64(%rbp), %r10", "mov %r11, 72(%rbp)", "movl $-5, 80(%rbp)", "movb $9, 81(%rbp)",
+            "mov $0x123456789abcdef0, %r12", "mov $-1, %r13d", "mov %eax, 88(%rbp,%rcx,1)",
+            "lea 7(%rax,%rbx,4), %rcx", "lea -9(%rsi), %edx", "lea (%rdi,%r8,8), %r9w",
+            "movzbl %ah, %ecx", "movzwl 90(%rbp), %edx", "movsbq %al, %rsi", "movswl %r8w, %edi",
+            "movslq %ecx, %r10", "movsbw %dl, %r11w", "xchg %rax, %rcx", "xchg %bl, %ah",
+            "xchg %r9, 96(%rbp)", "cltq", "cqto", "cwtl", "cltd", "cbtw", "cwtd", "nop",
+            "push %rax", "pop %rbx", "pushq $-7", "pushq 104(%rbp)", "push %r12", "pop %r13",
+            "pushw %cx", "popw %dx", "pushf", "popf", "clc", "stc", "cmc", "bsf %rax, %rcx",
+            "bt $3, %rdx", "imul %rcx, %rdx", "bswap %esi", "sahf", "lahf", "xadd %rax, %rbx",
+            "cmpxchg %rcx, %rdx", "nopl 0(%rax)"]
+    return out
+
+
+def _assemble_all(lines: List[str]) -> List[bytes]:
+    """Assemble every line once (one `as` run) and return each line's bytes."""
+    source = "".join(f"L{k}:\n{line}\n" for k, line in enumerate(lines)) + f"L{len(lines)}:\n"
+    with tempfile.TemporaryDirectory() as tmp:
+        src, obj, out = (os.path.join(tmp, name) for name in ("t.s", "t.o", "t.bin"))
+        with open(src, "w") as f:
+            f.write(".code64\n" + source)
+        subprocess.run(["as", "--64", "-o", obj, src], check=True, capture_output=True)
+        symbols = subprocess.run(["nm", obj], check=True, capture_output=True, text=True).stdout
+        subprocess.run(["objcopy", "-O", "binary", "-j", ".text", obj, out], check=True)
+        with open(out, "rb") as f:
+            code = f.read()
+    offsets: Dict[int, int] = {}
+    for row in symbols.split("\n"):
+        parts = row.split()
+        if len(parts) == 3 and parts[2].startswith("L"):
+            offsets[int(parts[2][1:])] = int(parts[0], 16)
+    return [code[offsets[k]:offsets[k + 1]] for k in range(len(lines))]
+
+
+_POOL: List[bytes] = []
+_SETTERS: List[bytes] = []
+_CONSUMERS: List[bytes] = []
+
+
+def _pool() -> List[bytes]:
+    if not _POOL:
+        lines = _templates()
+        _POOL.extend(_assemble_all(lines))
+        for line, code in zip(lines, _POOL):
+            if line.split()[0][:3] in ("set", "cmo"):
+                _CONSUMERS.append(code)
+            elif line.split()[0][:-1] in _ALU + ["inc", "dec", "neg", "shl", "shr", "sar"]:
+                _SETTERS.append(code)
+    return _POOL
+
+
+def _random_piece(rng: random.Random) -> bytes:
+    pool = _pool()
+    choice = rng.random()
+    if choice < 0.3:
+        return rng.choice(_SETTERS) + rng.choice(_CONSUMERS)
+    if choice < 0.45:
+        # setter; jcc over the next instruction (the block ends at the jcc)
+        skipped = rng.choice(pool)
+        return rng.choice(_SETTERS) + bytes([0x70 + rng.randrange(16), len(skipped)]) + skipped
+    return rng.choice(pool)
+
+
+def _random_program(rng: random.Random) -> bytes:
+    body = b"".join(_random_piece(rng) for _ in range(rng.randint(1, 16)))
+    # mov $3, %r15d ; top: body ; dec %r15d ; jnz top ; hlt    (the body runs three times)
+    jump_back = -(len(body) + 3 + 2)
+    return (b"\x41\xbf\x03\x00\x00\x00" + body + b"\x41\xff\xcf"
+            + (b"\x75" + (jump_back & 0xFF).to_bytes(1, "little") if jump_back >= -128
+               else b"\x0f\x85" + (jump_back - 4 & 0xFFFFFFFF).to_bytes(4, "little")) + b"\xf4")
+
+
+def _run(code: bytes, regs: dict, translate_after: Optional[int], budget: int = 10_000,
+         data: bytes = b"", builder=long_mode_cpu):
+    memory, cpu = builder(code, regs)
+    memory.write(DATA, data)
+    cpu.translate_after = translate_after
+    result = cpu.run(budget)
+    return memory, cpu, result
+
+
+def _state(memory, cpu, result):
+    return (result.reason, result.instructions, cpu.registers(), memory.read(DATA, 256),
+            memory.read(0x7F000, 0x1000), cpu.instructions_retired)
+
+
+_EDGES = (0, 1, 2, 0x40, 0x4000, 0x4000_0000, 0x4000_0000_0000_0000, 0x7F, 0x80, 0xFF, 0x7FFF, 0x8000, 0xFFFF, 0x7FFF_FFFF, 0x8000_0000,
+          0xFFFF_FFFF, 0x7FFF_FFFF_FFFF_FFFF, 0x8000_0000_0000_0000, 0xFFFF_FFFF_FFFF_FFFF)
+
+
+def _random_value(rng: random.Random) -> int:
+    choice = rng.random()
+    if choice < 0.4:
+        return rng.choice(_EDGES)
+    return rng.getrandbits(64) if choice < 0.8 else rng.getrandbits(8)
+
+
+@pytest.mark.parametrize("seed", range(150))
+def test_random_instruction_mix_matches_interpreter(seed):
+    rng = random.Random(seed)
+    code = _random_program(rng)
+    regs = {name: _random_value(rng) for name in _REGS64}
+    regs.update(rbp=DATA, rflags=0x2 | (rng.getrandbits(12) & 0x8D5))
+    data = bytes(rng.getrandbits(8) for _ in range(256))
+    interpreted = _state(*_run(code, regs, None, data=data))
+    translated = _state(*_run(code, regs, 0, data=data))
+    assert translated == interpreted
+
+
+def test_translation_happens_and_counts_instructions():
+    code = assemble("mov $100, %ecx\n1: add %rcx, %rax\ndec %ecx\njnz 1b\nhlt")
+    memory, cpu, result = _run(code, {}, 0)
+    assert cpu.translator.translated >= 2
+    assert result.reason == StopReason.HLT and result.instructions == 2 + 300
+    assert cpu.instructions_retired == result.instructions
+    assert cpu.registers()["rax"] == 5050
+
+
+@pytest.mark.parametrize("budget", [1, 2, 3, 4, 7, 100, 301, 302])
+def test_budget_stops_exactly_with_translated_blocks(budget):
+    code = assemble("mov $100, %ecx\n1: add %rcx, %rax\ndec %ecx\njnz 1b\nhlt")
+    interpreted = _state(*_run(code, {}, None, budget=budget))
+    translated = _state(*_run(code, {}, 0, budget=budget))
+    assert translated == interpreted
+    assert translated[1] == min(budget, 302)
+
+
+_FAULTING = [
+    # A store to an unmapped page in the middle of a block, after flag and register changes.
+    "add %rcx, %rax\ncmp $5, %rax\npush %rax\nmov %rax, (%rbx)\ninc %rax\nhlt",
+    # A read-modify-write that faults: nothing of it may be committed.
+    "sub $1, %rdx\ninc %rsi\naddq $7, 8(%rbx)\nmov $1, %rdx\nhlt",
+    # A fault after an interpreter fallback (cpuid) in the same block.
+    "inc %rcx\ncpuid\ndec %rdi\nmov (%rbx), %rcx\nhlt",
+    # Pop into memory faulting: the interpreter restores RSP.
+    "push %rax\nneg %rax\npopq (%rbx)\nhlt",
+    # ret to an address read from an unmapped stack.
+    "mov %rbx, %rsp\nadd $3, %rax\nret",
+    # #DE from div (a fallback) after translated flag changes.
+    "xor %ecx, %ecx\nadd %rax, %rdx\ndiv %rcx\nhlt",
+]
+
+
+@pytest.mark.parametrize("source", _FAULTING)
+def test_faults_leave_the_same_state_as_the_interpreter(source):
+    code = assemble(source)
+    regs = {"rax": 0x7FFF_FFFF_FFFF_FFFE, "rbx": UNMAPPED, "rcx": 3, "rdx": 0, "rsi": 0xFF,
+            "rdi": 0}
+    interpreted = _state(*_run(code, regs, None))
+    translated = _state(*_run(code, regs, 0))
+    assert translated == interpreted
+    assert translated[2]["r15"] in (0, 14)  # #DE or #PF reached its handler
+
+
+def test_store_into_the_running_block_is_seen_next_iteration():
+    # The loop patches the immediate of its own `mov $1, %edx` after the block is hot.
+    src = """
+        mov $6, %ecx
+        xor %eax, %eax
+    top:
+        mov $1, %edx
+        add %rdx, %rax
+        lea top+1(%rip), %rbx
+        cmp $3, %ecx
+        jne 1f
+        movb $100, (%rbx)
+    1:  dec %ecx
+        jnz top
+        hlt"""
+    code = assemble(src)
+    interpreted = _state(*_run(code, {}, None))
+    translated = _state(*_run(code, {}, 0))
+    assert translated == interpreted
+    assert translated[2]["rax"] == 4 * 1 + 2 * 100  # patched during the 4th of 6 iterations
+
+
+@pytest.mark.parametrize("bits", [16, 32])
+def test_legacy_modes_match_interpreter(bits):
+    src = """
+        mov $5, %cx
+    1:  push %cx
+        add %cx, %ax
+        pop %dx
+        shl $1, %dx
+        mov %dx, 0x100(%bx)
+        mov 0x100(%bx), %si
+        cmp $2, %cx
+        setl %bl
+        dec %cx
+        jnz 1b
+        hlt"""
+    code = assemble(src, bits)
+    builder = real_mode_cpu if bits == 16 else protected_mode_cpu
+    memory, cpu, result = _run(code, {}, None, builder=builder)
+    interpreted = (result.instructions, cpu.registers())
+    memory, cpu, result = _run(code, {}, 0, builder=builder)
+    assert cpu.translator.translated >= 1
+    assert (result.instructions, cpu.registers()) == interpreted
+    assert result.reason == StopReason.HLT
+
+
+def test_interrupt_waits_for_block_boundary_and_sti_shadow():
+    # sti; nop; <hot loop>: the interrupt is taken after the nop, never inside sti's shadow.
+    code = assemble("sti\nnop\n1: inc %rax\ncmp $50, %rax\njne 1b\nhlt")
+    memory, cpu = long_mode_cpu(code)
+    cpu.translate_after = 0
+    cpu.interrupt_request = True
+    taken = []
+
+    def acknowledge():
+        taken.append(cpu.s.rip)
+        cpu.interrupt_request = False
+        return 0x40
+
+    cpu.acknowledge_interrupt = acknowledge
+    result = cpu.run(1000)
+    assert result.reason == StopReason.HLT
+    assert taken == [CODE + 2]  # after sti and nop, before the loop
+    assert cpu.registers()["r15"] == 0x40 and cpu.registers()["rax"] == 0
+
+
+def test_untranslated_forms_fall_back_to_the_handler():
+    translator = Translator(0x400000, EMITTERS)
+    translator.keep_source = True
+    memory, cpu = long_mode_cpu(assemble("adc %rcx, %rax\nrol $3, %rax\nadd %rcx, %rax\nhlt"))
+    from pyhv.accel.tcg.decoder import decode
+    code = memory.read(CODE, 16)
+    insns, pos = [], 0
+    for _ in range(3):
+        insn = decode(code, pos, CODE + pos, 64)
+        insns.append(insn)
+        pos += insn.length
+    translator.translate(insns, 64)
+    source = translator.last_source
+    assert "H0(cpu, I0)" in source and "H1(cpu, I1)" in source and "H2(" not in source
+
+
+_SETTER_FORMS = ["add %rcx, %rdx", "sub %rcx, %rdx", "cmp %rcx, %rdx", "and %rcx, %rdx",
+                 "test %rcx, %rdx", "xor %rcx, %rdx", "inc %rdx", "dec %rdx", "neg %rdx",
+                 "shl $1, %rdx", "shr $1, %rdx", "sar $7, %rdx", "addb %cl, %dl", "subb %cl, %dl",
+                 "cmpw %cx, %dx", "incb %dl", "decw %dx", "negl %edx", "shll $3, %edx",
+                 "sarb $1, %dl"]
+
+
+@pytest.mark.parametrize("setter", _SETTER_FORMS)
+def test_every_condition_after_every_flag_setter(setter):
+    # One setter, then all 16 conditions stored by setcc into memory, for edge operands.
+    source = setter + "\n" + "\n".join(f"set{cc} {k}(%rbp)" for k, cc in enumerate(_CC)) + "\nhlt"
+    code = assemble(source)
+    runs = {}
+    for translate_after in (None, 0):
+        memory, cpu = long_mode_cpu(code)
+        cpu.translate_after = translate_after
+        out = []
+        for a in _EDGES:
+            for b in _EDGES:
+                cpu.set_registers({"rip": CODE, "rcx": a, "rdx": b, "rbp": DATA})
+                assert cpu.run(100).reason == StopReason.HLT
+                out.append(memory.read(DATA, 16))
+        runs[translate_after] = out
+    assert runs[0] == runs[None]
