@@ -26,6 +26,8 @@ import threading
 import time
 from typing import Callable, List, Optional
 
+from .errors import ConfigError
+
 NS_PER_SECOND = 1_000_000_000
 
 # A deadline later than any the guest can program: 2**62 ns is about 146 years.
@@ -36,6 +38,10 @@ NEVER = 1 << 62
 # (EAX=TSC_HZ // 10**6) say so to guests that read them (Linux does on Intel vendors only;
 # on AMD it calibrates against PIT channel 2, which reads this same clock).
 TSC_HZ = 1_000_000_000
+
+
+class ClockError(ConfigError):
+    """A clock or TSC configured with an impossible rate."""
 
 
 class Clock:
@@ -77,7 +83,7 @@ class InstructionClock(Clock):
 
     def __init__(self, ns_per_insn: int = 1, start_ns: int = 0) -> None:
         if ns_per_insn <= 0:
-            raise ValueError(f"ns_per_insn must be a positive integer, got {ns_per_insn}")
+            raise ClockError(f"instruction clock: ns_per_insn must be a positive integer, got {ns_per_insn}")
         self.ns_per_insn = ns_per_insn
         self.now = start_ns
 
@@ -196,7 +202,7 @@ class Tsc:
 
     def __init__(self, clock: Clock, hz: int = TSC_HZ) -> None:
         if hz <= 0:
-            raise ValueError(f"TSC frequency must be positive, got {hz}")
+            raise ClockError(f"TSC frequency must be a positive number of Hz, got {hz}")
         self.clock = clock
         self.hz = hz
         self.offset = 0

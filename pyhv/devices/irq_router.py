@@ -169,3 +169,11 @@ class SoftIrqChip:
 
     def irq_line(self, gsi: int) -> IrqLine:
         return self.router.irq_line(gsi)
+
+    def reset(self) -> None:
+        """Machine reset: every controller and timer back to its power-up state."""
+        self.pic.reset()
+        self.ioapic.reset()
+        self.lapic.reset()
+        self.pit.reset()
+        self.source.update()

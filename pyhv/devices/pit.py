@@ -75,6 +75,15 @@ class PitChannel:
         self.timers = timers
         self.output = output
         self.gate = gate
+        self._timer: Optional[Timer] = None
+        self._next_tick = 0
+        self.reset()
+
+    def reset(self) -> None:
+        """Back to the power-up state (the gate input is the board's, and stays)."""
+        if self.timers is not None:
+            self.timers.cancel(self._timer)
+        self._timer = None
         # The datasheet leaves the power-up state undefined; an idle counter with OUT high
         # means a guest's first mode 2 or 3 programming raises no IRQ 0 edge until a full
         # period has passed, as under KVM's in-kernel PIT.
@@ -92,8 +101,6 @@ class PitChannel:
         self.read_high = False  # word access: the next live read returns the MSB
         self.write_high = False
         self.write_low_byte = 0
-        self._timer: Optional[Timer] = None
-        self._next_tick = 0
 
     # --- time -----------------------------------------------------------------------------
     def _elapsed_ticks(self, now_ns: int) -> int:
@@ -322,6 +329,12 @@ class Pit:
     def attach(self, pio_bus) -> None:
         pio_bus.attach(PIT_BASE, 4, self.port)
         pio_bus.attach(SYSTEM_CONTROL_PORT, 1, self.control_port)
+
+    def reset(self) -> None:
+        for channel in self.channels:
+            channel.reset()
+        if self.channels[0].output is not None:
+            self.channels[0].output.set_level(self.channels[0].out())
 
     def write_control(self, value: int) -> None:
         select = value >> 6

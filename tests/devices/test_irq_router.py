@@ -198,3 +198,19 @@ def test_the_chip_claims_the_standard_addresses(board):
     claimed = {base for base, _, _ in board.pio.devices()}
     assert {0x20, 0xA0, 0x4D0, 0x40, 0x61} <= claimed
     assert {base for base, _, _ in board.mmio.devices()} == {0xFEC00000, 0xFEE00000}
+
+
+def test_reset_returns_every_controller_to_power_up(board):
+    board.init_pic()
+    board.start_pit_1khz()
+    board.apic_write(0xF0, 0x1FF)
+    board.apic_write(0x80, 0x40)
+    board.ioapic_write(0x14, 0x30)
+    board.chip.reset()
+    assert board.inb(0x21) == 0  # IMR cleared, as at power-up
+    assert board.mmio.read(LAPIC_BASE + 0x80, 4) == 0
+    assert board.mmio.read(LAPIC_BASE + 0xF0, 4) == 0xFF
+    board.mmio.write(IOAPIC, 4, 0x14)
+    assert board.mmio.read(IOAPIC + 0x10, 4) == 0x10000
+    assert board.timers.next_deadline() is None  # the PIT stopped counting
+    assert board.chip.pit.channels[0].out()
