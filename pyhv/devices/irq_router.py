@@ -61,6 +61,8 @@ class IrqRouter:
         self._lines: Dict[int, CallbackIrqLine] = {}
 
     def set_gsi(self, gsi: int, level: bool) -> None:
+        if not 0 <= gsi < IOAPIC_PINS:
+            raise IrqRoutingError(f"interrupt line {gsi} does not exist (GSIs 0-{IOAPIC_PINS - 1})")
         if gsi < ISA_IRQS:
             if self.pic is not None:
                 self.pic.set_irq(gsi, level)

@@ -475,7 +475,7 @@ class LocalApic:
             self.receive(DELIVERY_FIXED, value, False)
         elif reg in (REG_EOI, REG_ESR) and value:
             raise ApicMsrFault(index, f"only 0 may be written in x2APIC mode, not {value:#x}")
-        elif not self.write_register(reg, value & 0xFFFF_FFFF) or value >> 32:
+        elif value >> 32 or not self.write_register(reg, value):
             raise ApicMsrFault(index, f"no such writable x2APIC register (value {value:#x})")
 
     def _write_base(self, value: int) -> None:

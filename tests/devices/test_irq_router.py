@@ -194,6 +194,11 @@ def test_bad_irq_lines_are_refused(board, gsi, problem):
         board.chip.irq_line(gsi)
 
 
+def test_set_gsi_refuses_lines_past_the_ioapic(board):
+    with pytest.raises(IrqRoutingError, match="interrupt line 30 does not exist"):
+        board.chip.router.set_gsi(30, True)
+
+
 def test_the_chip_claims_the_standard_addresses(board):
     claimed = {base for base, _, _ in board.pio.devices()}
     assert {0x20, 0xA0, 0x4D0, 0x40, 0x61} <= claimed
