@@ -40,6 +40,10 @@ class Lifecycle:
         e.g. so the accelerator can kick its vCPU out of the guest."""
         self._listeners.append(callback)
 
+    def remove_listener(self, callback: Callable[[], None]) -> None:
+        if callback in self._listeners:
+            self._listeners.remove(callback)
+
     def _notify(self) -> None:
         self.stopped.set()
         for callback in self._listeners:

@@ -258,6 +258,7 @@ class KvmAccelerator:
         return "\n".join(lines)
 
     def close(self) -> None:
+        self.platform.lifecycle.remove_listener(self.kick)
         self.vcpu.close()
         self.vm.close()
         self.kvm.close()

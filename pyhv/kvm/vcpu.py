@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import mmap
 import os
-from ctypes import get_errno
+from fcntl import ioctl as _fcntl_ioctl
 import struct
 from typing import TYPE_CHECKING, Dict, Iterable, List, Sequence, Tuple
 
@@ -12,7 +12,7 @@ from ..errors import KvmError
 from . import exits as ex
 from . import ioctls as ic
 from . import structs as s
-from .syscall import EAGAIN, EINTR, ioctl, raw_ioctl
+from .syscall import EAGAIN, EINTR, ioctl
 
 if TYPE_CHECKING:
     from .vm import VmFd
@@ -42,12 +42,14 @@ class VcpuFd:
     # --- run ----------------------------------------------------------------------------
     def run(self):  # -> one of pyhv.kvm.exits.*
         """Enter the guest until the next exit and return it as a typed value."""
-        # The hottest line of the KVM path: the raw libc call, errno looked at only on failure.
-        if raw_ioctl(self.fd, _KVM_RUN, None) < 0:
-            err = get_errno()
-            if err == EINTR or err == EAGAIN:
+        # The hottest line of the KVM path. fcntl.ioctl drops the GIL like ctypes' libc call
+        # and costs less per call on PyPy (bench/ioctl_call.py).
+        try:
+            _fcntl_ioctl(self.fd, _KVM_RUN, 0)
+        except OSError as err:
+            if err.errno == EINTR or err.errno == EAGAIN:
                 return _INTERRUPTED
-            raise KvmError(f"KVM_RUN failed: {os.strerror(err)}")
+            raise KvmError(f"KVM_RUN failed: {err.strerror}") from err
         run = self.run_map
         reason = _U32.unpack_from(run, s.KVM_RUN_EXIT_REASON)[0]
         if reason == s.KVM_EXIT_IO:

@@ -70,4 +70,4 @@ class TcgAccelerator:
         self._wakeup.set()
 
     def close(self) -> None:
-        pass
+        self.platform.lifecycle.remove_listener(self.kick)
