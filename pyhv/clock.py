@@ -13,6 +13,11 @@ Two clocks:
   (``advance(n)``), ``ns_per_insn`` nanoseconds each, like QEMU's ``-icount``. A run is then
   reproducible: the same guest takes its timer interrupts at the same instructions. When
   the CPU halts, the run loop warps the clock to the next timer deadline (``idle``).
+  The CPU must bring the clock up to date (``advance`` by the instructions executed so
+  far) before every port or MMIO access and every rdtsc, not only at the end of a run
+  slice: Linux calibrates the TSC by reading PIT channel 2 and the TSC in a tight loop
+  (``quick_pit_calibrate``, ``pit_calibrate_tsc``), and a clock frozen for a whole slice
+  makes both calibrations fail. QEMU's -icount ends a block at I/O for the same reason.
 
 The CPU loop polls the :class:`TimerQueue` after each block with one integer comparison,
 ``if clock.now_ns() >= timers.earliest: timers.run_expired(now)``; ``earliest`` is
