@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 
+from ....devices.lapic import ApicMsrFault
+
 from ..decoder import BYTE, END, IMM_B, Insn, register
 from ..faults import GP, UD, GuestFault
 from ..flags import get_cf, materialize, read_rflags, write_rflags
@@ -122,6 +124,8 @@ def cpuid(cpu, i: Insn) -> None:
 
 
 def read_tsc(cpu) -> int:
+    if cpu.tsc is not None:  # the machine's TSC, which its timers share
+        return cpu.tsc.read()
     return (time.monotonic_ns() + cpu.s.tsc_offset) & MASK64  # a 1 GHz TSC
 
 
@@ -147,6 +151,12 @@ _PLAIN_MSRS = frozenset((MSR_APIC_BASE, MSR_PAT, MSR_STAR, MSR_LSTAR, MSR_CSTAR,
 
 def read_msr(cpu, index: int) -> int:
     s = cpu.s
+    apic = cpu.lapic
+    if apic is not None and apic.handles_msr(index):
+        try:
+            return apic.read_msr(index)
+        except ApicMsrFault:
+            raise GuestFault(GP, 0) from None
     if index == MSR_EFER:
         return s.efer
     if index == MSR_FS_BASE:
@@ -162,6 +172,13 @@ def read_msr(cpu, index: int) -> int:
 
 def write_msr(cpu, index: int, value: int) -> None:
     s = cpu.s
+    apic = cpu.lapic
+    if apic is not None and apic.handles_msr(index):
+        try:
+            apic.write_msr(index, value)
+        except ApicMsrFault:
+            raise GuestFault(GP, 0) from None
+        return
     if index == MSR_EFER:
         if value & ~EFER_WRITABLE & ~EFER_LMA:
             raise GuestFault(GP, 0)
@@ -177,7 +194,10 @@ def write_msr(cpu, index: int, value: int) -> None:
     elif index == MSR_GS_BASE:
         s.segs[GS].base = value
     elif index == MSR_TSC:
-        s.tsc_offset = (value - time.monotonic_ns()) & MASK64
+        if cpu.tsc is not None:
+            cpu.tsc.write(value)
+        else:
+            s.tsc_offset = (value - time.monotonic_ns()) & MASK64
     elif index in _PLAIN_MSRS:
         s.msrs[index] = value
     else:
