@@ -253,3 +253,28 @@ def test_reprogramming_restarts_the_period(board):
 def test_control_register_reads_as_ff(board):
     assert board.inb(CONTROL) == 0xFF
     assert PIT_HZ == 1_193_182
+
+
+def test_linux_pit_calibrate_tsc_measures_the_documented_tsc_frequency(board):
+    """arch/x86/kernel/tsc.c:pit_calibrate_tsc, with the clock synced at each I/O."""
+    from pyhv.clock import TSC_HZ, Tsc
+
+    tsc = Tsc(board.clock)
+    latch, ms, loopmin = PIT_HZ // 20, 50, 5000
+    board.out(PORT61, (board.inb(PORT61) & ~0x02) | 0x01)
+    board.out(CONTROL, 0xB0)
+    board.out(CH2, latch & 0xFF)
+    board.out(CH2, latch >> 8)
+    t1 = previous = tsc.read()
+    t2 = t1
+    loops, tsc_min, tsc_max = 0, None, 0
+    while not board.inb(PORT61) & 0x20:
+        board.clock.advance(4000)  # the loop body: 4 us of guest instructions
+        t2 = tsc.read()
+        delta, previous = t2 - previous, t2
+        tsc_min = delta if tsc_min is None else min(tsc_min, delta)
+        tsc_max = max(tsc_max, delta)
+        loops += 1
+    assert loops >= loopmin and tsc_max <= 10 * tsc_min
+    khz = (t2 - t1) // ms
+    assert khz == pytest.approx(TSC_HZ // 1000, rel=1e-4)
