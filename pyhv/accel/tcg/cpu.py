@@ -81,6 +81,9 @@ class Cpu:
         self.s = CpuState()
         self.cpu_model = cpu_model if cpu_model is not None else pyhv64()
         self.apic_id = apic_id
+        # The platform's local APIC (its MSRs) and TSC; None in bare unit tests.
+        self.lapic = None
+        self.tsc = None
         self.memory = memory
         self.pio_bus = pio_bus
         self.mmio_bus = mmio_bus
