@@ -26,7 +26,20 @@ The interface the software CPU uses (:class:`InterruptSource`)::
 
 :class:`SoftIrqChip` builds and attaches the whole set (PIC, PIT, port 0x61, IOAPIC, local
 APIC) on the machine's buses; ``chip.irq_line(gsi)`` is what the accelerator's ``irq_line``
-returns to devices.
+returns to devices. The run loop that drives it (tests/devices/test_hlt_timer_tcg.py runs
+tests/guests/hlt_timer.S this way)::
+
+    cpu.acknowledge_interrupt = chip.source.acknowledge
+    chip.source.on_raise = lambda: (setattr(cpu, "interrupt_request", True), cpu.kick())
+    while lifecycle.pending is None:
+        result = cpu.run(max(1, timers.earliest - clock.now_ns()))  # InstructionClock: ns = insns
+        clock.advance(result.instructions)           # InstructionClock only
+        if result.reason == StopReason.HLT:
+            clock.idle(timers.earliest, wake_event)  # warp (icount) or sleep (host time)
+        timers.run_expired(clock.now_ns())
+
+Devices on other threads (serial input) may raise lines at any time; ``on_raise`` then runs
+on that thread, so it must only set flags and kick.
 """
 
 from __future__ import annotations
