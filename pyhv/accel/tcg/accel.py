@@ -1,24 +1,24 @@
-"""The software-CPU accelerator: the Cpu, a run loop in time slices, and idle waits on HLT.
+"""The software-CPU accelerator: the Cpu, pyhv's own interrupt controllers and timers, and a
+run loop in slices that fires timers between them and sleeps while the guest halts.
 
-There is no kernel irqchip here; pyhv's own interrupt controllers and timers (in
-pyhv/devices/) are attached by this accelerator, since under KVM the kernel provides them.
+Under KVM the kernel provides the PIC, PIT, IOAPIC and local APIC; here :class:`SoftIrqChip`
+attaches Python ones on the same buses, so the devices and the guest see the same PC.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Dict
 
+from ...clock import HostClock, TimerQueue
+from ...devices.irq_router import SoftIrqChip
 from ...errors import AccelError
-from ...irq import CallbackIrqLine, IrqLine
+from ...irq import IrqLine
 from ...lifecycle import Reset, StopRequest
 from ..base import Platform
 from .cpu import Cpu, StopReason
 
-# Instructions per slice between looks at timers, other threads' requests and the clock.
-SLICE = 20_000
-# How long a halted CPU with no timer pending sleeps before looking again.
-IDLE_WAIT_S = 0.05
+# Instructions per slice: timers fire and other threads' requests are seen between slices.
+SLICE = 10_000
 
 
 class TcgAccelerator:
@@ -28,41 +28,48 @@ class TcgAccelerator:
         if platform.cpu_model is None:
             raise AccelError("-cpu host needs KVM; the software CPU implements -cpu pyhv64")
         self.platform = platform
-        self.cpu = Cpu(platform.memory, platform.pio, platform.mmio, platform.lifecycle, platform.cpu_model)
+        self.clock = HostClock()
+        self.timers = TimerQueue()
+        self.chip = SoftIrqChip(self.clock, self.timers, platform.pio, platform.mmio)
+        cpu = self.cpu = Cpu(platform.memory, platform.pio, platform.mmio, platform.lifecycle,
+                             platform.cpu_model)
+        cpu.lapic = self.chip.lapic
+        cpu.tsc = self.chip.tsc
+        cpu.acknowledge_interrupt = self.chip.source.acknowledge
         self._wakeup = threading.Event()
-        self._lines: Dict[int, CallbackIrqLine] = {}
+        self.chip.source.on_raise = self._interrupt_raised
+        self.instructions = 0
         platform.lifecycle.add_listener(self.kick)
 
-    def irq_line(self, gsi: int) -> IrqLine:
-        line = self._lines.get(gsi)
-        if line is None:
-            line = self._lines[gsi] = CallbackIrqLine(gsi, self._set_gsi)
-        return line
+    def _interrupt_raised(self) -> None:
+        # May run on a device thread (serial input): only set flags and wake the loop.
+        self.cpu.interrupt_request = True
+        self.cpu.kick()
+        self._wakeup.set()
 
-    def _set_gsi(self, gsi: int, level: bool) -> None:
-        # No interrupt controller is attached yet: lines are recorded but reach no CPU.
-        pass
+    def irq_line(self, gsi: int) -> IrqLine:
+        return self.chip.irq_line(gsi)
 
     def load_boot_state(self, state) -> None:
         self.cpu.load_state(state)
 
-    @property
-    def instructions(self) -> int:
-        return self._retired
-
-    _retired = 0
-
     def run(self) -> StopRequest:
         lifecycle = self.platform.lifecycle
-        cpu = self.cpu
+        cpu, clock, timers, source = self.cpu, self.clock, self.timers, self.chip.source
+        wakeup = self._wakeup
         while lifecycle.pending is None:
+            if source.pending:
+                cpu.interrupt_request = True
             result = cpu.run(SLICE)
-            self._retired += result.instructions
-            if result.reason == StopReason.SHUTDOWN:
+            self.instructions += result.instructions
+            reason = result.reason
+            if reason == StopReason.SHUTDOWN:
                 return lifecycle.pending or Reset(result.detail or "triple fault")
-            if result.reason == StopReason.HLT:
-                self._wakeup.wait(IDLE_WAIT_S)
-                self._wakeup.clear()
+            if reason == StopReason.HLT and not source.pending:
+                deadline = timers.next_deadline()
+                clock.idle(deadline if deadline is not None else clock.now_ns() + 50_000_000, wakeup)
+                wakeup.clear()
+            timers.run_expired(clock.now_ns())
         return lifecycle.pending
 
     def kick(self) -> None:
