@@ -22,6 +22,8 @@ HYPERVISOR = 1 << 31
 # CPUID.80000001:EDX / ECX
 EXT_SYSCALL, EXT_NX, EXT_LM = 1 << 11, 1 << 20, 1 << 29
 EXT_LAHF_LM = 1 << 0
+# CPUID.80000007:EDX: the TSC runs at a constant rate (Linux then trusts it as a clocksource).
+INVARIANT_TSC = 1 << 8
 
 BASELINE_EDX = (FPU | DE | PSE | TSC | MSR | PAE | MCE | CX8 | APIC | SEP | MTRR | PGE | MCA | CMOV | PAT
                 | PSE36 | CLFSH | MMX | FXSR | SSE | SSE2)
@@ -77,6 +79,7 @@ def pyhv64() -> CpuModel:
         (0x8000_0002, 0): brand[0:4],
         (0x8000_0003, 0): brand[4:8],
         (0x8000_0004, 0): brand[8:12],
+        (0x8000_0007, 0): (0, 0, 0, INVARIANT_TSC),
         (0x8000_0008, 0): (0x3028, 0, 0, 0),  # 48-bit linear, 40-bit physical addresses
     }
     return CpuModel("pyhv64", leaves, indexed=(7,))
