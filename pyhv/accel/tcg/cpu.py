@@ -53,7 +53,8 @@ class RunResult(NamedTuple):
 class Block:
     """A decoded basic block; ``fn`` is its translated function once it ran ``heat`` times."""
 
-    __slots__ = ("phys", "rip", "bits", "cs_base", "insns", "pages", "fn", "heat")
+    __slots__ = ("phys", "rip", "bits", "cs_base", "insns", "pages", "fn", "heat", "size",
+                 "epoch", "rip0", "next0", "rip1", "next1")
 
     def __init__(self, phys: int, rip: int, bits: int, cs_base: int, insns: List[Insn],
                  pages: List[int]) -> None:
@@ -65,6 +66,25 @@ class Block:
         self.pages = pages
         self.fn: Optional[Callable[..., int]] = None
         self.heat = 0
+        self.size = len(insns)
+        # Chain: up to two successors (by RIP), valid while the MMU epoch is unchanged.
+        self.epoch = -1
+        self.rip0 = -1
+        self.next0: Optional[Block] = None
+        self.rip1 = -1
+        self.next1: Optional[Block] = None
+
+    def link(self, rip: int, successor: "Block", epoch: int) -> None:
+        if self.epoch != epoch:
+            self.epoch = epoch
+            self.rip1 = -1
+            self.next1 = None
+        elif self.rip0 != -1:
+            self.rip1 = rip
+            self.next1 = successor
+            return
+        self.rip0 = rip
+        self.next0 = successor
 
 
 class Cpu:
@@ -139,6 +159,7 @@ class Cpu:
         stack_bits = s.stack_bits
         self.stack_mask = MASK64 if stack_bits == 64 else (0xFFFF_FFFF if stack_bits == 32 else 0xFFFF)
         self.break_block = True
+        self.mmu.epoch += 1
 
     def after_io(self) -> None:
         """A port or MMIO access may have asked the VM to stop: leave the run loop."""
@@ -164,10 +185,12 @@ class Cpu:
                             except ValueError:
                                 pass
             self.break_block = True
+            self.mmu.epoch += 1
 
     def flush_blocks(self) -> None:
         self.blocks.clear()
         self.page_blocks.clear()
+        self.mmu.epoch += 1
 
     def _build_block(self, rip: int, phys: int) -> Block:
         s = self.s
@@ -234,6 +257,8 @@ class Cpu:
         mmu = self.mmu
         blocks = self.blocks
         executed = 0
+        chain_from: Optional[Block] = None  # the translated block that ran last, to link
+        chain_epoch = -1
         if self.shutdown is not None:
             return RunResult(StopReason.SHUTDOWN, 0, self.shutdown)
         while True:
@@ -277,13 +302,37 @@ class Cpu:
                     else:
                         todo = todo[:budget]
                 else:
+                    if chain_from is not None and chain_epoch == mmu.epoch and block.fn is not None:
+                        chain_from.link(rip, block, chain_epoch)
+                    chain_from = None
                     fn = block.fn
                     if fn is None and self.translate_after is not None:
                         block.heat += 1
                         if block.heat > self.translate_after:
                             fn = block.fn = self.translator.translate(todo, block.bits)
                     if fn is not None:
-                        executed += fn(self, s)
+                        # Translated blocks run back to back, following their chains, until
+                        # something needs the checks above.
+                        while True:
+                            executed += fn(self, s)
+                            if self.break_block or self.exit_request or self.interrupt_request:
+                                break
+                            rip = s.rip
+                            epoch = mmu.epoch
+                            if block.epoch != epoch:
+                                chain_from, chain_epoch = block, epoch
+                                break
+                            if rip == block.rip0:
+                                block = block.next0
+                            elif rip == block.rip1:
+                                block = block.next1
+                            else:
+                                chain_from, chain_epoch = block, epoch
+                                break
+                            if block.size > max_instructions - executed:
+                                break
+                            fn = block.fn
+                            self.break_block = False
                         continue
                 for insn in todo:
                     s.rip = insn.next_rip

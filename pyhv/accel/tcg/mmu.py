@@ -71,6 +71,8 @@ class Mmu:
         self.code_pages: Dict[int, object] = {}
         self.on_code_write: Callable[[int], None] = lambda ppn: None
         self.user = False
+        # Bumped whenever a fetch translation may have changed: the block chains check it.
+        self.epoch = 0
 
     # --- TLB maintenance --------------------------------------------------------------
     def flush(self, keep_global: bool = False) -> None:
@@ -81,6 +83,7 @@ class Mmu:
         self.r = {}
         self.w = {}
         self.x = {}
+        self.epoch += 1
 
     def flush_page(self, linear: int) -> None:
         vpn = linear >> 12
@@ -88,6 +91,7 @@ class Mmu:
         self.r.pop(vpn, None)
         self.w.pop(vpn, None)
         self.x.pop(vpn, None)
+        self.epoch += 1
 
     def set_user(self, user: bool) -> None:
         """The privilege changed (CPL 3 or not): the fast maps depend on it."""
@@ -96,6 +100,7 @@ class Mmu:
             self.r = {}
             self.w = {}
             self.x = {}
+            self.epoch += 1
 
     def protect_code_page(self, ppn: int) -> None:
         """``ppn`` now holds translated code: route writes to it through the slow path."""

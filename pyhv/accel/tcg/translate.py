@@ -140,6 +140,19 @@ class BlockCodegen:
         self.emit(f"r{base} = {self.merged(r, size, value)}")
 
     # --- addresses and memory -----------------------------------------------------------
+    def wrap64(self, name: str, low: bool = True, high: bool = True) -> None:
+        """Bring local ``name`` back into 0..2**64-1 after a 64-bit add (high) or sub (low).
+
+        A test and a rare correction instead of ``& 0xFFFF_FFFF_FFFF_FFFF``: on PyPy that
+        mask is a long integer and would turn every 64-bit operation into a bigint one.
+        """
+        if low and high:
+            self.emit(f"if {name} < 0 or {name} >> 64: {name} &= {M64:#x}")
+        elif low:
+            self.emit(f"if {name} < 0: {name} += {M64 + 1:#x}")
+        else:
+            self.emit(f"if {name} >> 64: {name} &= {M64:#x}")
+
     def offset(self, i: Insn) -> str:
         """Expression for the offset of ``i``'s memory operand in its segment."""
         mask = MASK[i.adsize]
@@ -152,26 +165,36 @@ class BlockCodegen:
             terms.append(f"(r{i.index} << {i.scale})" if i.scale else f"r{i.index}")
         if not terms:
             return f"{i.disp & mask:#x}"
-        if i.disp:
-            terms.append(f"{i.disp:#x}")
-        if len(terms) == 1 and i.adsize == 8:
+        if i.adsize != 8:
+            if i.disp:
+                terms.append(f"{i.disp:#x}")
+            return f"(({' + '.join(terms)}) & {mask:#x})"
+        disp = i.disp - (1 << 64) if i.disp >> 63 else i.disp
+        if len(terms) == 1 and not disp:
             return terms[0]
-        return f"(({' + '.join(terms)}) & {mask:#x})"
+        if disp:
+            terms.append(f"{disp:#x}" if disp > 0 else f"- {-disp:#x}")
+        self.emit(f"o = {' + '.join(terms)}".replace("+ -", "-"))
+        self.wrap64("o", low=disp < 0, high=disp >= 0 or len(terms) > 2)
+        return "o"
 
     def address(self, i: Insn) -> str:
-        """Expression for the linear address of ``i``'s memory operand (as :func:`ea`)."""
+        """Emit ``a = `` the linear address of ``i``'s memory operand (as :func:`ea`)."""
         offset = self.offset(i)
         if i.seg < 0:
-            return offset
-        self.segs_used.add(i.seg)
-        return f"{offset} + sb{i.seg}"
+            self.emit(f"a = {offset}")
+        else:
+            self.segs_used.add(i.seg)
+            self.emit(f"a = {offset} + sb{i.seg}")
+        return "a"
 
     def load(self, addr: str, size: int) -> str:
         """Emit a read of ``size`` bytes at linear ``addr``; returns the value's local."""
         self.uses_memory = True
         self.may_fault()
         value = self.temp()
-        self.emit(f"a = {addr}")
+        if addr != "a":
+            self.emit(f"a = {addr}")
         self.emit("t = R.get(a >> 12)")
         if size == 1:
             self.emit(f"if t is not None and t < {self.low_limit:#x}:")
@@ -213,7 +236,8 @@ class BlockCodegen:
         self.uses_stack = True
         self.used.add(4)
         if self.bits == 64:
-            self.emit(f"sp = (r4 - {size}) & {M64:#x}")
+            self.emit(f"sp = r4 - {size}")
+            self.wrap64("sp", high=False)
             self.store("sp", size, value)
             self.set_reg(4, 8, "sp")
         else:
@@ -227,7 +251,9 @@ class BlockCodegen:
         self.used.add(4)
         if self.bits == 64:
             value = self.load("r4", size)
-            self.set_reg(4, 8, f"(r4 + {size}) & {M64:#x}")
+            self.emit(f"sp = r4 + {size}")
+            self.wrap64("sp", low=False)
+            self.set_reg(4, 8, "sp")
         else:
             self.emit("sp = r4 & smask")
             value = self.load("ssb + sp", size)
@@ -240,10 +266,22 @@ class BlockCodegen:
         k = self.index
         self.emit(f"fa{k} = {a}")
         self.emit(f"fb{k} = {b}")
-        self.emit(f"fr{k} = {res}")
+        if res:  # empty: the caller already computed fr<k>
+            self.emit(f"fr{k} = {res}")
         if carry:
             self.emit(f"fc{k} = {carry}")
         self.flags = FlagSource(k, op, size)
+
+    def add64(self, a: str, b: str, subtract: bool) -> str:
+        """Emit ``fr<k> = a ± b`` mod 2**64 without long-integer masks; returns ``fr<k>``."""
+        name = f"fr{self.index}"
+        if b.startswith("0x") and int(b, 16) >> 63:
+            # A negative immediate: add its two's complement the other way round.
+            b = f"{(1 << 64) - int(b, 16):#x}"
+            subtract = not subtract
+        self.emit(f"{name} = {a} {'-' if subtract else '+'} {b}")
+        self.wrap64(name, low=subtract, high=not subtract)
+        return name
 
     def set_eager(self, size: int, res: str, cf: str, of: str) -> None:
         """Flags computed now (shifts): ZF/SF/PF from ``res``, CF and OF given as 0/1."""
@@ -373,7 +411,7 @@ def _source(gen: BlockCodegen, body: List[str]) -> str:
 
 
 _FLAG_LOCAL = re.compile(r"\bf[abcrl]\d+\b")
-_FLAG_DEF = re.compile(r"^\s*(f[abcrl]\d+) = ")
+_FLAG_DEF = re.compile(r"^\s*(?:if )?(f[abcrl]\d+) (?:=|<|>>) ")
 
 
 def _prune_flag_locals(source: str) -> str:
@@ -381,12 +419,15 @@ def _prune_flag_locals(source: str) -> str:
     lines = source.split("\n")
     for _ in range(3):
         counts: Dict[str, int] = {}
-        for name in _FLAG_LOCAL.findall("\n".join(lines)):
-            counts[name] = counts.get(name, 0) + 1
+        for line in lines:
+            match = _FLAG_DEF.match(line)
+            for name in _FLAG_LOCAL.findall(line):
+                if match is None or name != match.group(1):
+                    counts[name] = counts.get(name, 0) + 1
         kept = []
         for line in lines:
             match = _FLAG_DEF.match(line)
-            if match is None or counts[match.group(1)] > 1:
+            if match is None or counts.get(match.group(1), 0) > 0:
                 kept.append(line)
         if len(kept) == len(lines):
             break

@@ -35,7 +35,10 @@ def _alu(gen: BlockCodegen, i: Insn, kind: int, dest: int, dest_is_rm: bool, src
     else:
         value = gen.reg(dest, size)
     k = gen.index
-    if kind == ADD:
+    if size == 8 and (kind == ADD or kind == SUB or kind == CMP) and src != value:
+        gen.add64(value, src, kind != ADD)
+        res, op = "", (CC_ADD if kind == ADD else CC_SUB)
+    elif kind == ADD:
         res, op = f"({value} + {src}) & {mask:#x}", CC_ADD
     elif kind == SUB or kind == CMP:
         res, op = f"({value} - {src}) & {mask:#x}", CC_SUB
@@ -109,7 +112,11 @@ def _incdec(gen: BlockCodegen, i: Insn, reg: int, on_rm: bool, inc: bool) -> Non
 
     def result(value: str, k: int) -> str:
         carry = gen.carry()
-        res = f"({value} + 1) & {mask:#x}" if inc else f"({value} - 1) & {mask:#x}"
+        if i.opsize == 8:
+            gen.add64(value, "1", not inc)
+            res = ""  # fr<k> is already computed
+        else:
+            res = f"({value} + 1) & {mask:#x}" if inc else f"({value} - 1) & {mask:#x}"
         gen.set_flags(CC_INC if inc else CC_DEC, i.opsize, value, "1", res, carry=carry)
         return f"fr{k}"
 
