@@ -325,3 +325,27 @@ def test_every_condition_after_every_flag_setter(setter):
                 out.append(memory.read(DATA, 16))
         runs[translate_after] = out
     assert runs[0] == runs[None]
+
+
+def test_chained_successor_rewritten_by_another_block_is_retranslated():
+    # The loop's blocks are chained after the first iterations; a store from one block
+    # rewrites the immediate in its successor, which must run the new code from then on.
+    src = """
+        mov $6, %ecx
+        xor %eax, %eax
+    top:
+        cmp $3, %ecx
+        jne 1f
+        movb $100, target+1(%rip)
+    1:  jmp target
+    target:
+        mov $1, %edx
+        add %rdx, %rax
+        dec %ecx
+        jnz top
+        hlt"""
+    code = assemble(src)
+    interpreted = _state(*_run(code, {}, None))
+    memory, cpu, result = _run(code, {}, 0)
+    assert _state(memory, cpu, result) == interpreted
+    assert cpu.registers()["rax"] == 3 * 1 + 3 * 100
