@@ -173,6 +173,34 @@ class Machine:
     def run(self) -> StopRequest:
         return self.accel.run()
 
+    # --- control from another thread (the QMP monitor) -------------------------------------
+    PAUSE_TIMEOUT_S = 5.0
+
+    @property
+    def paused(self) -> bool:
+        return self.accel.pause_gate.requested
+
+    def pause(self) -> bool:
+        """Stop the vCPU at its next exit; True once it is held (False: not running yet)."""
+        self.accel.pause_gate.request()
+        self.accel.kick()
+        return self.accel.pause_gate.wait_parked(self.PAUSE_TIMEOUT_S)
+
+    def resume(self) -> None:
+        self.accel.pause_gate.release()
+
+    def request_powerdown(self) -> bool:
+        """Press the ACPI power button; False when the machine has no ACPI PM device."""
+        pm = getattr(self, "acpi_pm", None)
+        if pm is None:
+            return False
+        pm.press_power_button()
+        return True
+
+    def registers(self) -> Dict[str, int]:
+        """The boot vCPU's registers by name; pause first for a consistent view."""
+        return self.accel.registers()
+
     def close(self) -> None:
         if getattr(self, "virtio", None) is not None:
             self.virtio.close()

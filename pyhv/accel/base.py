@@ -6,6 +6,7 @@ accelerator. Devices never see the accelerator; they see IRQ lines it provides.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Optional
 
@@ -46,3 +47,46 @@ class Accelerator(Protocol):
         """Run the guest until a device, the guest or the user asks it to stop."""
 
     def close(self) -> None: ...
+
+
+class PauseGate:
+    """Holds a vCPU run loop between exits while the VM is paused (QMP ``stop``/``cont``).
+
+    Another thread calls :meth:`request` and kicks the vCPU; the run loop sees
+    :attr:`requested` at its next exit or slice boundary and calls :meth:`park`, which
+    returns on :meth:`release` or once a stop request is pending (a paused VM can still be
+    shut down or reset).
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.requested = False
+        self.parked = False
+
+    def request(self) -> None:
+        with self._cond:
+            self.requested = True
+
+    def release(self) -> None:
+        with self._cond:
+            self.requested = False
+            self._cond.notify_all()
+
+    def wake(self) -> None:
+        """Let a parked loop look at the lifecycle again (called by the accelerator's kick)."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def park(self, lifecycle: Lifecycle) -> None:
+        with self._cond:
+            self.parked = True
+            self._cond.notify_all()
+            while self.requested and lifecycle.pending is None:
+                self._cond.wait()
+            self.parked = False
+            self._cond.notify_all()
+
+    def wait_parked(self, timeout: float) -> bool:
+        """True once the run loop is parked; False if it did not get there in ``timeout`` s."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self.parked or not self.requested, timeout) and self.parked

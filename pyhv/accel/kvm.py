@@ -22,7 +22,7 @@ from ..kvm import structs as s
 from ..kvm.system import Kvm
 from ..kvm.vcpu import VcpuFd
 from ..kvm.vm import VmFd
-from .base import Platform
+from .base import PauseGate, Platform
 
 # Three pages just below the BIOS area at the top of 4 GiB, as QEMU places them; the
 # MMIO hole keeps them clear of RAM.
@@ -35,6 +35,8 @@ MSR_IA32_MISC_ENABLE_FAST_STRING = 1
 MSR_IA32_TSC = 0x10
 
 KICK_SIGNAL = signal.SIGUSR1
+REGISTER_NAMES = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11",
+                  "r12", "r13", "r14", "r15", "rip", "rflags")
 
 
 class ExitHandler:
@@ -173,6 +175,7 @@ class KvmAccelerator:
                                    self.vcpu.complete_mmio_read, self.describe_cpu)
         self._vcpu_thread: Optional[int] = None
         self._lines: Dict[int, CallbackIrqLine] = {}
+        self.pause_gate = PauseGate()
         platform.lifecycle.add_listener(self.kick)
 
     def _map_memory(self, memory: GuestMemory) -> None:
@@ -215,7 +218,12 @@ class KvmAccelerator:
         try:
             vcpu_run = self.vcpu.run
             handle = self.handler.table
+            gate = self.pause_gate
             while lifecycle.pending is None:
+                if gate.requested:
+                    gate.park(lifecycle)
+                    self.vcpu.set_immediate_exit(False)  # the kick that paused us is consumed
+                    continue
                 exit_ = vcpu_run()
                 stop = handle[type(exit_)](exit_)
                 if stop is not None:
@@ -229,9 +237,22 @@ class KvmAccelerator:
     def kick(self) -> None:
         """Make the vCPU leave KVM_RUN soon (called from any thread)."""
         self.vcpu.set_immediate_exit(True)
+        self.pause_gate.wake()
         thread = self._vcpu_thread
         if thread is not None and thread != threading.get_ident():
             signal.pthread_kill(thread, KICK_SIGNAL)
+
+    def registers(self) -> Dict[str, int]:
+        """The vCPU's registers by name, for the monitor (call while paused)."""
+        regs = self.vcpu.get_regs()
+        sregs = self.vcpu.get_sregs()
+        values = {name: getattr(regs, name) for name in REGISTER_NAMES}
+        for name in ("cs", "ds", "es", "fs", "gs", "ss"):
+            values[name] = getattr(sregs, name).selector
+        values.update(cr0=sregs.cr0, cr2=sregs.cr2, cr3=sregs.cr3, cr4=sregs.cr4, efer=sregs.efer,
+                      gdt_base=sregs.gdt.base, gdt_limit=sregs.gdt.limit,
+                      idt_base=sregs.idt.base, idt_limit=sregs.idt.limit)
+        return values
 
     def describe_cpu(self) -> str:
         """Registers and the instruction bytes at RIP, for fatal-exit messages."""

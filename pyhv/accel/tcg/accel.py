@@ -8,13 +8,14 @@ attaches Python ones on the same buses, so the devices and the guest see the sam
 from __future__ import annotations
 
 import threading
+from typing import Dict
 
 from ...clock import HostClock, TimerQueue
 from ...devices.irq_router import SoftIrqChip
 from ...errors import AccelError
 from ...irq import IrqLine
 from ...lifecycle import Reset, StopRequest
-from ..base import Platform
+from ..base import PauseGate, Platform
 from .cpu import Cpu, StopReason
 
 # Instructions per slice: timers fire and other threads' requests are seen between slices.
@@ -39,6 +40,7 @@ class TcgAccelerator:
         self._wakeup = threading.Event()
         self.chip.source.on_raise = self._interrupt_raised
         self.instructions = 0
+        self.pause_gate = PauseGate()
         platform.lifecycle.add_listener(self.kick)
 
     def _interrupt_raised(self) -> None:
@@ -57,7 +59,11 @@ class TcgAccelerator:
         lifecycle = self.platform.lifecycle
         cpu, clock, timers, source = self.cpu, self.clock, self.timers, self.chip.source
         wakeup = self._wakeup
+        gate = self.pause_gate
         while lifecycle.pending is None:
+            if gate.requested:
+                gate.park(lifecycle)
+                continue
             if source.pending:
                 cpu.interrupt_request = True
             result = cpu.run(SLICE)
@@ -75,6 +81,17 @@ class TcgAccelerator:
     def kick(self) -> None:
         self.cpu.kick()
         self._wakeup.set()
+        self.pause_gate.wake()
+
+    def registers(self) -> Dict[str, int]:
+        """The CPU's registers by name, for the monitor (call while paused)."""
+        state = self.cpu.registers()
+        values = {name: value for name, value in state.items() if isinstance(value, int)}
+        for name in ("cs", "ds", "es", "fs", "gs", "ss"):
+            values[name] = state[name]["selector"]
+        values["gdt_base"], values["gdt_limit"] = state["gdt"]
+        values["idt_base"], values["idt_limit"] = state["idt"]
+        return values
 
     def close(self) -> None:
         self.platform.lifecycle.remove_listener(self.kick)
