@@ -13,7 +13,8 @@ from typing import Iterable, List, Sequence, Tuple
 from ..devices.acpi_pm import SLP_TYP_S5
 from . import aml
 from .errors import AcpiError
-from .resources import interrupt, io, irq_no_flags, memory32_fixed, resource_template
+from .resources import (dword_memory, interrupt, io, irq_no_flags, memory32_fixed, qword_memory, resource_template,
+                        word_bus_number, word_io)
 from .tables import DSDT_REVISION, table_bytes
 
 PROCESSOR_HID = "ACPI0007"
@@ -21,6 +22,9 @@ VIRTIO_MMIO_HID = "LNRO0005"  # Linux's virtio_mmio driver matches this ACPI id
 MAX_VIRTIO_MMIO_DEVICES = 256  # device names VR00..VRFF
 
 # (I/O base, ISA IRQ) of the PC's serial ports, COM1 to COM4.
+PCI_CONFIG_PORT, PCI_CONFIG_PORTS_LEN = 0xCF8, 8
+PCI_HOLE_START, PCI_HOLE_END = 0xC000_0000, 0xFEC0_0000  # below the IOAPIC, as on QEMU's pc machine
+
 PC_SERIAL_PORTS: Tuple[Tuple[int, int], ...] = ((0x3F8, 4), (0x2F8, 3), (0x3E8, 4), (0x2E8, 3))
 SERIAL_PORT_LEN = 8
 
@@ -90,6 +94,30 @@ def virtio_mmio(index: int, base: int, size: int, gsi: int, edge: bool = False) 
         aml.name("_UID", aml.integer(index)),
         aml.name("_CCA", aml.integer(1)),  # cache-coherent DMA
         aml.name("_CRS", resource_template([memory32_fixed(base, size), interrupt([gsi], edge=edge)])),
+    ])
+
+
+def pci_host_bridge(mmio_start: int = PCI_HOLE_START, mmio_end: int = PCI_HOLE_END,
+                    high_mmio: Tuple[int, int] = (0, 0)) -> bytes:
+    """PCI0: a PCI host bridge (PNP0A03) on segment 0 decoding buses 0-255, the configuration
+    ports 0xCF8-0xCFF, every other I/O port, and the 32-bit MMIO window [mmio_start, mmio_end)
+    (plus [start, end) of ``high_mmio`` above 4 GiB when given)."""
+    windows = [
+        word_bus_number(0, 0xFF),
+        io(PCI_CONFIG_PORT, PCI_CONFIG_PORT, 1, PCI_CONFIG_PORTS_LEN),
+        word_io(0x0000, PCI_CONFIG_PORT - 1),
+        word_io(PCI_CONFIG_PORT + PCI_CONFIG_PORTS_LEN, 0xFFFF),
+        dword_memory(mmio_start, mmio_end - 1),
+    ]
+    if high_mmio[1] > high_mmio[0]:
+        windows.append(qword_memory(high_mmio[0], high_mmio[1] - 1))
+    return aml.device("PCI0", [
+        aml.name("_HID", aml.eisaid("PNP0A03")),
+        aml.name("_ADR", aml.integer(0)),
+        aml.name("_UID", aml.integer(0)),
+        aml.name("_SEG", aml.integer(0)),
+        aml.name("_BBN", aml.integer(0)),
+        aml.name("_CRS", resource_template(windows)),
     ])
 
 

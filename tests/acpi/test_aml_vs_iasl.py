@@ -8,7 +8,7 @@ import pytest
 
 from pyhv.acpi import aml
 from pyhv.acpi import resources as res
-from pyhv.acpi.dsdt import build_dsdt, pc_legacy_devices, virtio_mmio
+from pyhv.acpi.dsdt import build_dsdt, pc_legacy_devices, pci_host_bridge, virtio_mmio
 
 CASES = {
     "integers": (
@@ -121,3 +121,11 @@ def test_pc_dsdt_disassembles_cleanly(disassemble) -> None:
                  'EisaId ("PNP0F13")', 'EisaId ("PNP0B00")', "Device (VR02)", '"LNRO0005"', "0xD0000400",
                  "Interrupt (ResourceConsumer, Level, ActiveHigh, Exclusive, ,, )", "Name (\\_S5, Package (0x04)"):
         assert text in listing
+
+
+def test_pci_host_bridge_windows(disassemble) -> None:
+    bridge = pci_host_bridge(high_mmio=(0x1_0000_0000 + (1 << 30), 0x1_0000_0000 + (2 << 30)))
+    listing = disassemble("dsdt", build_dsdt(1, [bridge]))
+    for text in ('Device (PCI0)', 'EisaId ("PNP0A03")', "WordBusNumber (ResourceProducer", "0x0CF8",
+                 "0x0CF7", "0x0D00", "0xC0000000", "0xFEBFFFFF", "0x0000000140000000", "0x000000017FFFFFFF"):
+        assert text in listing, text
