@@ -1,0 +1,1 @@
+"""Management as libvirt does it: domain XML, a store of domains, a virsh-like CLI."""
