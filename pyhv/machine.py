@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from . import cpu_model
 from .accel.base import Accelerator, Platform
@@ -26,6 +27,7 @@ SERIAL_PORTS = [(0x3F8, 4), (0x2F8, 3), (0x3E8, 4), (0x2E8, 3)]
 I8042_DATA, I8042_COMMAND = 0x60, 0x64
 RTC_BASE, RTC_IRQ = 0x70, 8
 POST_CODE_PORT = 0x80
+SCI_IRQ = 9  # the ACPI system control interrupt, as on PIIX4 and in the MADT's override
 
 
 def create_accelerator(names, platform: Platform, notice: Callable[[str], None]) -> Accelerator:
@@ -82,7 +84,9 @@ class Machine:
             self._attach_drives()
             for spec in config.devices:
                 self._attach_device(spec)
-            self._load_guest()
+            self._attach_acpi_pm()
+            rsdp = self._build_acpi_tables()
+            self._load_guest(rsdp)
         except BaseException:
             self.close()
             raise
@@ -110,11 +114,13 @@ class Machine:
 
         if len(self.config.serial) > len(SERIAL_PORTS):
             raise ConfigError(f"at most {len(SERIAL_PORTS)} -serial ports are supported")
+        self.serial_ports: List[Tuple[int, int]] = []  # (base, irq) of each UART attached
         for spec, (base, irq) in zip(self.config.serial, SERIAL_PORTS):
             backend = self._serial_backend(spec)
             if not backend.wants_device:
                 continue
             uart = Serial(self.accel.irq_line(irq), backend)
+            self.serial_ports.append((base, irq))
             self.pio.attach(base, 8, uart)
             backend.start(uart.receive)
 
@@ -161,13 +167,35 @@ class Machine:
             raise ConfigError(f"-device {spec.driver}: unknown or unsupported device (supported: {known})")
         factory(self, spec)
 
-    def _load_guest(self) -> None:
+    def _attach_acpi_pm(self) -> None:
+        from .devices.acpi_pm import AcpiPm, attach_acpi_pm
+
+        self.acpi_pm = AcpiPm(self.lifecycle, self.accel.irq_line(SCI_IRQ), time.monotonic_ns)
+        attach_acpi_pm(self.pio, self.acpi_pm)
+
+    def _build_acpi_tables(self) -> int:
+        """RSDP, FADT, MADT and a DSDT describing the devices attached so far."""
+        from .acpi import AcpiConfig, build_acpi
+        from .acpi.dsdt import pc_legacy_devices, virtio_mmio
+
+        devices = pc_legacy_devices(self.serial_ports)
+        if self.virtio is not None:
+            devices += [virtio_mmio(i, s.base, s.size, s.gsi) for i, s in enumerate(self.virtio.slots)]
+        return build_acpi(self.memory, AcpiConfig(vcpus=self.config.smp, dsdt_devices=devices))
+
+    def _load_guest(self, rsdp: int) -> None:
+        from .acpi import ACPI_RESERVED_RANGES
         from .boot.loader import load_kernel
 
         cfg = self.config
         initrd = Path(cfg.initrd) if cfg.initrd else None
-        state = load_kernel(self.memory, Path(cfg.kernel), initrd, cfg.append, cfg.decompress)
+        state = load_kernel(self.memory, Path(cfg.kernel), initrd, cfg.append, cfg.decompress,
+                            reserved=ACPI_RESERVED_RANGES, acpi_rsdp_addr=rsdp)
         self.accel.load_boot_state(state)
+
+    def request_powerdown(self) -> None:
+        """Press the ACPI power button (virsh shutdown, QMP system_powerdown)."""
+        self.acpi_pm.press_power_button()
 
     # --- running -------------------------------------------------------------------------
     def run(self) -> StopRequest:
