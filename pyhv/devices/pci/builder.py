@@ -31,6 +31,7 @@ from ..virtio.pci import VirtioPciFunction
 from ..virtio.rng import VirtioRng
 from .allocator import BarAllocator
 from .host import ECAM_BASE, PciHost
+from .config import PciError
 from .msix import MsiSink
 from .root import DEFAULT_INTX_GSIS, PciRoot, SharedLevelLine, intx_gsi
 
@@ -85,18 +86,23 @@ class PciBuilder:
         if props:
             device.close()
             raise ConfigError(f"-device {driver}: unsupported property '{next(iter(props))}'")
-        return self.add_virtio(device, driver, slot)
+        try:
+            return self.add_virtio(device, driver, slot)
+        except PciError as err:
+            device.close()
+            raise ConfigError(f"-device {driver}: {err}") from err
 
     def add_virtio(self, device: VirtioDevice, driver: str, slot: Optional[int] = None) -> PciSlot:
         """Plug ``device`` behind the virtio-pci transport; its slot."""
         function = VirtioPciFunction(device, self.msi_sink)
+        # BARs first: plugging decodes them, and a failure leaves nothing half-plugged.
+        self.allocator.assign(function)
         taken = self.root.plug(function, slot)
         gsi = intx_gsi(taken, 1, self.intx_gsis)
         line = self._lines.get(gsi)
         if line is None:
             line = self._lines[gsi] = SharedLevelLine(self.irq_line(gsi))
         function.use_intx(line.source(taken), gsi)
-        self.allocator.assign(function)
         placed = PciSlot(taken, gsi, driver, function)
         self.slots.append(placed)
         return placed

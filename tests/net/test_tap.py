@@ -1,0 +1,102 @@
+"""The TAP back-end in a network namespace made for the test: a frame the guest sends shows
+up on the host side of the interface, and the host kernel's answer comes back to the guest."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from pyhv.net.backend import NetdevError, open_netdev, parse_netdev
+
+NAMESPACE = f"pyhv-tap-test-{os.getpid()}"
+
+# Runs inside the namespace: everything it touches (interface, addresses) lives there.
+SCRIPT = textwrap.dedent("""
+    import json, queue, socket, struct, subprocess
+    from pyhv.net.tap import TapBackend
+
+    tap = TapBackend.open("pyhvtap0")
+    subprocess.run(["ip", "link", "set", "pyhvtap0", "up"], check=True)
+    subprocess.run(["ip", "addr", "add", "10.77.0.1/24", "dev", "pyhvtap0"], check=True)
+    host_side = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+    host_side.bind(("pyhvtap0", 0))
+    host_side.settimeout(10)
+    received = queue.Queue()
+    tap.start(received.put)
+
+    guest_mac = bytes.fromhex("525400123456")
+    arp = (b"\\xff" * 6 + guest_mac + b"\\x08\\x06"
+           + struct.pack(">HHBBH", 1, 0x0800, 6, 4, 1) + guest_mac + bytes([10, 77, 0, 2])
+           + bytes(6) + bytes([10, 77, 0, 1]))
+    arp = arp.ljust(60, b"\\0")
+    tap.send(arp)
+    seen_on_host = False
+    for _ in range(20):
+        frame, address = host_side.recvfrom(65536)
+        if frame == arp and address[2] != socket.PACKET_OUTGOING:
+            seen_on_host = True
+            break
+    reply = None
+    for _ in range(20):
+        frame = received.get(timeout=10)
+        if frame[12:14] == b"\\x08\\x06" and frame[20:22] == b"\\x00\\x02":
+            reply = frame
+            break
+    tap.close()
+    print(json.dumps({"name": tap.ifname, "seen_on_host": seen_on_host,
+                      "reply": reply.hex() if reply else None}))
+""")
+
+
+def _can_make_namespaces():
+    if os.geteuid() != 0:
+        return "needs root to create a network namespace"
+    if shutil.which("ip") is None:
+        return "needs iproute2's ip command"
+    if not os.path.exists("/dev/net/tun"):
+        return "needs /dev/net/tun"
+    return None
+
+
+@pytest.fixture
+def namespace():
+    reason = _can_make_namespaces()
+    if reason:
+        pytest.skip(reason)
+    made = subprocess.run(["ip", "netns", "add", NAMESPACE], capture_output=True, text=True)
+    if made.returncode:
+        pytest.skip(f"cannot create a network namespace: {made.stderr.strip()}")
+    try:
+        yield NAMESPACE
+    finally:
+        subprocess.run(["ip", "netns", "del", NAMESPACE], check=False)
+
+
+def test_frame_through_tap_and_arp_reply_back(namespace):
+    result = subprocess.run(["ip", "netns", "exec", namespace, sys.executable, "-c", SCRIPT],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    assert outcome["name"] == "pyhvtap0"
+    assert outcome["seen_on_host"] is True
+    reply = bytes.fromhex(outcome["reply"])
+    assert reply[0:6] == bytes.fromhex("525400123456")  # to the guest's MAC
+    assert reply[28:32] == bytes([10, 77, 0, 1])  # sender IP: the namespace's address
+    assert reply[38:42] == bytes([10, 77, 0, 2])  # target IP: the guest's
+
+
+def test_tap_options_refused():
+    with pytest.raises(NetdevError, match="script=/etc/qemu-ifup: pyhv runs no interface scripts"):
+        open_netdev(parse_netdev("tap,id=n0,ifname=t0,script=/etc/qemu-ifup"))
+    with pytest.raises(NetdevError, match="vhost is not supported"):
+        open_netdev(parse_netdev("tap,id=n0,script=no,downscript=no,vhost=on"))
+    with pytest.raises(NetdevError, match="fd=99999 is not an open descriptor"):
+        open_netdev(parse_netdev("tap,id=n0,fd=99999"))
+    with pytest.raises(NetdevError, match="longer than 15 bytes"):
+        open_netdev(parse_netdev("tap,id=n0,ifname=" + "x" * 16))
