@@ -1,0 +1,1 @@
+"""QEMU's machine protocol (QMP) served by a pyhv VM process."""
