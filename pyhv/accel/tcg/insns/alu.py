@@ -6,6 +6,7 @@ from ..decoder import BYTE, IMM_BS, IMM_B, IMM_Z, LOCKABLE, REG_OP, I64, Insn, r
 from ..flags import CC_ADC, CC_ADD, CC_DEC, CC_INC, CC_LOGIC, CC_SBB, CC_SUB, get_cf
 from ..operands import MASK, ea, get_reg, set_reg
 from ..state import RAX
+from .rmw import read_for_update
 
 ADD, OR, ADC, SBB, AND, SUB, XOR, CMP = range(8)
 
@@ -51,9 +52,10 @@ def _rm_dest(cpu, i: Insn, kind: int, src: int) -> None:
     s = cpu.s
     if i.is_mem:
         addr = ea(cpu, i)
-        r = alu(s, kind, size, cpu.mmu.read(addr, size), src)
-        if kind != CMP:
-            cpu.mmu.write(addr, size, r)
+        if kind == CMP:
+            alu(s, kind, size, cpu.mmu.read(addr, size), src)
+        else:
+            cpu.mmu.write(addr, size, alu(s, kind, size, read_for_update(cpu, addr, size), src))
     else:
         r = alu(s, kind, size, get_reg(s.regs, i.rm, size), src)
         if kind != CMP:
@@ -139,7 +141,7 @@ def _unary(cpu, i: Insn, fn) -> None:
     size = i.opsize
     if i.is_mem:
         addr = ea(cpu, i)
-        cpu.mmu.write(addr, size, fn(s, size, cpu.mmu.read(addr, size)))
+        cpu.mmu.write(addr, size, fn(s, size, read_for_update(cpu, addr, size)))
     else:
         set_reg(s.regs, i.rm, size, fn(s, size, get_reg(s.regs, i.rm, size)))
 

@@ -11,6 +11,7 @@ from ..faults import UD, GuestFault
 from ..flags import materialize, set_eager
 from ..operands import MASK, ea, get_reg, read_rm, set_reg, sext
 from ..state import CF, ZF
+from .rmw import read_for_update
 
 BT, BTS, BTR, BTC = range(4)
 _KIND_BY_OP = {0x1A3: BT, 0x1AB: BTS, 0x1B3: BTR, 0x1BB: BTC}
@@ -28,7 +29,7 @@ def _bit_op(cpu, i: Insn, kind: int, offset: int, offset_is_reg: bool) -> None:
             addr += (signed >> (3 + size.bit_length() - 1)) * size
             addr &= MASK[8]
         bit = offset & (bits - 1)
-        value = cpu.mmu.read(addr, size)
+        value = cpu.mmu.read(addr, size) if kind == BT else read_for_update(cpu, addr, size)
     else:
         bit = offset & (bits - 1)
         value = get_reg(s.regs, i.rm, size)

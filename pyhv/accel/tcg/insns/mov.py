@@ -11,6 +11,7 @@ from ..operands import MASK, ea, ea_offset, get_reg, read_rm, set_reg, sext, wri
 from ..segments import load_segment
 from ..state import CS, RAX, RBX, RDX, SS
 from .alu import CMP, alu
+from .rmw import read_for_update
 
 
 def mov_rm_r(cpu, i: Insn) -> None:
@@ -71,7 +72,7 @@ def xchg_rm_r(cpu, i: Insn) -> None:
     size = i.opsize
     if i.is_mem:
         addr = ea(cpu, i)
-        old = cpu.mmu.read(addr, size)
+        old = read_for_update(cpu, addr, size)
         cpu.mmu.write(addr, size, get_reg(s.regs, i.reg, size))
     else:
         old = get_reg(s.regs, i.rm, size)
@@ -97,14 +98,15 @@ def cmpxchg(cpu, i: Insn) -> None:
     s = cpu.s
     size = i.opsize
     addr = ea(cpu, i) if i.is_mem else 0
-    dest = cpu.mmu.read(addr, size) if i.is_mem else get_reg(s.regs, i.rm, size)
+    dest = read_for_update(cpu, addr, size) if i.is_mem else get_reg(s.regs, i.rm, size)
     acc = get_reg(s.regs, RAX, size)
     alu(s, CMP, size, acc, dest)
     if acc == dest:
         write_rm_at(cpu, i, addr, size, get_reg(s.regs, i.reg, size))
     else:
-        if i.is_mem:
-            cpu.mmu.write(addr, size, dest)  # the locked cycle always writes
+        # The destination is always written (the locked cycle), which also zero-extends a
+        # 32-bit register destination.
+        write_rm_at(cpu, i, addr, size, dest)
         set_reg(s.regs, RAX, size, dest)
 
 
@@ -119,7 +121,7 @@ def xadd(cpu, i: Insn) -> None:
     s = cpu.s
     size = i.opsize
     addr = ea(cpu, i) if i.is_mem else 0
-    dest = cpu.mmu.read(addr, size) if i.is_mem else get_reg(s.regs, i.rm, size)
+    dest = read_for_update(cpu, addr, size) if i.is_mem else get_reg(s.regs, i.rm, size)
     src = get_reg(s.regs, i.reg, size)
     total = alu(s, 0, size, dest, src)
     set_reg(s.regs, i.reg, size, dest)

@@ -11,6 +11,7 @@ from ..decoder import BYTE, IMM_B, Insn, register
 from ..flags import get_cf, materialize, set_eager
 from ..operands import MASK, SIGN, ea, get_reg, set_reg, sext
 from ..state import CF, OF, RCX
+from .rmw import read_for_update
 
 ROL, ROR, RCL, RCR, SHL, SHR, SAL, SAR = range(8)
 
@@ -87,12 +88,12 @@ def shift_rm(cpu, i: Insn) -> None:
     count = _count(cpu, i)
     if i.is_mem:
         addr = ea(cpu, i)
-        value = cpu.mmu.read(addr, size)
+        value = read_for_update(cpu, addr, size)
         if count:
             cpu.mmu.write(addr, size, shift(s, i.raw_reg, size, value, count))
     else:
-        if count:
-            set_reg(s.regs, i.rm, size, shift(s, i.raw_reg, size, get_reg(s.regs, i.rm, size), count))
+        # A count of 0 still writes the register back: a 32-bit one is zero-extended.
+        set_reg(s.regs, i.rm, size, shift(s, i.raw_reg, size, get_reg(s.regs, i.rm, size), count))
 
 
 def shld_shrd(cpu, i: Insn) -> None:
@@ -102,8 +103,10 @@ def shld_shrd(cpu, i: Insn) -> None:
     mask = MASK[size]
     count = (s.regs[RCX] if i.op in (0x1A5, 0x1AD) else i.imm) & (0x3F if size == 8 else 0x1F)
     addr = ea(cpu, i) if i.is_mem else 0
-    dest = cpu.mmu.read(addr, size) if i.is_mem else get_reg(s.regs, i.rm, size)
+    dest = read_for_update(cpu, addr, size) if i.is_mem else get_reg(s.regs, i.rm, size)
     if count == 0:
+        if not i.is_mem:
+            set_reg(s.regs, i.rm, size, dest)  # zero-extends a 32-bit register
         return
     src = get_reg(s.regs, i.reg, size)
     if i.op in (0x1A4, 0x1A5):  # shld
