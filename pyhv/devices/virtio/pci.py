@@ -29,6 +29,7 @@ from .queue import SplitQueue
 VENDOR_ID = 0x1AF4
 DEVICE_ID_BASE = 0x1040
 REVISION = 1
+SUBSYSTEM_ID = 0x1100  # QEMU's subsystem ID for modern virtio devices; Linux does not look at it
 
 CLASS_CODES = {
     spec.ID_NET: 0x02_00_00,  # network, ethernet
@@ -87,7 +88,7 @@ class VirtioPciFunction(PciFunction):
     def __init__(self, device: VirtioDevice, msi_sink: MsiSink) -> None:
         super().__init__(VENDOR_ID, DEVICE_ID_BASE + device.device_id,
                          CLASS_CODES.get(device.device_id, 0x00_FF_00), REVISION,
-                         VENDOR_ID, device.device_id)
+                         VENDOR_ID, SUBSYSTEM_ID)
         self.device = device
         queue_count = len(device.queues)
         self.msix = MsixVectors(queue_count + 1, msi_sink)

@@ -54,7 +54,7 @@ def test_identity_and_capabilities(rig):
     assert conf.read(slot, cfg.VENDOR_ID, 2) == 0x1AF4
     assert conf.read(slot, cfg.DEVICE_ID, 2) == 0x1040 + spec.ID_ENTROPY
     assert conf.read(slot, cfg.REVISION_ID, 1) == 1
-    assert conf.read(slot, cfg.SUBSYSTEM_ID, 2) == spec.ID_ENTROPY
+    assert conf.read(slot, cfg.SUBSYSTEM_ID, 2) == vpci.SUBSYSTEM_ID
     cap_types = {}
     for offset, cap_id in conf.capabilities(slot):
         if cap_id == vpci.CAP_ID_VENDOR:
