@@ -1,0 +1,225 @@
+"""The VM process of a domain: the machine of `pyhv run`, a QMP monitor, and a status file.
+
+`pyhv virsh start` launches ``python -m pyhv.virt.runner --config-dir C --runtime-dir R
+--log-dir L --id N NAME`` detached, with stdout and stderr in the domain's log. The process
+serves the serial console on a unix socket, answers QMP on ``RUNTIME/NAME.monitor``, and
+acts on stop requests as the domain's ``on_poweroff``/``on_reboot``/``on_crash`` say.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from ..errors import PyhvError, VmFatalError
+from ..lifecycle import Reset, Shutdown, StopRequest
+from ..qmp.commands import GENERIC_ERROR, QmpError
+from ..qmp.server import QmpServer
+from .domain import DomainConfig
+from .domain_xml import domain_to_xml, effective_serials
+from .machine_config import to_machine_config
+from .state import DomainStatus, cleanup_runtime, write_status
+from .store import Store
+
+TERMINATING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+BLOCKED_WHILE_BUILDING = (*TERMINATING_SIGNALS, signal.SIGUSR1)
+QUIT_REASON = "host-qmp-quit"
+SIGNAL_REASON = "host-signal"
+QMP_RESET_REASON = "host-qmp-system-reset"
+
+
+def console_paths(store: Store, dom: DomainConfig) -> List[str]:
+    """Where serial port i is served: its own unix path, else RUNTIME/NAME.console (port 0)."""
+    paths = []
+    for index, serial in enumerate(effective_serials(dom)):
+        if serial.type == "unix" and serial.path:
+            paths.append(serial.path)
+        elif index == 0:
+            paths.append(str(store.runtime_path(dom.name, "console")))
+        else:
+            paths.append(str(store.runtime_path(dom.name, f"serial{index}")))
+    return paths
+
+
+class DomainRunner:
+    """Runs one domain until it ends; the VmControl the QMP monitor acts through."""
+
+    def __init__(self, store: Store, dom: DomainConfig, domain_id: int) -> None:
+        self.store = store
+        self.dom = dom
+        self.name: Optional[str] = dom.name
+        self.domain_id = domain_id
+        self.machine = None
+        self.consoles = console_paths(store, dom)
+        self.config = to_machine_config(dom, self.consoles)
+        self.live_xml = domain_to_xml(dom, domain_id, self.consoles[0] if self.consoles else None)
+        self._vcpu_thread_id = threading.get_native_id()
+        self._pause_lock = threading.Lock()
+        self.server: Optional[QmpServer] = None
+
+    # --- VmControl ---------------------------------------------------------------------------
+    def status(self) -> str:
+        machine = self.machine
+        return "paused" if machine is not None and machine.paused else "running"
+
+    def pause(self) -> None:
+        with self._pause_lock:
+            machine = self._require_machine()
+            machine.pause()
+            self._write_status("paused", "user")
+
+    def resume(self) -> None:
+        with self._pause_lock:
+            self._require_machine().resume()
+            self._write_status("running", "unpaused")
+
+    def powerdown(self) -> None:
+        if not self._require_machine().request_powerdown():
+            raise QmpError(GENERIC_ERROR, "this machine has no ACPI power button (no ACPI PM device attached)")
+
+    def reset(self) -> None:
+        self._require_machine().lifecycle.reset(QMP_RESET_REASON)
+
+    def quit(self) -> None:
+        self._require_machine().lifecycle.shutdown(0, QUIT_REASON)
+
+    def registers(self) -> Dict[str, int]:
+        with self._pause_lock:
+            machine = self._require_machine()
+            if machine.paused:
+                return machine.registers()
+            if not machine.pause():
+                machine.resume()
+                raise QmpError(GENERIC_ERROR, "the vCPU did not stop in time to read its registers")
+            try:
+                return machine.registers()
+            finally:
+                machine.resume()
+
+    def vcpu_thread_id(self) -> int:
+        return self._vcpu_thread_id
+
+    def _require_machine(self):
+        machine = self.machine
+        if machine is None:
+            raise QmpError(GENERIC_ERROR, "the machine is being rebuilt; try again")
+        return machine
+
+    # --- running ---------------------------------------------------------------------------
+    def _write_status(self, state: str, reason: str) -> None:
+        pid = os.getpid() if state != "shutoff" else None
+        domain_id = self.domain_id if state != "shutoff" else None
+        live = self.live_xml if state != "shutoff" else None
+        write_status(self.store, self.dom.name, DomainStatus(state, reason, pid, domain_id, live))
+
+    def _emit(self, event: str, data: Dict[str, object]) -> None:
+        print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} event {event} {data}", file=sys.stderr, flush=True)
+        if self.server is not None:
+            self.server.emit(event, data)
+
+    def _build(self):
+        from ..machine import Machine
+
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, BLOCKED_WHILE_BUILDING)
+        try:
+            return Machine(self.config)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+    def run(self) -> int:
+        self.store.runtime_path(self.dom.name, "pid").write_text(f"{os.getpid()}\n")
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, BLOCKED_WHILE_BUILDING)
+        try:
+            self.server = QmpServer(str(self.store.runtime_path(self.dom.name, "monitor")), self)
+            self.server.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        for signum in TERMINATING_SIGNALS:
+            signal.signal(signum, self._on_signal)
+        final_reason = "failed"
+        try:
+            self.machine = self._build()
+            self._write_status("running", "booted")
+            print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} domain {self.dom.name} started (id {self.domain_id},"
+                  f" pid {os.getpid()})", file=sys.stderr, flush=True)
+            while True:
+                action, final_reason = self._run_once()
+                if action == "stop":
+                    return 0
+                self.machine = self._build()
+                self._write_status("running", "booted")
+        finally:
+            machine, self.machine = self.machine, None
+            if machine is not None:
+                machine.close()
+            self._write_status("shutoff", final_reason)
+            if self.server is not None:
+                self.server.close()
+            cleanup_runtime(self.store, self.dom.name)
+            print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} domain {self.dom.name} shut off ({final_reason})",
+                  file=sys.stderr, flush=True)
+
+    def _on_signal(self, signum: int, _frame) -> None:
+        machine = self.machine
+        if machine is not None:
+            machine.lifecycle.shutdown(0, SIGNAL_REASON)
+        else:
+            raise SystemExit(f"pyhv: terminating on signal {signum}")
+
+    def _run_once(self) -> Tuple[str, str]:
+        """Run the machine once; ("stop", reason) or ("restart", reason)."""
+        machine = self.machine
+        try:
+            stop: StopRequest = machine.run()
+        except VmFatalError as err:
+            print(f"pyhv: guest crashed: {err}", file=sys.stderr, flush=True)
+            machine.close()
+            self.machine = None
+            return ("restart" if self.dom.on_crash == "restart" else "stop"), "crashed"
+        machine.close()
+        self.machine = None
+        return self._after(stop)
+
+    def _after(self, stop: StopRequest) -> Tuple[str, str]:
+        if isinstance(stop, Shutdown):
+            if stop.reason in (QUIT_REASON, SIGNAL_REASON):
+                self._emit("SHUTDOWN", {"guest": False, "reason": stop.reason})
+                return "stop", "destroyed"
+            self._emit("SHUTDOWN", {"guest": True, "reason": "guest-shutdown"})
+            return ("restart" if self.dom.on_poweroff == "restart" else "stop"), "shutdown"
+        assert isinstance(stop, Reset)
+        if stop.reason == QMP_RESET_REASON:
+            self._emit("RESET", {"guest": False, "reason": QMP_RESET_REASON})
+            return "restart", "booted"
+        self._emit("RESET", {"guest": True, "reason": "guest-reset"})
+        if self.dom.on_reboot == "destroy":
+            self._emit("SHUTDOWN", {"guest": True, "reason": "guest-reset"})
+            return "stop", "shutdown"
+        return "restart", "booted"
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pyhv.virt.runner")
+    parser.add_argument("--config-dir", required=True)
+    parser.add_argument("--runtime-dir", required=True)
+    parser.add_argument("--log-dir", required=True)
+    parser.add_argument("--id", type=int, required=True)
+    parser.add_argument("name")
+    args = parser.parse_args(argv)
+    store = Store(Path(args.config_dir), Path(args.runtime_dir), Path(args.log_dir))
+    try:
+        dom = store.load(args.name)
+        return DomainRunner(store, dom, args.id).run()
+    except PyhvError as err:
+        print(f"pyhv: {err}", file=sys.stderr, flush=True)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
