@@ -76,10 +76,17 @@ def img_command(argv: List[str]) -> int:
     return img_main(argv)
 
 
+def virsh_command(argv: List[str]) -> int:
+    from .virt.virsh import main as virsh_main
+
+    return virsh_main(argv)
+
+
 COMMANDS: Dict[str, Callable[[List[str]], int]] = {
     "run": run_command,
     "guest": guest_command,
     "img": img_command,
+    "virsh": virsh_command,
 }
 
 USAGE = """usage: pyhv COMMAND [ARGS]
@@ -88,6 +95,7 @@ commands:
   run    run a VM; options use qemu-system-x86_64's syntax (pyhv run -help)
   guest  build or locate the default Debian guest (pyhv guest build|path|clean)
   img    create, inspect and convert disk images, like qemu-img (pyhv img --help)
+  virsh  define, start and control domains (libvirt-style XML), like virsh (pyhv virsh help)
 """
 
 
