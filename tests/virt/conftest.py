@@ -57,8 +57,12 @@ def domain_xml(name: str, kernel: Path, dom_type: str = "kvm", extra: str = "") 
 
 @pytest.fixture
 def virsh(store_env):
-    """Runs `pyhv virsh ARGS` as a subprocess against the temporary store."""
-    return lambda args, **kw: run_virsh(args, store_env, **kw)
+    """Runs `pyhv virsh ARGS` as a subprocess against the temporary store; a test that fails
+    with domains still running gets them destroyed, so no VM process outlives it."""
+    yield lambda args, **kw: run_virsh(args, store_env, **kw)
+    listing = run_virsh(["list", "--name"], store_env)
+    for name in listing.stdout.decode().split():
+        run_virsh(["destroy", name], store_env)
 
 
 @pytest.fixture
