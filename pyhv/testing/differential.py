@@ -99,7 +99,8 @@ def compare(snippet: Snippet, expected: Outcome, actual: Outcome) -> List[str]:
         return [f"vector: kvm {_vector(expected.vector)}, tcg {_vector(actual.vector)}"]
     undefined_regs = set(snippet.undefined_regs)
     for n, name in enumerate(GPR_NAMES):
-        if name not in undefined_regs and expected.regs[n] != actual.regs[n]:
+        mask = 0xFFFF_FFFF if name in snippet.undefined_high_regs else -1
+        if name not in undefined_regs and (expected.regs[n] ^ actual.regs[n]) & mask:
             out.append(f"{name}: kvm {expected.regs[n]:#x}, tcg {actual.regs[n]:#x}")
     if expected.rip != actual.rip:
         out.append(f"rip: kvm {expected.rip:#x}, tcg {actual.rip:#x}")

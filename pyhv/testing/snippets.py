@@ -42,6 +42,8 @@ class Snippet(NamedTuple):
     # part-way leaves the flags of the last finished iteration on Intel and the software
     # CPU, but AMD reports the flags from before the instruction.
     fault_undefined_flags: int = 0
+    # Registers whose bits 32-63 are not compared (only the low half is defined).
+    undefined_high_regs: Tuple[str, ...] = ()
 
 
 def seeded_image(snippet: Snippet) -> Dict[int, bytes]:
@@ -62,6 +64,7 @@ class _Parts(NamedTuple):
     undefined_flags: int = 0
     undefined_regs: Tuple[str, ...] = ()
     fault_undefined_flags: int = 0
+    undefined_high_regs: Tuple[str, ...] = ()
 
 
 def _size(rng: random.Random) -> int:
@@ -212,7 +215,11 @@ def _bits(b: SnippetBuilder) -> _Parts:
     op = rng.choice(("bt", "bts", "btr", "btc", "bsf", "bsr"))
     if op in ("bsf", "bsr"):
         src, _ = _rm(b, size)
-        return _Parts(f"{op}{s} {src}, {b.reg(size)}", CF | OF | SF | AF | PF)
+        dest = b.reg(size)
+        # A zero source leaves the destination as it was (AMD) or undefined (Intel); a
+        # 32-bit one is then sometimes zero-extended, sometimes not, on the same AMD CPU.
+        high = (REG64[_reg_number(dest)],) if size == 4 else ()
+        return _Parts(f"{op}{s} {src}, {dest}", CF | OF | SF | AF | PF, undefined_high_regs=high)
     undefined = OF | SF | AF | PF
     if rng.random() < 0.5:
         dest, _ = _rm(b, size)
@@ -425,5 +432,5 @@ def generate(seed: int, count: int) -> List[Snippet]:
         parts = table[family](builder)
         out.append(Snippet(parts.asm, builder.gprs(), builder.rflags, rng.getrandbits(32),
                            tuple(builder.patches), parts.undefined_flags, parts.undefined_regs,
-                           parts.fault_undefined_flags))
+                           parts.fault_undefined_flags, parts.undefined_high_regs))
     return out

@@ -86,6 +86,9 @@ def test_undefined_flags_and_registers_are_not_compared():
     assert compare(SNIPPET, _outcome(), _outcome(rflags=0x2 | AF)) == []
     masked = SNIPPET._replace(undefined_regs=("rax",))
     assert compare(masked, _outcome(), _outcome(regs=(7,) + tuple(range(1, 16)))) == []
+    high = SNIPPET._replace(undefined_high_regs=("rax",))
+    assert compare(high, _outcome(), _outcome(regs=(1 << 40,) + tuple(range(1, 16)))) == []
+    assert compare(high, _outcome(), _outcome(regs=(1,) + tuple(range(1, 16)))) != []
 
 
 def test_rf_is_ignored_only_in_a_fault_frame():
