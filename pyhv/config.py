@@ -44,6 +44,7 @@ class MachineConfig:
     drives: List[str] = field(default_factory=list)  # -drive option texts, in order
     blockdevs: List[str] = field(default_factory=list)  # -blockdev option texts, in order
     chardevs: Dict[str, str] = field(default_factory=dict)  # -chardev id -> back-end spec
+    netdevs: List[str] = field(default_factory=list)  # -netdev option texts, in order
     decompress: Optional[bool] = None  # host-side bzImage decompression; None = default
 
 

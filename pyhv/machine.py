@@ -75,6 +75,7 @@ class Machine:
         self.platform = Platform(self.memory, self.pio, self.mmio, self.lifecycle, model)
         self.accel = create_accelerator(config.accel, self.platform, notice)
         self.virtio = None
+        self.pci = None
         try:
             self._open_chardevs()
             self._attach_serial_ports()
@@ -82,6 +83,7 @@ class Machine:
             self._attach_rtc()
             self._attach_post_code_port()
             self._attach_drives()
+            self._attach_pci()
             for spec in config.devices:
                 self._attach_device(spec)
             self._attach_acpi_pm()
@@ -155,15 +157,29 @@ class Machine:
         for text in self.config.blockdevs:
             self._virtio_builder().add_blockdev(text)
 
+    def _attach_pci(self) -> None:
+        """The PCI host bridge (always there, as on a PC) and the -netdev back-ends."""
+        from .devices.pci.builder import PciBuilder
+
+        drives = self.virtio.drives if self.virtio is not None else None
+        self.pci = PciBuilder(self.pio, self.mmio, self.memory, self.accel.irq_line, self.accel.msi_sink(),
+                              drives=drives)
+        for text in self.config.netdevs:
+            self.pci.add_netdev(text)
+
     def _attach_device(self, spec: DeviceSpec) -> None:
+        from .devices.pci.builder import DEVICE_FACTORIES as PCI_DEVICES
         from .devices.virtio.attach import DEVICE_FACTORIES as VIRTIO_DEVICES
 
         if spec.driver in VIRTIO_DEVICES:
             self._virtio_builder().add_device(spec.driver, spec.props)
             return
+        if spec.driver in PCI_DEVICES:
+            self.pci.add_device(spec.driver, spec.props)
+            return
         factory = DEVICE_FACTORIES.get(spec.driver)
         if factory is None:
-            known = ", ".join(sorted(set(DEVICE_FACTORIES) | set(VIRTIO_DEVICES)))
+            known = ", ".join(sorted(set(DEVICE_FACTORIES) | set(VIRTIO_DEVICES) | set(PCI_DEVICES)))
             raise ConfigError(f"-device {spec.driver}: unknown or unsupported device (supported: {known})")
         factory(self, spec)
 
@@ -176,9 +192,9 @@ class Machine:
     def _build_acpi_tables(self) -> int:
         """RSDP, FADT, MADT and a DSDT describing the devices attached so far."""
         from .acpi import AcpiConfig, build_acpi
-        from .acpi.dsdt import pc_legacy_devices, virtio_mmio
+        from .acpi.dsdt import pc_legacy_devices, pci_host_bridge, virtio_mmio
 
-        devices = pc_legacy_devices(self.serial_ports)
+        devices = pc_legacy_devices(self.serial_ports) + [pci_host_bridge()]
         if self.virtio is not None:
             devices += [virtio_mmio(i, s.base, s.size, s.gsi) for i, s in enumerate(self.virtio.slots)]
         return build_acpi(self.memory, AcpiConfig(vcpus=self.config.smp, dsdt_devices=devices))
@@ -199,6 +215,7 @@ class Machine:
 
     # --- running -------------------------------------------------------------------------
     def run(self) -> StopRequest:
+        self.pci.start()  # network back-ends' reader threads
         return self.accel.run()
 
     # --- control from another thread (the QMP monitor) -------------------------------------
@@ -230,6 +247,9 @@ class Machine:
         return self.accel.registers()
 
     def close(self) -> None:
+        if getattr(self, "pci", None) is not None:
+            self.pci.close()
+            self.pci = None
         if getattr(self, "virtio", None) is not None:
             self.virtio.close()
             self.virtio = None

@@ -100,6 +100,7 @@ OPTIONS: Dict[str, Tuple[bool, Handler]] = {
     "drive": (True, lambda cfg, v: cfg.drives.append(v)),
     "blockdev": (True, lambda cfg, v: cfg.blockdevs.append(v)),
     "chardev": (True, _chardev),
+    "netdev": (True, lambda cfg, v: cfg.netdevs.append(v)),
     # pyhv's own: host-side decompression of a bzImage payload (on/off/auto)
     "kernel-decompress": (True, _decompress),
 }

@@ -43,6 +43,9 @@ class Accelerator(Protocol):
     def load_boot_state(self, state: CpuBootState) -> None:
         """Put the boot vCPU into the loader's entry state."""
 
+    def msi_sink(self):
+        """An object with ``send_msi(address, data)`` that delivers a PCI MSI to the vCPUs."""
+
     def run(self) -> StopRequest:
         """Run the guest until a device, the guest or the user asks it to stop."""
 

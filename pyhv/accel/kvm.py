@@ -242,6 +242,12 @@ class KvmAccelerator:
         if thread is not None and thread != threading.get_ident():
             signal.pthread_kill(thread, KICK_SIGNAL)
 
+    def msi_sink(self):
+        """Where PCI devices send MSIs: KVM_SIGNAL_MSI into the in-kernel local APIC."""
+        from ..devices.pci.sinks import KvmMsiSink
+
+        return KvmMsiSink(self.vm.fd)
+
     def registers(self) -> Dict[str, int]:
         """The vCPU's registers by name, for the monitor (call while paused)."""
         regs = self.vcpu.get_regs()

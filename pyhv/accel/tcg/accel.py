@@ -83,6 +83,12 @@ class TcgAccelerator:
         self._wakeup.set()
         self.pause_gate.wake()
 
+    def msi_sink(self):
+        """Where PCI devices send MSIs: pyhv's APIC bus, to the local APIC."""
+        from ...devices.pci.sinks import ApicBusMsiSink
+
+        return ApicBusMsiSink(self.chip.apic_bus)
+
     def registers(self) -> Dict[str, int]:
         """The CPU's registers by name, for the monitor (call while paused)."""
         state = self.cpu.registers()
