@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Dict, List
 
 from ...cpu_state import CpuBootState, Segment
+from .fpu import X87State
 
 # General-purpose register numbers, in ModRM/REX order.
 RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI = range(8)
@@ -137,6 +138,7 @@ class CpuState:
         # 16 XMM registers as 128-bit integers, MXCSR.
         self.xmm: List[int] = [0] * 16
         self.mxcsr = 0x1F80
+        self.x87 = X87State()
         self.tsc_offset = 0
 
     # --- plain-dict import/export, for tests and a differential harness against KVM -------

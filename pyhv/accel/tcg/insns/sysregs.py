@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ..decoder import END, F64, REG_ONLY, Insn, register
 from ..faults import GP, UD, GuestFault
+from ..fpu import MXCSR_MASK, fxrstor_image, fxsave_image
 from ..operands import MASK, ea, get_reg, set_reg, write_rm, read_rm
 from ..segments import load_ldt, load_tr
 from ..state import RAX, RCX, RDX
@@ -251,7 +252,7 @@ def cache_op(cpu, i: Insn) -> None:
 def _fx_check(cpu, addr: int) -> None:
     if cpu.s.cr0 & (CR0_TS | (1 << 2)):
         from ..faults import NM
-        raise GuestFault(NM if cpu.s.cr0 & CR0_TS else UD)
+        raise GuestFault(NM)
     if addr & 0xF:
         raise GuestFault(GP, 0)
 
@@ -260,38 +261,25 @@ def fxsave(cpu, i: Insn) -> None:
     addr = ea(cpu, i)
     _fx_check(cpu, addr)
     s = cpu.s
-    cpu.mmu.check_write(addr, 512)
-    cpu.mmu.write(addr, 2, 0x037F)  # FCW; there is no x87 state beyond the reset one
-    cpu.mmu.write(addr + 2, 8, 0)
-    cpu.mmu.write(addr + 10, 8, 0)
-    cpu.mmu.write(addr + 18, 4, 0)
-    cpu.mmu.write(addr + 24, 4, s.mxcsr)
-    cpu.mmu.write(addr + 28, 4, 0xFFFF)
-    for k in range(32, 160, 8):
-        cpu.mmu.write(addr + k, 8, 0)
-    count = 16 if i.bits == 64 else 8
-    for n in range(count):
-        cpu.mmu.write(addr + 160 + 16 * n, 8, s.xmm[n] & MASK[8])
-        cpu.mmu.write(addr + 168 + 16 * n, 8, s.xmm[n] >> 64)
+    image = fxsave_image(s.x87, s.mxcsr, s.xmm, 16 if i.bits == 64 else 8)
+    cpu.mmu.check_write(addr, len(image))
+    for k in range(0, len(image), 8):
+        cpu.mmu.write(addr + k, 8, int.from_bytes(image[k:k + 8], "little"))
 
 
 def fxrstor(cpu, i: Insn) -> None:
     addr = ea(cpu, i)
     _fx_check(cpu, addr)
     s = cpu.s
-    mxcsr = cpu.mmu.read(addr + 24, 4)
-    if mxcsr & ~0xFFFF:
+    image = b"".join(cpu.mmu.read(addr + k, 8).to_bytes(8, "little") for k in range(0, 512, 8))
+    if int.from_bytes(image[24:28], "little") & ~MXCSR_MASK:
         raise GuestFault(GP, 0)
-    count = 16 if i.bits == 64 else 8
-    values = [cpu.mmu.read(addr + 160 + 16 * n, 8) | (cpu.mmu.read(addr + 168 + 16 * n, 8) << 64)
-              for n in range(count)]
-    s.mxcsr = mxcsr
-    s.xmm[:count] = values
+    s.mxcsr = fxrstor_image(s.x87, image, s.xmm, 16 if i.bits == 64 else 8)
 
 
 def ldmxcsr(cpu, i: Insn) -> None:
     value = cpu.mmu.read(ea(cpu, i), 4)
-    if value & ~0xFFFF:
+    if value & ~MXCSR_MASK:
         raise GuestFault(GP, 0)
     cpu.s.mxcsr = value
 
