@@ -8,7 +8,9 @@ DEBIAN_PACKAGES=(
   python3-venv pypy3 pypy3-venv           # the two runtimes
   binutils                                 # as/ld/objcopy build the test guests
   qemu-system-x86 qemu-utils               # peers and oracles in tests and benchmarks
-  acpica-tools busybox-static cpio e2fsprogs
+  acpica-tools busybox-static cpio e2fsprogs lz4
+  libvirt0                                 # libvirt's RelaxNG schemas (domain XML tests)
+  iproute2                                 # network namespaces for the TAP test
 )
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do
