@@ -716,9 +716,10 @@ wait_for_interrupt64:
 
 /*
  * The device's interrupt. A zero InterruptStatus is not ours (Linux's vm_interrupt says
- * IRQ_NONE): nested KVM here delivers the level-triggered vector a second time after the
- * EOI, with the line already low, under QEMU as under pyhv, while QEMU's TCG does not.
- * The device is acknowledged before the EOI, so the line is low by then.
+ * IRQ_NONE): the nested KVM here delivers the vector a second time once interrupts are
+ * enabled again, with InterruptStatus already 0, under QEMU as under pyhv; QEMU's TCG and
+ * pyhv's software CPU deliver it once. The device is acknowledged before the EOI, so the
+ * level-triggered line is low by then.
  */
 virtio_interrupt64:
         push %rax

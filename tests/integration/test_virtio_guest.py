@@ -46,6 +46,7 @@ qemu_usable = _helpers.qemu_usable
 run_vm = _helpers.run_vm
 
 EXIT_OK_STATUS = 33  # isa-debug-exit: (0x10 << 1) | 1
+EXIT_FAIL_STATUS = 35  # (0x11 << 1) | 1
 KVM_TIMEOUT_S = 60
 TCG_TIMEOUT_S = 600
 QEMU_TIMEOUT_S = 60
@@ -146,7 +147,7 @@ def expected_lines(scenario: Scenario) -> List[str]:
         f"flush: status {S_OK} used 1",
         f'get id: status {S_OK} used {ID_BYTES + 1} serial "{scenario.serial}"',
         f"read sector {capacity}: status {S_IOERR}",
-        f"read {capacity} sectors, {BULK_SECTORS} per request: status {S_OK} crc32 {zlib.crc32(after[:capacity * SECTOR]):#x}",
+        f"read {capacity} sectors, {BULK_SECTORS} per request: status {S_OK} crc32 {zlib.crc32(after):#x}",
         "interrupt status after polling: 0x0",
     ]
     if scenario.irq_pin is not None:
@@ -331,3 +332,33 @@ def test_same_guest_under_qemu_microvm(variant, tmp_path, guest_kernel):
         check_qcow2_after(image, disk_after(scenario), tmp_path)
     else:
         assert image.read_bytes() == disk_after(scenario)
+
+
+# --- what the guest and pyhv say when the set-up is wrong ----------------------------------------
+
+@pytest.mark.parametrize("accel", ACCELERATORS)
+def test_guest_reports_a_missing_device(accel, guest_kernel):
+    """No -drive: the window reads as all ones (nothing answers there), which the probe names."""
+    scenario = Scenario(b"", READ_SECTOR, WRITE_SECTOR, False, "", None)
+    run = run_pyhv_with(guest_kernel("virtio_blk"), accel, scenario, [])
+    assert (run.stdout, run.status) == ("no virtio-mmio device at 0xd0000000: magic 0xffffffff\n", EXIT_FAIL_STATUS), \
+        run.describe()
+
+
+@pytest.mark.parametrize("accel", ACCELERATORS)
+def test_guest_refuses_a_device_that_is_not_a_disk(accel, guest_kernel):
+    scenario = Scenario(b"", READ_SECTOR, WRITE_SECTOR, False, "", None)
+    run = run_pyhv_with(guest_kernel("virtio_blk"), accel, scenario, ["-device", "virtio-rng-device"])
+    expected = "virtio-mmio: version 2, device id 4\nnot a block device\n"
+    assert (run.stdout, run.status) == (expected, EXIT_FAIL_STATUS), run.describe()
+
+
+def test_serial_belongs_on_the_device_not_the_drive(tmp_path, guest_kernel):
+    """QEMU dropped -drive serial=; pyhv refuses it too, naming the option, before any guest runs."""
+    image = tmp_path / "disk.raw"
+    image.write_bytes(bytes(DISK_SECTORS * SECTOR))
+    scenario = Scenario(b"", READ_SECTOR, WRITE_SECTOR, False, "", None)
+    options = ["-drive", f"file={image},if=virtio,format=raw,serial={SERIAL}"]
+    run = run_pyhv_with(guest_kernel("virtio_blk"), "tcg", scenario, options)
+    assert run.status not in (0, EXIT_OK_STATUS, EXIT_FAIL_STATUS) and run.stdout == "", run.describe()
+    assert "unsupported option 'serial'" in run.stderr and "Traceback" not in run.stderr, run.describe()
