@@ -3,4 +3,4 @@
 from __future__ import annotations
 
 from . import alu, bit, control, mov, muldiv, shift, stack, string, system, sysregs  # noqa: F401
-from . import x87  # noqa: F401
+from . import sse, sse_float, sse_int, x87  # noqa: F401
