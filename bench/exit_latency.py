@@ -16,35 +16,18 @@ the best of the rounds is kept.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import os
-import select
 import shutil
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Sequence
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_INTERPRETERS = {
-    "cpython": REPO_ROOT / ".venv" / "bin" / "python",
-    "pypy": REPO_ROOT / ".venv-pypy" / "bin" / "python",
-}
-QEMU_BINARY = "qemu-system-x86_64"
-DEBUG_EXIT_DEVICE = "isa-debug-exit,iobase=0xf4,iosize=4"
+from _vmtiming import (
+    DEBUG_EXIT_DEVICE, DEFAULT_INTERPRETERS, QEMU_BINARY, BenchError, Vmm, interpreter_label, load_guest_builder,
+    watch_run,
+)
+
 GUEST_EXIT_OK_STATUS = 33
-
-
-class BenchError(Exception):
-    """A VMM could not run the benchmark guest as expected."""
-
-
-class Vmm(NamedTuple):
-    label: str
-    argv_prefix: List[str]  # everything but -append
 
 
 class Result(NamedTuple):
@@ -52,24 +35,6 @@ class Result(NamedTuple):
     startup_s: float
     pio_us: float
     mmio_us: float
-
-
-def _load_guest_builder():
-    spec = importlib.util.spec_from_file_location("pyhv_bench_guest_build", REPO_ROOT / "tests" / "guests" / "build.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def interpreter_label(python: Path) -> str:
-    probe = "import platform; print(platform.python_implementation(), platform.python_version())"
-    try:
-        done = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, timeout=60)
-    except OSError as err:
-        raise BenchError(f"interpreter {python}: {err}") from err
-    if done.returncode != 0:
-        raise BenchError(f"interpreter {python} failed: {done.stderr.strip()}")
-    return done.stdout.strip()
 
 
 def pyhv_vmm(python: Path, kernel: Path) -> Vmm:
@@ -88,11 +53,6 @@ def qemu_vmm(machine: str, kernel: Path) -> Vmm:
     return Vmm(f"qemu kvm -M {machine}", argv)
 
 
-def _kill(process: subprocess.Popen) -> None:
-    process.kill()
-    process.wait()
-
-
 def timed_run(vmm: Vmm, exits: int, timeout_s: float) -> Dict[str, float]:
     """Runs the guest with `exits` of each kind; returns when each serial mark arrived.
 
@@ -100,51 +60,21 @@ def timed_run(vmm: Vmm, exits: int, timeout_s: float) -> Dict[str, float]:
     then of "pio writes: N" and "mmio writes: N", each sent as soon as its loop ends.
     """
     append = f"pio={exits} mmio={exits} reads=0"
-    argv = vmm.argv_prefix + ["-append", append]
     wanted = {
         "start": b"exit loops: start",
         "pio": b"pio writes: %d" % exits,
         "mmio": b"mmio writes: %d" % exits,
     }
-    marks: Dict[str, float] = {}
-    output = b""
-    with tempfile.TemporaryFile() as stderr:
-        started = time.perf_counter()
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr)
-        deadline = started + timeout_s
-        with process.stdout:
-            fd = process.stdout.fileno()
-            while True:
-                remaining = deadline - time.perf_counter()
-                if remaining <= 0:
-                    _kill(process)
-                    raise BenchError(f"{vmm.label}: {append!r} still running after {timeout_s} s")
-                ready, _, _ = select.select([fd], [], [], remaining)
-                if not ready:
-                    continue
-                chunk = os.read(fd, 65536)
-                arrived = time.perf_counter() - started
-                if not chunk:
-                    break
-                output += chunk
-                # SeaBIOS precedes the guest on the same line, so marks end lines, not start them.
-                for name, mark in wanted.items():
-                    if name not in marks and mark + b"\n" in output:
-                        marks[name] = arrived
-        try:
-            status = process.wait(timeout=max(deadline - time.perf_counter(), 1))
-        except subprocess.TimeoutExpired as err:
-            _kill(process)
-            raise BenchError(f"{vmm.label}: {append!r} did not exit after its output ended") from err
-        stderr.seek(0)
-        errors = stderr.read().decode("utf-8", errors="replace").strip()
-    if status != GUEST_EXIT_OK_STATUS or len(marks) != len(wanted):
+    run = watch_run(vmm.argv_prefix + ["-append", append], wanted, timeout_s)
+    if run.timed_out:
+        raise BenchError(f"{vmm.label}: {append!r} still running after {timeout_s} s")
+    if run.status != GUEST_EXIT_OK_STATUS or len(run.marks) != len(wanted):
         raise BenchError(
-            f"{vmm.label}: {append!r} ended with status {status} (want {GUEST_EXIT_OK_STATUS}), "
-            f"marks seen: {sorted(marks)}\nstdout: {output.decode('utf-8', errors='replace').strip()!r}\n"
-            f"stderr: {errors[-2000:]}"
+            f"{vmm.label}: {append!r} ended with status {run.status} (want {GUEST_EXIT_OK_STATUS}), "
+            f"marks seen: {sorted(run.marks)}\nstdout: {run.output.decode('utf-8', errors='replace').strip()!r}\n"
+            f"stderr: {run.errors[-2000:]}"
         )
-    return marks
+    return run.marks
 
 
 def measure(vmm: Vmm, exits: int, rounds: int, timeout_s: float) -> Result:
@@ -213,7 +143,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
-    kernel = _load_guest_builder().build_guest("pio_mmio")
+    kernel = load_guest_builder().build_guest("pio_mmio")
     vmms: List[Vmm] = []
     problems: List[str] = []
     if not args.no_qemu:
