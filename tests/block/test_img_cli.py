@@ -10,7 +10,7 @@ import pytest
 from pyhv.block import open_image
 from pyhv.block.cli import main
 
-from conftest import needs_qemu, pattern, qemu_check, qemu_img, qemu_io, qemu_read_raw, \
+from qemu_tools import needs_qemu, pattern, qemu_check, qemu_img, qemu_io, qemu_read_raw, \
     write_file
 
 pytestmark = needs_qemu

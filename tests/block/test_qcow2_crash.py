@@ -14,7 +14,7 @@ import pytest
 from pyhv.block import open_image
 from pyhv.block.qcow2 import create_qcow2
 
-from conftest import needs_qemu, qemu_check
+from qemu_tools import needs_qemu, qemu_check
 
 pytestmark = needs_qemu
 

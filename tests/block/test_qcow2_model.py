@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from pyhv.block import open_image
 from pyhv.block.qcow2 import create_qcow2
 
-from conftest import HAVE_QEMU_IMG, qemu_check
+from qemu_tools import HAVE_QEMU_IMG, qemu_check
 
 SIZE = 1 << 20
 CLUSTER = 4096

@@ -9,7 +9,7 @@ import pytest
 
 from pyhv.block import open_image
 
-from conftest import needs_qemu, pattern, qemu_img, qemu_io, qemu_read_raw, write_file
+from qemu_tools import needs_qemu, pattern, qemu_img, qemu_io, qemu_read_raw, write_file
 
 pytestmark = needs_qemu
 MiB = 1 << 20

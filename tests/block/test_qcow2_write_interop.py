@@ -10,7 +10,7 @@ import pytest
 from pyhv.block import open_image
 from pyhv.block.qcow2 import create_qcow2
 
-from conftest import needs_qemu, pattern, qemu_check, qemu_img, qemu_read_raw, write_file
+from qemu_tools import needs_qemu, pattern, qemu_check, qemu_img, qemu_read_raw, write_file
 
 pytestmark = needs_qemu
 MiB = 1 << 20
