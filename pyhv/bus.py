@@ -10,10 +10,7 @@ from __future__ import annotations
 import bisect
 from typing import List, Optional, Tuple
 
-try:  # typing.Protocol exists on 3.8+, kept optional for clarity
-    from typing import Protocol
-except ImportError:  # pragma: no cover
-    Protocol = object  # type: ignore
+from typing import Protocol
 
 from .errors import BusError
 

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 from typing import Callable, List
 
-try:
-    from typing import Protocol
-except ImportError:  # pragma: no cover
-    Protocol = object  # type: ignore
+from typing import Protocol
 
 
 class IrqLine(Protocol):

@@ -10,10 +10,7 @@ import threading
 from dataclasses import dataclass
 from typing import Optional
 
-try:
-    from typing import Protocol
-except ImportError:  # pragma: no cover
-    Protocol = object  # type: ignore
+from typing import Protocol
 
 from ..bus import Bus
 from ..cpu_model import CpuModel

@@ -12,10 +12,7 @@ from __future__ import annotations
 
 from typing import List
 
-try:
-    from typing import Protocol
-except ImportError:  # pragma: no cover
-    Protocol = object  # type: ignore
+from typing import Protocol
 
 # Delivery modes (ICR, LVT and IOAPIC redirection entries use the same encoding).
 DELIVERY_FIXED = 0

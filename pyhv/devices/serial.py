@@ -23,10 +23,7 @@ from typing import Callable, Deque, Optional, Tuple
 
 from ..irq import IrqLine
 
-try:
-    from typing import Protocol
-except ImportError:  # pragma: no cover
-    Protocol = object  # type: ignore
+from typing import Protocol
 
 # Register offsets from the base port.
 RBR_THR = 0  # receive buffer (read) / transmit holding (write); DLL while LCR.DLAB

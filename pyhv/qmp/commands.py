@@ -12,10 +12,7 @@ from typing import Any, Callable, Dict, List, Optional
 from .. import __version__
 from ..errors import PyhvError
 
-try:
-    from typing import Protocol
-except ImportError:  # pragma: no cover
-    Protocol = object  # type: ignore
+from typing import Protocol
 
 # The QEMU release whose QMP schema these commands follow (the Debian peer on these machines).
 QEMU_VERSION = {"major": 7, "minor": 2, "micro": 0}

@@ -16,10 +16,7 @@ from __future__ import annotations
 import threading
 from typing import List
 
-try:
-    from typing import Protocol
-except ImportError:  # pragma: no cover
-    Protocol = object  # type: ignore
+from typing import Protocol
 
 from .config import Bar, BarKind, PciError, PciFunction
 
