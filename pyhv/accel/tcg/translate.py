@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import re
 import struct
+import time
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from .decoder import Insn
 from .faults import GuestFault
 from .flags import CC_ADD, CC_DEC, CC_EAGER, CC_INC, CC_LOGIC, CC_SUB, PARITY, condition, get_cf
+from .insns.rmw import read_for_update
 from .state import ARITH_FLAGS, GPR_NAMES
 
 MASK = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFF_FFFF, 8: 0xFFFF_FFFF_FFFF_FFFF}
@@ -50,6 +52,7 @@ class Untranslatable(Exception):
 # Helpers every generated function sees as globals.
 _SHARED_GLOBALS = {
     "GuestFault": GuestFault, "PARITY": PARITY, "condition": condition, "get_cf": get_cf,
+    "read_for_update": read_for_update,
     "U2": struct.Struct("<H").unpack_from, "U4": struct.Struct("<I").unpack_from,
     "U8": struct.Struct("<Q").unpack_from, "P2": struct.Struct("<H").pack_into,
     "P4": struct.Struct("<I").pack_into, "P8": struct.Struct("<Q").pack_into,
@@ -188,14 +191,18 @@ class BlockCodegen:
             self.emit(f"a = {offset} + sb{i.seg}")
         return "a"
 
-    def load(self, addr: str, size: int) -> str:
-        """Emit a read of ``size`` bytes at linear ``addr``; returns the value's local."""
+    def load(self, addr: str, size: int, update: bool = False) -> str:
+        """Emit a read of ``size`` bytes at linear ``addr``; returns the value's local.
+
+        ``update``: the destination of a read-modify-write, which the CPU checks for write
+        access before reading (a fault reports W=1); the write TLB serves the fast path.
+        """
         self.uses_memory = True
         self.may_fault()
         value = self.temp()
         if addr != "a":
             self.emit(f"a = {addr}")
-        self.emit("t = R.get(a >> 12)")
+        self.emit(f"t = {'W' if update else 'R'}.get(a >> 12)")
         if size == 1:
             self.emit(f"if t is not None and t < {self.low_limit:#x}:")
             self.emit(f"    {value} = low[t | (a & 4095)]")
@@ -203,7 +210,10 @@ class BlockCodegen:
             self.emit(f"if t is not None and t < {self.low_limit:#x} and (a & 4095) <= {4096 - size}:")
             self.emit(f"    {value} = U{size}(low, t | (a & 4095))[0]")
         self.emit("else:")
-        self.emit(f"    {value} = mmu.read(a, {size})")
+        if update:
+            self.emit(f"    {value} = read_for_update(cpu, a, {size})")
+        else:
+            self.emit(f"    {value} = mmu.read(a, {size})")
         return value
 
     def store(self, addr: str, size: int, value: str) -> None:
@@ -225,10 +235,10 @@ class BlockCodegen:
         self.emit("    brk = cpu.break_block")
         self.wrote_slow = True
 
-    def read_operand(self, i: Insn, size: int) -> str:
+    def read_operand(self, i: Insn, size: int, update: bool = False) -> str:
         """The r/m operand of ``i`` as an expression (a load for memory forms)."""
         if i.is_mem:
-            return self.load(self.address(i), size)
+            return self.load(self.address(i), size, update)
         return self.reg(i.rm, size)
 
     # --- stack ------------------------------------------------------------------------
@@ -435,6 +445,17 @@ def _prune_flag_locals(source: str) -> str:
     return "\n".join(lines)
 
 
+class BlockProfile:
+    """How often one translated block ran, and which of its instructions fell back."""
+
+    __slots__ = ("insns", "runs", "fallbacks")
+
+    def __init__(self, insns: List[Insn]) -> None:
+        self.insns = insns
+        self.runs = 0
+        self.fallbacks: List[Insn] = []
+
+
 class Translator:
     """Turns a block's decoded instructions into a compiled function ``block(cpu, s)``.
 
@@ -446,11 +467,20 @@ class Translator:
         self.low_limit = low_end - 4095  # a page base below this lies wholly in low RAM
         self.emitters = emitters
         self.translated = 0
+        self.seconds = 0.0  # spent translating, for the benchmarks
         self.keep_source = False
         self.last_source = ""
+        # When a list, every block translated from now on counts its runs: the translator
+        # appends a BlockProfile per block (bench/tcg_kernel.py reads them).
+        self.profiles: Optional[List[BlockProfile]] = None
 
     def translate(self, insns: List[Insn], bits: int) -> BlockFunction:
+        started = time.perf_counter()
         gen = BlockCodegen(insns, bits, self.low_limit)
+        if self.profiles is not None:
+            profile = BlockProfile(insns)
+            self.profiles.append(profile)
+            gen.emit(f"{gen.const('PROFILE', profile)}.runs += 1")
         last = len(insns) - 1
         for k, insn in enumerate(insns):
             gen.index = k
@@ -469,6 +499,8 @@ class Translator:
                     emitter = None
             if emitter is None:
                 self._fallback(gen, insn, k, last)
+                if self.profiles is not None:
+                    profile.fallbacks.append(insn)
                 continue
             if gen.ended:
                 break
@@ -486,6 +518,7 @@ class Translator:
         code = compile(source, f"<tcg block {insns[0].addr:#x}>", "exec")
         exec(code, namespace)
         self.translated += 1
+        self.seconds += time.perf_counter() - started
         if self.keep_source:
             self.last_source = source
         return namespace["block"]  # type: ignore[return-value]

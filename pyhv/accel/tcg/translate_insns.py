@@ -31,7 +31,7 @@ def _alu(gen: BlockCodegen, i: Insn, kind: int, dest: int, dest_is_rm: bool, src
     mask = MASK[size]
     in_memory = dest_is_rm and i.is_mem
     if in_memory:
-        value = gen.load(gen.address(i), size)
+        value = gen.load(gen.address(i), size, update=kind != CMP)
     else:
         value = gen.reg(dest, size)
     k = gen.index
@@ -99,7 +99,7 @@ def _unary(gen: BlockCodegen, i: Insn, reg: int, on_rm: bool, result) -> None:
     """Read-modify-write of one operand; ``result(value, k)`` emits flags, returns the value."""
     size = i.opsize
     in_memory = on_rm and i.is_mem
-    value = gen.load(gen.address(i), size) if in_memory else gen.reg(reg, size)
+    value = gen.load(gen.address(i), size, update=True) if in_memory else gen.reg(reg, size)
     out = result(value, gen.index)
     if in_memory:
         gen.store("a", size, out)
@@ -235,7 +235,7 @@ def xchg_acc_reg(gen: BlockCodegen, i: Insn) -> None:
 def xchg_rm_r(gen: BlockCodegen, i: Insn) -> None:
     size = i.opsize
     if i.is_mem:
-        old = gen.load(gen.address(i), size)
+        old = gen.load(gen.address(i), size, update=True)
         gen.store("a", size, gen.reg(i.reg, size))
     else:
         old = gen.temp()
@@ -281,9 +281,12 @@ def shift_rm(gen: BlockCodegen, i: Insn) -> None:
     size = i.opsize
     bits = size * 8
     count = (1 if i.op in (0xD0, 0xD1) else i.imm) & (0x3F if size == 8 else 0x1F)
-    value = gen.read_operand(i, size)
+    value = gen.read_operand(i, size, update=True)
     if count == 0:
-        return  # flags and operand unchanged (the operand was still read)
+        # Flags and value unchanged, but a 32-bit register is still written (bits 63:32 clear).
+        if size == 4 and not i.is_mem:
+            gen.set_reg(i.rm, 4, value)
+        return
     if count >= bits:
         raise Untranslatable("shift count beyond the operand width")
     mask = MASK[size]

@@ -50,8 +50,6 @@ def test_software_cpu_matches_kvm(oracle):
         runner.close()
 
 
-@pytest.mark.xfail(strict=True, reason="the block translator (translate_insns.py) loads RMW "
-                   "destinations as reads and does not zero-extend a 32-bit shift by 0")
 def test_translated_blocks_match_kvm(oracle):
     from pyhv.testing.tcg_runner import TcgRunner
 

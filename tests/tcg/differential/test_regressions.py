@@ -117,15 +117,9 @@ def test_software_cpu_matches_recorded_kvm_result(runner, case, request):
     assert check(runner, case) == []
 
 
-# The block translator (translate_insns.py, not this harness's to fix) still has two of the
-# interpreter's fixed bugs: a read-modify-write memory operand is loaded as a read (#PF
-# error code without W, flags changed before the fault), and a 32-bit shift by 0 does not
-# zero-extend its register.
-_RMW = "translator loads an RMW destination as a read: #PF error code lacks W"
-TRANSLATOR_OPEN = {
-    "rmw-write-bit": _RMW, "split-rmw-cr2": _RMW, "xchg-absent-page": _RMW,
-    "neg-absent-page": _RMW, "shift-count0-zero-extends": "translator: sarl $0 keeps bits 32-63",
-}
+# Cases the block translator still gets wrong, as strict xfails (none open now: the RMW
+# write-access check and the 32-bit shift by 0 are fixed in translate_insns.py).
+TRANSLATOR_OPEN: dict = {}
 
 
 def test_a_case_fails_when_the_software_cpu_disagrees():
