@@ -19,6 +19,7 @@ from ...cpu_state import CpuBootState
 from ...lifecycle import Lifecycle
 from ...memory import GuestMemory
 from . import insns  # noqa: F401  (fills the decoder's table)
+from .bulk import BULK_HANDLERS
 from .decoder import END, Insn, decode
 from .faults import GuestFault, PF
 from .interrupts import TripleFault, raise_exception, raise_interrupt
@@ -130,6 +131,9 @@ class Cpu:
         self.translate_after: Optional[int] = TRANSLATE_AFTER
         self.translator = Translator(self.mmu.low_end, EMITTERS)
         self.fault_retired = 0  # set by a translated block that raises a guest fault
+        # Translated blocks by RIP, valid while Mmu.epoch equals jump_epoch (see _run).
+        self.jump_cache: Dict[int, Block] = {}
+        self.jump_epoch = -1
         self.update_mode()
 
     # --- state --------------------------------------------------------------------------
@@ -231,6 +235,8 @@ class Cpu:
                 if insns:
                     break  # the faulting instruction starts its own block
                 raise
+            if insn.rep and insn.handler in BULK_HANDLERS:
+                insn.handler = BULK_HANDLERS[insn.handler]
             insns.append(insn)
             pos += insn.length
             cur = (cur + insn.length) & ipmask
@@ -259,6 +265,7 @@ class Cpu:
         executed = 0
         chain_from: Optional[Block] = None  # the translated block that ran last, to link
         chain_epoch = -1
+        jump_cache = self.jump_cache
         if self.shutdown is not None:
             return RunResult(StopReason.SHUTDOWN, 0, self.shutdown)
         while True:
@@ -313,22 +320,31 @@ class Cpu:
                     if fn is not None:
                         # Translated blocks run back to back, following their chains, until
                         # something needs the checks above.
+                        if self.jump_epoch != mmu.epoch:
+                            jump_cache.clear()
+                            self.jump_epoch = mmu.epoch
+                        jump_cache[rip] = block
                         while True:
                             executed += fn(self, s)
                             if self.break_block or self.exit_request or self.interrupt_request:
                                 break
                             rip = s.rip
                             epoch = mmu.epoch
-                            if block.epoch != epoch:
-                                chain_from, chain_epoch = block, epoch
-                                break
-                            if rip == block.rip0:
+                            if block.epoch == epoch and rip == block.rip0:
                                 block = block.next0
-                            elif rip == block.rip1:
+                            elif block.epoch == epoch and rip == block.rip1:
                                 block = block.next1
                             else:
-                                chain_from, chain_epoch = block, epoch
-                                break
+                                # Returns and indirect jumps miss the two chain slots; the
+                                # jump cache (translated blocks by RIP, valid for one epoch,
+                                # like a chain) keeps them out of the full lookup above.
+                                successor = jump_cache.get(rip) if self.jump_epoch == epoch else None
+                                if successor is None:
+                                    chain_from, chain_epoch = block, epoch
+                                    break
+                                if block.epoch != epoch or block.rip0 == -1 or block.rip1 == -1:
+                                    block.link(rip, successor, epoch)
+                                block = successor
                             if block.size > max_instructions - executed:
                                 break
                             fn = block.fn

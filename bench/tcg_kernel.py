@@ -1,0 +1,135 @@
+"""MIPS of the software CPU on real kernel code: the default guest's boot, cut at N instructions.
+
+    python bench/tcg_kernel.py [--million N] [--serial PATH] [--hot K] [--cprofile FILE]
+                               [--translate-after T]
+
+Boots the default guest (``pyhv guest build``: the Debian kernel and busybox initramfs) under
+``-accel tcg`` the way ``pyhv run`` does, with the machine's own run loop in slices, and stops
+after N million guest instructions (or at shutdown). It prints instructions retired, wall and
+CPU time, MIPS, the time spent translating, the hottest translated blocks and the
+instructions that still fall back to the interpreter inside translated blocks (weighted by
+how often their block ran). Run it under CPython and PyPy; on PyPy,
+``PYPYLOG=jit-summary:FILE`` adds the JIT's own view.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import Counter
+from typing import Dict, List, Tuple
+
+from pyhv.accel.tcg.accel import SLICE
+from pyhv.accel.tcg.cpu import StopReason
+from pyhv.accel.tcg.translate import BlockProfile
+from pyhv.guestimage.default import build_default_guest
+from pyhv.machine import Machine
+from pyhv.qemu_args import parse_run_args
+
+CMDLINE = "console=ttyS0 panic=-1 cryptomgr.notests -- uname -r"
+
+
+def boot(budget: int, serial: str, translate_after: int, profiles: List[BlockProfile],
+         cprofile: str) -> Tuple[int, float, float, str, object]:
+    guest = build_default_guest()
+    config = parse_run_args([
+        "-accel", "tcg", "-m", "256", "-no-reboot", "-serial", serial,
+        "-device", "isa-debug-exit,iobase=0xf4,iosize=4",
+        "-kernel", str(guest.kernel), "-initrd", str(guest.initrd), "-append", CMDLINE])
+    machine = Machine(config)
+    accel = machine.accel
+    cpu = accel.cpu
+    cpu.translate_after = translate_after
+    cpu.translator.profiles = profiles
+    lifecycle, timers, clock, source = machine.lifecycle, accel.timers, accel.clock, accel.chip.source
+    profiler = None
+    if cprofile:
+        import cProfile
+        profiler = cProfile.Profile()
+        profiler.enable()
+    wall, cpu_time = time.perf_counter(), time.process_time()
+    stop = "budget"
+    try:
+        # accel.run() with an instruction budget; HLT waits are skipped by firing the next timer.
+        while cpu.instructions_retired < budget:
+            if lifecycle.pending is not None:
+                stop = str(lifecycle.pending)
+                break
+            if source.pending:
+                cpu.interrupt_request = True
+            result = cpu.run(min(SLICE, budget - cpu.instructions_retired))
+            if result.reason == StopReason.SHUTDOWN:
+                stop = f"shutdown: {result.detail}"
+                break
+            if result.reason == StopReason.HLT and not source.pending:
+                deadline = timers.next_deadline()
+                if deadline is not None:
+                    clock.idle(deadline, accel._wakeup)
+            timers.run_expired(clock.now_ns())
+    finally:
+        wall, cpu_time = time.perf_counter() - wall, time.process_time() - cpu_time
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(cprofile)
+        machine.close()
+    return cpu.instructions_retired, wall, cpu_time, stop, cpu
+
+
+def _name(insn) -> str:
+    spec = insn.spec.name if insn.spec is not None else "?"
+    return f"{spec} ({insn.handler.__name__}, op {insn.op:#x}/{insn.raw_reg})"
+
+
+def report(profiles: List[BlockProfile], retired: int, hot: int) -> None:
+    in_blocks = sum(p.runs * len(p.insns) for p in profiles)
+    print(f"instructions in translated blocks (upper bound): {in_blocks:,} "
+          f"({100.0 * in_blocks / max(retired, 1):.1f}% of retired)")
+    fallback: Dict[str, int] = Counter()
+    for p in profiles:
+        for insn in p.fallbacks:
+            fallback[_name(insn)] += p.runs
+    total_fallback = sum(fallback.values())
+    print(f"fallback instructions run inside translated blocks: {total_fallback:,}")
+    for name, count in sorted(fallback.items(), key=lambda item: -item[1])[:hot]:
+        print(f"  {count:>12,}  {name}")
+    print(f"hottest blocks (runs x instructions):")
+    ranked = sorted(profiles, key=lambda p: -p.runs * len(p.insns))
+    for p in ranked[:hot]:
+        first = p.insns[0]
+        names = " ; ".join(i.spec.name if i.spec is not None else "?" for i in p.insns[:8])
+        more = " ..." if len(p.insns) > 8 else ""
+        print(f"  {p.runs:>10,} x {len(p.insns):>2}  {first.addr:#x}  "
+              f"fallbacks={len(p.fallbacks)}  {names}{more}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--million", type=float, default=20.0, help="guest instructions, in millions")
+    parser.add_argument("--serial", default="null", help="the guest console (QEMU -serial syntax)")
+    parser.add_argument("--hot", type=int, default=15, help="rows in the hot-block and fallback tables")
+    parser.add_argument("--translate-after", type=int, default=None,
+                        help="interpreted runs before a block is translated (default: the CPU's)")
+    parser.add_argument("--cprofile", default="", help="write cProfile stats of the run to this file")
+    parser.add_argument("--no-block-profile", action="store_true",
+                        help="do not count block runs (their counters cost a little time)")
+    args = parser.parse_args()
+    from pyhv.accel.tcg.cpu import TRANSLATE_AFTER
+    after = TRANSLATE_AFTER if args.translate_after is None else args.translate_after
+    profiles: List[BlockProfile] = []
+    retired, wall, cpu_time, stop, cpu = boot(
+        int(args.million * 1e6), args.serial, after, None if args.no_block_profile else profiles,
+        args.cprofile)
+    name = sys.implementation.name
+    translator = cpu.translator
+    print(f"{name}: {retired:,} instructions ({stop}), wall {wall:.2f} s, cpu {cpu_time:.2f} s, "
+          f"{retired / cpu_time / 1e6:.2f} MIPS (cpu time)")
+    print(f"blocks translated: {translator.translated:,} in {translator.seconds:.2f} s "
+          f"({1000 * translator.seconds / max(translator.translated, 1):.2f} ms each); "
+          f"blocks decoded: {len(cpu.blocks):,}; translate after {after} runs")
+    if profiles:
+        report(profiles, retired, args.hot)
+
+
+if __name__ == "__main__":
+    main()
