@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 from typing import Protocol
 
@@ -42,6 +42,17 @@ class Accelerator(Protocol):
 
     def msi_sink(self):
         """An object with ``send_msi(address, data)`` that delivers a PCI MSI to the vCPUs."""
+
+    def doorbell(self, addr: int, length: int, datamatch: Optional[int], fd: int) -> Optional[Callable[[], None]]:
+        """Signal eventfd ``fd`` on every guest MMIO write of ``length`` bytes at ``addr``
+        (only of the value ``datamatch``, if given) instead of passing it to the MMIO bus.
+
+        This is how a virtqueue's notify reaches an I/O thread without stopping the vCPU
+        (KVM_IOEVENTFD). Returns a function that undoes the binding, or None where this
+        accelerator cannot bind writes to eventfds: the write then reaches the bus as
+        before, and the device (the transport) signals the eventfd itself. Both the
+        interrupt lines (``irq_line``) and the MSI sink may be driven from any thread.
+        """
 
     def run(self) -> StopRequest:
         """Run the guest until a device, the guest or the user asks it to stop."""

@@ -6,6 +6,7 @@ maps each to a bus access or a stop request, and is a pure object testable with 
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 from typing import Callable, Dict, List, Optional
@@ -23,6 +24,8 @@ from ..kvm.system import Kvm
 from ..kvm.vcpu import VcpuFd
 from ..kvm.vm import VmFd
 from .base import PauseGate, Platform
+
+log = logging.getLogger("pyhv.accel.kvm")
 
 # Three pages just below the BIOS area at the top of 4 GiB, as QEMU places them; the
 # MMIO hole keeps them clear of RAM.
@@ -175,6 +178,8 @@ class KvmAccelerator:
                                    self.vcpu.complete_mmio_read, self.describe_cpu)
         self._vcpu_thread: Optional[int] = None
         self._lines: Dict[int, CallbackIrqLine] = {}
+        self._irq_lock = threading.Lock()
+        self.doorbells = 0  # ioeventfds bound now
         self.pause_gate = PauseGate()
         platform.lifecycle.add_listener(self.kick)
 
@@ -194,8 +199,31 @@ class KvmAccelerator:
     def irq_line(self, gsi: int) -> IrqLine:
         line = self._lines.get(gsi)
         if line is None:
-            line = self._lines[gsi] = CallbackIrqLine(gsi, self.vm.irq_line)
+            line = self._lines[gsi] = CallbackIrqLine(gsi, self._set_irq)
         return line
+
+    def _set_irq(self, gsi: int, level: bool) -> None:
+        # Device threads (virtio I/O thread, serial input) and the vCPU thread share the one
+        # kvm_irq_level buffer of VmFd.irq_line.
+        with self._irq_lock:
+            self.vm.irq_line(gsi, level)
+
+    def doorbell(self, addr: int, length: int, datamatch: Optional[int], fd: int) -> Optional[Callable[[], None]]:
+        """KVM_IOEVENTFD: the write completes inside KVM and signals ``fd``, with no exit."""
+        match = -1 if datamatch is None else datamatch
+        try:
+            self.vm.ioeventfd(fd, addr, length, pio=False, datamatch=match)
+        except KvmError as err:
+            log.warning("KVM_IOEVENTFD at %#x+%d refused (%s); the notify stays an MMIO exit", addr, length, err)
+            return None
+        self.doorbells += 1
+
+        def undo() -> None:
+            if self.vm.fd >= 0:
+                self.vm.ioeventfd(fd, addr, length, pio=False, datamatch=match, deassign=True)
+                self.doorbells -= 1
+
+        return undo
 
     def load_boot_state(self, state: CpuBootState) -> None:
         sregs = self.vcpu.get_sregs()

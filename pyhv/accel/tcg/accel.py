@@ -8,7 +8,7 @@ attaches Python ones on the same buses, so the devices and the guest see the sam
 from __future__ import annotations
 
 import threading
-from typing import Dict
+from typing import Callable, Dict, Optional
 
 from ...clock import HostClock, TimerQueue
 from ...devices.irq_router import SoftIrqChip
@@ -88,6 +88,11 @@ class TcgAccelerator:
         from ...devices.pci.sinks import ApicBusMsiSink
 
         return ApicBusMsiSink(self.chip.apic_bus)
+
+    def doorbell(self, addr: int, length: int, datamatch: Optional[int], fd: int) -> Optional[Callable[[], None]]:
+        """No doorbells here: the software CPU's MMIO writes reach the transport, which
+        signals the I/O thread itself (an exit costs nothing extra on this CPU)."""
+        return None
 
     def registers(self) -> Dict[str, int]:
         """The CPU's registers by name, for the monitor (call while paused)."""

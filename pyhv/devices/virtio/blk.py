@@ -1,8 +1,9 @@
 """virtio-blk (virtio 1.2, 5.2) over a :class:`pyhv.block.backend.BlockBackend`.
 
 A request is a 16-byte header (type, ioprio, sector), data buffers, and a status byte in
-the last writable byte. Requests run synchronously when the driver kicks; data moves with
-the backend's ``readv``/``writev`` straight between the disk and memoryviews of guest RAM.
+the last writable byte. Requests run when the driver kicks, on the machine's I/O thread
+(iothread.py) or, without one, on the notifying thread; data moves with the backend's
+``readv``/``writev`` straight between the disk and memoryviews of guest RAM.
 
 Guest mistakes that break the protocol (no header, no status byte) put the device in
 NEEDS_RESET; requests that are well-formed but wrong (past the end, a write to a read-only
@@ -71,6 +72,7 @@ class VirtioBlock(VirtioDevice):
 
     device_id = spec.ID_BLOCK
     name = "virtio-blk"
+    runs_on_iothread = True
 
     def __init__(self, memory: GuestMemory, backend: BlockBackend, serial: str = "",
                  discard: bool = True) -> None:

@@ -5,6 +5,12 @@ registers and gives the device an ``interrupt(cause)`` callback. The device-stat
 machine (virtio 1.2, 3.1) lives here: a write of 0 resets, FEATURES_OK is refused for
 features the device never offered, DRIVER_OK activates the device.
 
+Queue work may run on an I/O thread (iothread.py) while the vCPU thread writes registers.
+Two locks keep them apart, always taken in this order: ``lock`` (the transport's, around
+every register access) then ``queue_lock`` (around queue processing, status changes and
+reset, so a reset waits for the requests in flight). The transports raise interrupts under
+a lock of their own, never under ``lock``, so the I/O thread never waits for the vCPU.
+
 A guest that breaks a queue rule puts the device in DEVICE_NEEDS_RESET: the device logs
 it once, raises a configuration-change interrupt and processes nothing until the driver
 resets it. The host carries on.
@@ -35,6 +41,9 @@ class VirtioDevice:
 
     device_id = 0
     name = "virtio"
+    # True where queue work may leave the vCPU thread (the machine then gives the device an
+    # I/O thread); devices with back-end threads of their own (console, net) keep it False.
+    runs_on_iothread = False
 
     def __init__(self, memory: GuestMemory, queue_sizes: Sequence[int], features: int = 0) -> None:
         self.memory = memory
@@ -48,6 +57,8 @@ class VirtioDevice:
         # Taken by the transport around every register access and by back-end threads
         # (console input) around queue work.
         self.lock = threading.RLock()
+        # Taken around queue processing, status changes and reset (see the module docstring).
+        self.queue_lock = threading.RLock()
         self.interrupt: Interrupt = lambda cause: None
 
     # --- features ---------------------------------------------------------------------------
@@ -66,7 +77,10 @@ class VirtioDevice:
 
     # --- status -----------------------------------------------------------------------------
     def set_status(self, value: int) -> None:
-        value &= 0xFF
+        with self.queue_lock:
+            self._set_status(value & 0xFF)
+
+    def _set_status(self, value: int) -> None:
         if value == 0:
             self.reset()
             return
@@ -100,8 +114,9 @@ class VirtioDevice:
 
     def queue_ready_changed(self, index: int) -> None:
         """The transport saw QueueReady written; a queue enabled after DRIVER_OK is checked now."""
-        if self.active and self.queues[index].ready:
-            self._validate_queue(index)
+        with self.queue_lock:
+            if self.active and self.queues[index].ready:
+                self._validate_queue(index)
 
     def _validate_queue(self, index: int) -> bool:
         try:
@@ -112,20 +127,23 @@ class VirtioDevice:
         return True
 
     def reset(self) -> None:
-        self.status = 0
-        self.acked_features = 0
-        self.active = False
-        self.broken = False
-        for queue in self.queues:
-            queue.reset()
-        self.device_reset()
+        """Back to the initial state; waits for a batch of requests in flight on another thread."""
+        with self.queue_lock:
+            self.status = 0
+            self.acked_features = 0
+            self.active = False
+            self.broken = False
+            for queue in self.queues:
+                queue.reset()
+            self.device_reset()
 
     # --- queue work ---------------------------------------------------------------------------
     def notify(self, index: int) -> None:
-        """The driver kicked queue ``index``."""
-        if not self.active or self.broken or index >= len(self.queues) or not self.queues[index].ready:
-            return
-        self.run_queue(index)
+        """The driver kicked queue ``index`` (on the vCPU thread, or on an I/O thread)."""
+        with self.queue_lock:
+            if not self.active or self.broken or index >= len(self.queues) or not self.queues[index].ready:
+                return
+            self.run_queue(index)
 
     def run_queue(self, index: int) -> None:
         """Process queue ``index``, turning a guest's rule-breaking into NEEDS_RESET."""

@@ -3,12 +3,22 @@
 The window is :data:`MMIO_WINDOW_SIZE` bytes: 32-bit registers below 0x100, the device's
 config space from 0x100. The interrupt is level-triggered: the line is high while
 InterruptStatus has a bit set, and the driver lowers it by writing InterruptACK.
+
+With :meth:`VirtioMmioTransport.use_iothread`, queues are processed on an I/O thread: a
+write to QueueNotify signals the queue's eventfd instead of running the queue, and where the
+accelerator offers a doorbell (KVM_IOEVENTFD, datamatch on the queue index) that write never
+reaches this object at all.
 """
 
 from __future__ import annotations
 
+import functools
+import threading
+from typing import Callable, List, Optional
+
 from ...irq import IrqLine
 from .device import VirtioDevice
+from .iothread import Doorbell, EventFd, IoThread
 
 MMIO_WINDOW_SIZE = 0x200
 MAGIC_VALUE = 0x7472_6976  # "virt"
@@ -64,18 +74,63 @@ class VirtioMmioTransport:
         self.device_features_sel = 0
         self.driver_features_sel = 0
         self.queue_sel = 0
+        # Not the device's lock: the I/O thread raises interrupts while the vCPU thread may
+        # hold that one waiting for the I/O thread (a reset).
+        self._irq_lock = threading.Lock()
+        self._kicks: List[EventFd] = []  # per queue, once an I/O thread serves them
+        self._iothread: Optional[IoThread] = None
+        self._undo_doorbells: List[Callable[[], None]] = []
+        self.notify_writes = 0  # QueueNotify writes that reached the register (an exit under KVM)
         device.interrupt = self._raise
+
+    # --- the I/O thread ----------------------------------------------------------------------
+    def use_iothread(self, iothread: IoThread, doorbell: Optional[Doorbell] = None,
+                     base: Optional[int] = None) -> int:
+        """Serve every queue on ``iothread``; with ``doorbell`` and the window's ``base``, ask
+        the accelerator to signal the queues' eventfds itself. The number of queues whose
+        notify the accelerator took over."""
+        if self._iothread is not None:
+            return len(self._undo_doorbells)
+        self._iothread = iothread
+        for index in range(len(self.device.queues)):
+            name = f"{self.device.name} queue {index}" + (f" at {base:#x}" if base is not None else "")
+            event = iothread.add_queue(name, functools.partial(self.device.notify, index))
+            self._kicks.append(event)
+            if doorbell is not None and base is not None:
+                undo = doorbell(base + QUEUE_NOTIFY, 4, index, event.fd)
+                if undo is not None:
+                    self._undo_doorbells.append(undo)
+        return len(self._undo_doorbells)
+
+    def leave_iothread(self) -> None:
+        """Back to processing queues on the notifying thread (stop the I/O thread first)."""
+        for undo in self._undo_doorbells:
+            undo()
+        self._undo_doorbells = []
+        iothread, self._iothread = self._iothread, None
+        for event in self._kicks:
+            if iothread is not None:
+                iothread.remove_queue(event)
+        self._kicks = []
+
+    def _notify(self, index: int) -> None:
+        self.notify_writes += 1
+        if index < len(self._kicks):
+            self._kicks[index].signal()
+        else:
+            self.device.notify(index)
 
     # --- interrupts -----------------------------------------------------------------------
     def _raise(self, cause: int) -> None:
-        with self.device.lock:
+        with self._irq_lock:
             self.interrupt_status |= cause
             self.irq.set_level(True)
 
     def _ack(self, causes: int) -> None:
-        self.interrupt_status &= ~causes
-        if not self.interrupt_status:
-            self.irq.set_level(False)
+        with self._irq_lock:
+            self.interrupt_status &= ~causes
+            if not self.interrupt_status:
+                self.irq.set_level(False)
 
     # --- bus Device -------------------------------------------------------------------------
     def read(self, offset: int, size: int) -> int:
@@ -140,7 +195,7 @@ class VirtioMmioTransport:
         elif offset == QUEUE_SEL:
             self.queue_sel = value
         elif offset == QUEUE_NOTIFY:
-            device.notify(value & 0xFFFF)
+            self._notify(value & 0xFFFF)
         elif offset == INTERRUPT_ACK:
             self._ack(value)
         elif offset == STATUS:

@@ -13,17 +13,24 @@ MSI-X is off, interrupts go through INTx and the ISR, whose read clears it and l
 
 The same device objects as virtio-mmio: the transport sets ``device.interrupt`` and, since a
 used-buffer interrupt must pick its queue's vector, also the instance's ``signal_used``.
+
+With :meth:`VirtioPciFunction.use_iothread` the queues are processed on an I/O thread; a
+doorbell from the accelerator (KVM_IOEVENTFD on each queue's 2-byte notify address, the
+width Linux writes) follows the BAR wherever the guest moves it.
 """
 
 from __future__ import annotations
 
+import functools
 import struct
-from typing import List
+import threading
+from typing import Callable, List, Optional
 
 from ..pci.config import Bar, BarKind, PciFunction
 from ..pci.msix import NO_VECTOR, MsiSink, MsixVectors
 from . import spec
 from .device import VirtioDevice
+from .iothread import Doorbell, EventFd, IoThread
 from .queue import SplitQueue
 
 VENDOR_ID = 0x1AF4
@@ -46,6 +53,7 @@ ISR_OFFSET, ISR_SIZE = 0x1000, 0x1000
 DEVICE_OFFSET, DEVICE_SIZE = 0x2000, 0x1000
 NOTIFY_OFFSET, NOTIFY_SIZE = 0x3000, 0x1000
 NOTIFY_OFF_MULTIPLIER = 4
+NOTIFY_WIDTH = 2  # Linux's vp_notify writes the queue index as 16 bits
 
 CAP_ID_VENDOR = 0x09
 CAP_COMMON_CFG = 1
@@ -102,6 +110,15 @@ class VirtioPciFunction(PciFunction):
         self.config_vector = NO_VECTOR
         self.queue_vectors: List[int] = [NO_VECTOR] * queue_count
         self._queue_index = {id(queue): index for index, queue in enumerate(device.queues)}
+        # Interrupt state has its own lock: the I/O thread raises interrupts while the vCPU
+        # thread may hold the device's lock waiting for it (a reset).
+        self._irq_lock = threading.RLock()
+        self._kicks: List[EventFd] = []
+        self._iothread: Optional[IoThread] = None
+        self._doorbell: Optional[Doorbell] = None
+        self._doorbell_base: Optional[int] = None
+        self._undo_doorbells: List[Callable[[], None]] = []
+        self.notify_writes = 0  # notifications that reached the BAR (an exit under KVM)
         device.interrupt = self._interrupt
         device.signal_used = self._signal_used  # type: ignore[assignment]
 
@@ -149,7 +166,7 @@ class VirtioPciFunction(PciFunction):
             self.queue_interrupt(self._queue_index[id(queue)])
 
     def queue_interrupt(self, index: int) -> None:
-        with self.device.lock:
+        with self._irq_lock:
             if self.msix.enabled:
                 vector = self.queue_vectors[index]
                 if vector != NO_VECTOR:
@@ -159,7 +176,7 @@ class VirtioPciFunction(PciFunction):
             self.set_intx(True)
 
     def _interrupt(self, cause: int) -> None:
-        with self.device.lock:
+        with self._irq_lock:
             if cause & spec.INT_CONFIG_CHANGE:
                 self.isr |= spec.INT_CONFIG_CHANGE
                 if self.msix.enabled:
@@ -172,7 +189,7 @@ class VirtioPciFunction(PciFunction):
                     self.queue_interrupt(index)
 
     def read_isr(self) -> int:
-        with self.device.lock:
+        with self._irq_lock:
             value, self.isr = self.isr, 0
             self.set_intx(False)
             return value
@@ -265,14 +282,75 @@ class VirtioPciFunction(PciFunction):
         self.queue_select = 0
         self.config_vector = NO_VECTOR
         self.queue_vectors = [NO_VECTOR] * len(self.queue_vectors)
-        self.isr = 0
-        self.set_intx(False)
+        with self._irq_lock:
+            self.isr = 0
+            self.set_intx(False)
 
     # --- notifications --------------------------------------------------------------------------------
     def notify(self, offset: int) -> None:
         index = offset // NOTIFY_OFF_MULTIPLIER
+        self.notify_writes += 1
+        if index < len(self._kicks):
+            self._kicks[index].signal()
+            return
         with self.device.lock:
             self.device.notify(index)
+
+    # --- the I/O thread ---------------------------------------------------------------------------------
+    def use_iothread(self, iothread: IoThread, doorbell: Optional[Doorbell] = None) -> None:
+        """Serve every queue on ``iothread``; with ``doorbell``, ask the accelerator to signal
+        the queues' eventfds on writes to their notify addresses, wherever the BAR is placed.
+        Call after the function is plugged (the bus sets ``mappings_changed`` then)."""
+        if self._iothread is not None:
+            return
+        self._iothread = iothread
+        for index in range(len(self.device.queues)):
+            self._kicks.append(iothread.add_queue(f"{self.device.name} queue {index} (PCI)",
+                                                  functools.partial(self.device.notify, index)))
+        if doorbell is not None:
+            self._doorbell = doorbell
+            bus_update = self.mappings_changed
+
+            def mappings_changed(function: "VirtioPciFunction") -> None:
+                bus_update(function)
+                self._place_doorbells()
+
+            self.mappings_changed = mappings_changed  # type: ignore[assignment]
+            self._place_doorbells()
+
+    @property
+    def doorbell_base(self) -> Optional[int]:
+        """The notify area's guest address while the accelerator serves it, else None."""
+        return self._doorbell_base if self._undo_doorbells else None
+
+    def _place_doorbells(self) -> None:
+        base = self.bars[MODERN_BAR].address
+        if base == self._doorbell_base:
+            return
+        self._remove_doorbells()
+        self._doorbell_base = base
+        if base is None or self._doorbell is None:
+            return
+        for index, event in enumerate(self._kicks):
+            undo = self._doorbell(base + NOTIFY_OFFSET + NOTIFY_OFF_MULTIPLIER * index, NOTIFY_WIDTH, None, event.fd)
+            if undo is not None:
+                self._undo_doorbells.append(undo)
+
+    def _remove_doorbells(self) -> None:
+        for undo in self._undo_doorbells:
+            undo()
+        self._undo_doorbells = []
+
+    def leave_iothread(self) -> None:
+        """Back to processing queues on the notifying thread (stop the I/O thread first)."""
+        self._remove_doorbells()
+        self._doorbell = None
+        self._doorbell_base = None
+        iothread, self._iothread = self._iothread, None
+        for event in self._kicks:
+            if iothread is not None:
+                iothread.remove_queue(event)
+        self._kicks = []
 
 
 class _ModernRegion:
