@@ -31,6 +31,9 @@ CHAR_TYPES = ("pty", "unix")
 MACHINE_TYPES = re.compile(r"(pc|q35|microvm)([-\w.]*)$")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+:-]*$")
 MAC_PATTERN = re.compile(r"([0-9a-f]{2}:){5}[0-9a-f]{2}$")
+MAX_IFNAME_BYTES = 15  # IFNAMSIZ less the terminating NUL
+IFNAME_FORBIDDEN = re.compile(r"[/:\s]")
+AUTO_TAP_PREFIXES = ("vnet", "macvtap", "macvlan")
 
 # Elements libvirt writes that describe nothing pyhv could act on; accepted with a notice.
 IGNORED_ELEMENTS: Dict[str, str] = {
@@ -119,7 +122,14 @@ def random_mac() -> str:
 
 
 class _Reader:
-    """Walks the tree, remembering what was consumed so leftovers can be reported."""
+    """Walks the tree, remembering what was consumed so leftovers can be reported.
+
+    Network XML (:mod:`pyhv.virt.network`) reads with a subclass that sets its own error
+    class and ignored elements.
+    """
+
+    error_class = DomainXmlError
+    ignored_elements = IGNORED_ELEMENTS
 
     def __init__(self, source: str, ignore_unsupported: bool) -> None:
         self.source = source
@@ -129,7 +139,7 @@ class _Reader:
         self._used_attrs: Dict[int, Set[str]] = {}
 
     def error(self, node: XmlNode, problem: str) -> DomainXmlError:
-        return DomainXmlError(f"{self.source}: line {node.line}: <{node.tag}>: {problem}")
+        return self.error_class(f"{self.source}: line {node.line}: <{node.tag}>: {problem}")
 
     def attr(self, node: XmlNode, name: str, default: Optional[str] = None,
              choices: Optional[tuple] = None) -> Optional[str]:
@@ -166,7 +176,7 @@ class _Reader:
         for child in node.children:
             if id(child) in self._used:
                 continue
-            reason = IGNORED_ELEMENTS.get(child.tag)
+            reason = self.ignored_elements.get(child.tag)
             if reason is not None:
                 self.notices.append(f"line {child.line}: <{child.tag}> ignored: {reason}")
             else:
@@ -176,7 +186,7 @@ class _Reader:
         if self.ignore_unsupported:
             self.notices.append(f"line {node.line}: {what} ignored: not supported by pyhv")
             return
-        raise DomainXmlError(f"{self.source}: line {node.line}: {what} is not supported by pyhv"
+        raise self.error_class(f"{self.source}: line {node.line}: {what} is not supported by pyhv"
                              " (--ignore-unsupported skips it)")
 
 
@@ -373,6 +383,17 @@ def _disk(r: _Reader, node: XmlNode, dom: DomainConfig) -> None:
     dom.disks.append(Disk(path, dev, fmt, readonly is not None))
 
 
+def interface_name_problem(name: str) -> Optional[str]:
+    """Why ``name`` cannot name a Linux network interface, or None if it can."""
+    if not name or name in (".", ".."):
+        return f"'{name}' is not a network interface name"
+    if len(name.encode()) > MAX_IFNAME_BYTES:
+        return f"interface name '{name}' is longer than {MAX_IFNAME_BYTES} bytes"
+    if IFNAME_FORBIDDEN.search(name):
+        return f"interface name '{name}' contains '/', ':' or white space"
+    return None
+
+
 def _interface(r: _Reader, node: XmlNode, dom: DomainConfig) -> None:
     kind = r.attr(node, "type", None, tuple(INTERFACE_TYPES))
     if kind is None:
@@ -384,6 +405,10 @@ def _interface(r: _Reader, node: XmlNode, dom: DomainConfig) -> None:
         r.finish(mac)
         if not MAC_PATTERN.match(address):
             raise r.error(mac, f"'{address}' is not a MAC address")
+        if int(address[:2], 16) & 1:
+            raise r.error(mac, f"'{address}' is a multicast address; a network card needs a unicast one")
+        if any(other.mac == address for other in dom.interfaces):
+            raise r.error(mac, f"MAC address {address} is used by another interface of this domain")
         iface.mac = address
     iface.mac = iface.mac or random_mac()
     source = r.child(node, "source")
@@ -392,16 +417,35 @@ def _interface(r: _Reader, node: XmlNode, dom: DomainConfig) -> None:
         if source is None or not source.attrib.get(source_attr):
             raise r.error(node, f"<source {source_attr}='...'/> is missing")
         iface.source = r.attr(source, source_attr)
+        problem = interface_name_problem(iface.source) if kind == "bridge" else None
+        if kind == "network" and not NAME_PATTERN.match(iface.source):
+            problem = f"'{iface.source}' is not a usable network name"
+        if problem:
+            raise r.error(source, problem)
     if source is not None:
         r.finish(source)
     target = r.child(node, "target")
     if target is not None:
-        iface.target_dev = r.attr(target, "dev")
+        dev = r.attr(target, "dev") or ""
         r.finish(target)
+        problem = interface_name_problem(dev)
+        if problem:
+            raise r.error(target, problem)
+        if kind == "user":
+            r.notices.append(f"line {target.line}: <target dev='{dev}'> ignored: user networking uses no TAP device")
+        elif dev.startswith(AUTO_TAP_PREFIXES):
+            # libvirt reserves these prefixes for names it picks at each start; so does pyhv.
+            r.notices.append(f"line {target.line}: <target dev='{dev}'> dropped: names starting with "
+                             f"{', '.join(AUTO_TAP_PREFIXES)} are chosen anew at each start")
+        else:
+            iface.target_dev = dev
     model = r.child(node, "model")
     if model is not None:
-        r.attr(model, "type", "virtio", ("virtio",))
+        model_type = r.attr(model, "type", "virtio")
         r.finish(model)
+        if model_type != "virtio":
+            raise r.error(model, f"model type='{model_type}' is not supported: pyhv's network card is "
+                                 "virtio-net (use <model type='virtio'/>)")
     r.finish(node)
     dom.interfaces.append(iface)
 

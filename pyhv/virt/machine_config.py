@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 from ..config import DeviceSpec, MachineConfig
 from .domain import DomainConfig, DomainXmlError
 from .domain_xml import effective_serials
 
 CPU_FOR_MODE = {"host-passthrough": "host", "custom": "pyhv64"}
-NET_DEVICE = "virtio-net-device"
+NET_DEVICE = "virtio-net-pci"
 
 
 def check_files(dom: DomainConfig) -> None:
@@ -30,19 +31,23 @@ def _drive_text(index: int, dom: DomainConfig) -> str:
     return f"file={path},if=virtio,format={disk.format},readonly={readonly},id={disk.target}"
 
 
-def _net_devices_available() -> bool:
-    from ..devices.virtio.attach import DEVICE_FACTORIES
+def check_interfaces(dom: DomainConfig) -> None:
+    """What can be known before the VM process starts: the helpers interfaces need are installed."""
+    for iface in dom.interfaces:
+        if iface.type == "user" and shutil.which("passt") is None:
+            raise DomainXmlError(f"domain '{dom.name}': <interface type='user'> ({iface.mac}) needs passt for "
+                                 "user-mode networking, which is not installed (Debian package 'passt')")
 
-    return NET_DEVICE in DEVICE_FACTORIES
 
+def to_machine_config(dom: DomainConfig, console_paths: List[str],
+                      netdevs: Optional[List[str]] = None) -> MachineConfig:
+    """The machine for ``dom``; serial port i is served on ``console_paths[i]``.
 
-def to_machine_config(dom: DomainConfig, console_paths: List[str]) -> MachineConfig:
-    """The machine for ``dom``; serial port i is served on ``console_paths[i]``."""
+    Interface i becomes a virtio-net-pci card on ``-netdev`` id ``hostnet<i>``; ``netdevs``
+    are those back-ends' texts, which the VM process makes (:mod:`pyhv.virt.domain_ifaces`).
+    """
     check_files(dom)
-    if dom.interfaces and not _net_devices_available():
-        iface = dom.interfaces[0]
-        raise DomainXmlError(f"domain '{dom.name}': <interface type='{iface.type}'> ({iface.mac}) "
-                             "cannot start: pyhv has no virtio-net device yet")
+    check_interfaces(dom)
     serials = effective_serials(dom)
     if len(console_paths) < len(serials):
         raise ValueError("a console path is needed for every serial port")
@@ -60,5 +65,7 @@ def to_machine_config(dom: DomainConfig, console_paths: List[str]) -> MachineCon
     )
     cfg.drives = [_drive_text(i, dom) for i in range(len(dom.disks))]
     cfg.devices = [DeviceSpec("virtio-rng-device") for _ in dom.rngs]
-    cfg.devices += [DeviceSpec(NET_DEVICE, {"mac": iface.mac}) for iface in dom.interfaces]
+    cfg.devices += [DeviceSpec(NET_DEVICE, {"netdev": f"hostnet{i}", "mac": iface.mac})
+                    for i, iface in enumerate(dom.interfaces)]
+    cfg.netdevs = list(netdevs or [])
     return cfg

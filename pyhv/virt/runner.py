@@ -22,6 +22,7 @@ from ..lifecycle import Reset, Shutdown, StopRequest
 from ..qmp.commands import GENERIC_ERROR, QmpError
 from ..qmp.server import QmpServer
 from .domain import DomainConfig
+from .domain_ifaces import DomainInterfaces
 from .domain_xml import domain_to_xml, effective_serials
 from .machine_config import to_machine_config
 from .state import DomainStatus, cleanup_runtime, write_status
@@ -62,6 +63,7 @@ class DomainRunner:
         self._vcpu_thread_id = threading.get_native_id()
         self._pause_lock = threading.Lock()
         self.server: Optional[QmpServer] = None
+        self.interfaces: Optional[DomainInterfaces] = None  # TAP devices, passt: made in run()
 
     # --- VmControl ---------------------------------------------------------------------------
     def status(self) -> str:
@@ -128,6 +130,7 @@ class DomainRunner:
 
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, BLOCKED_WHILE_BUILDING)
         try:
+            self.config.netdevs = self.interfaces.netdevs() if self.interfaces is not None else []
             return Machine(self.config)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
@@ -144,6 +147,9 @@ class DomainRunner:
             signal.signal(signum, self._on_signal)
         final_reason = "failed"
         try:
+            self.interfaces = DomainInterfaces.open(self.store, self.dom)
+            self.live_xml = domain_to_xml(self.interfaces.live_domain(self.dom), self.domain_id,
+                                          self.consoles[0] if self.consoles else None)
             self.machine = self._build()
             self._write_status("running", "booted")
             print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} domain {self.dom.name} started (id {self.domain_id},"
@@ -158,6 +164,8 @@ class DomainRunner:
             machine, self.machine = self.machine, None
             if machine is not None:
                 machine.close()
+            if self.interfaces is not None:
+                self.interfaces.close()
             self._write_status("shutoff", final_reason)
             if self.server is not None:
                 self.server.close()

@@ -2,6 +2,7 @@
 
     config   /etc/pyhv/qemu/NAME.xml            (root)  $XDG_CONFIG_HOME/pyhv/qemu/ (others)
              autostart/NAME.xml -> ../NAME.xml
+             networks/NAME.xml, networks/autostart/ (virtual networks, see Store.networks)
     runtime  /run/pyhv/qemu/                    (root)  $XDG_RUNTIME_DIR/pyhv/
              NAME.pid NAME.monitor NAME.console NAME.xml (status) NAME.lock
     logs     /var/log/pyhv/qemu/NAME.log        (root)  $XDG_CACHE_HOME/pyhv/qemu/log/
@@ -76,6 +77,13 @@ class Store:
             return cls(config, runtime, logs)
         except OSError as err:
             raise StoreError(f"cannot use {uri}: {err.filename}: {err.strerror}") from err
+
+    def networks(self) -> "Store":
+        """The same layout one level down, for virtual networks (``CONFIG/networks/NAME.xml``,
+        ``networks/autostart/``, ``RUNTIME/networks/``), as libvirt keeps them beside domains.
+        Its paths, locks and atomic writes are this class's; :mod:`pyhv.virt.network_ops` reads
+        and writes network documents through it."""
+        return Store(self.config_dir / "networks", self.runtime_dir / "networks", self.log_dir)
 
     # --- paths ----------------------------------------------------------------------------
     @property

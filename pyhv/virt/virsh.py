@@ -19,28 +19,14 @@ from typing import Callable, Dict, List, Optional
 from ..errors import PyhvError
 from ..qmp.client import QmpClient
 from . import lifecycle_ops
+from .cli_format import format_table, split_args as _split
 from .console import attach
 from .domain_xml import domain_to_xml
+from .net_virsh import NETWORK_COMMANDS
 from .state import DomainStatus, current_status, read_status
 from .store import Store, StoreError
 
 Handler = Callable[[Store, List[str]], int]
-
-
-def _split(args: List[str], flags: tuple, command: str, positional: int) -> tuple:
-    """(set of flags given, positional arguments); StoreError for anything else."""
-    given = set()
-    rest = []
-    for arg in args:
-        if arg.startswith("--"):
-            if arg not in flags:
-                raise StoreError(f"command '{command}' doesn't support option {arg}")
-            given.add(arg)
-        else:
-            rest.append(arg)
-    if len(rest) != positional:
-        raise StoreError(f"command '{command}' takes {positional} argument(s), got {len(rest)}: {' '.join(rest)}")
-    return given, rest
 
 
 def _domain_name(store: Store, key: str) -> str:
@@ -113,17 +99,6 @@ def _all_statuses(store: Store) -> List[tuple]:
     active = sorted((r for r in rows if r[1].active), key=lambda r: r[1].id or 0)
     inactive = [r for r in rows if not r[1].active]
     return active + inactive
-
-
-def format_table(header: List[str], rows: List[List[str]]) -> str:
-    """virsh's table: a space before each cell, two after all but the last, dashes under the header."""
-    widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
-
-    def line(cells: List[str]) -> str:
-        padded = [f" {cell:<{widths[i]}}  " for i, cell in enumerate(cells[:-1])]
-        return "".join(padded) + f" {cells[-1]}"
-
-    return "\n".join([line(header), "-" * sum(w + 3 for w in widths)] + [line(r) for r in rows]) + "\n"
 
 
 def cmd_list(store: Store, args: List[str]) -> int:
@@ -259,6 +234,7 @@ COMMANDS: Dict[str, Handler] = {
     "autostart": cmd_autostart,
     "qemu-monitor-command": cmd_qemu_monitor_command,
 }
+COMMANDS.update(NETWORK_COMMANDS)
 
 USAGE = "usage: pyhv virsh [-c pyhv:///system|pyhv:///session] COMMAND [ARGS]\n\ncommands: " + \
     ", ".join(COMMANDS) + "\n"
