@@ -60,7 +60,7 @@ main64:
         xor %r10d, %r10d
         xor %ecx, %ecx
         test %rbx, %rbx
-        jz 6f
+        jz 7f
         .balign 16
 1:      mov %ecx, %eax
         and $(TABLE_ENTRIES - 1), %eax
@@ -83,7 +83,7 @@ main64:
 6:      inc %rcx
         cmp %rbx, %rcx
         jne 1b
-        xor %r10, %r8
+7:      xor %r10, %r8
         mov %r8, kernel_checksum(%rip)
         PRINT 64, "mips: kernel loop done\n"
 
