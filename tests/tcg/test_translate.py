@@ -288,7 +288,7 @@ def test_interrupt_waits_for_block_boundary_and_sti_shadow():
 def test_untranslated_forms_fall_back_to_the_handler():
     translator = Translator(0x400000, EMITTERS)
     translator.keep_source = True
-    memory, cpu = long_mode_cpu(assemble("adc %rcx, %rax\nrol $3, %rax\nadd %rcx, %rax\nhlt"))
+    memory, cpu = long_mode_cpu(assemble("bsf %rcx, %rax\nrcr $3, %rax\nadd %rcx, %rax\nhlt"))
     from pyhv.accel.tcg.decoder import decode
     code = memory.read(CODE, 16)
     insns, pos = [], 0
@@ -305,7 +305,9 @@ _SETTER_FORMS = ["add %rcx, %rdx", "sub %rcx, %rdx", "cmp %rcx, %rdx", "and %rcx
                  "test %rcx, %rdx", "xor %rcx, %rdx", "inc %rdx", "dec %rdx", "neg %rdx",
                  "shl $1, %rdx", "shr $1, %rdx", "sar $7, %rdx", "addb %cl, %dl", "subb %cl, %dl",
                  "cmpw %cx, %dx", "incb %dl", "decw %dx", "negl %edx", "shll $3, %edx",
-                 "sarb $1, %dl"]
+                 "sarb $1, %dl", "adc %rcx, %rdx", "sbb %rcx, %rdx", "adcb %cl, %dl",
+                 "sbbl %ecx, %edx", "rol $5, %rdx", "ror $1, %edx", "rolw $17, %dx",
+                 "shl %cl, %rdx", "shr %cl, %edx", "sar %cl, %dx", "shlb %cl, %dl"]
 
 
 @pytest.mark.parametrize("setter", _SETTER_FORMS)

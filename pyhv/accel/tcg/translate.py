@@ -33,7 +33,8 @@ from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from .decoder import Insn
 from .faults import GuestFault
-from .flags import CC_ADD, CC_DEC, CC_EAGER, CC_INC, CC_LOGIC, CC_SUB, PARITY, condition, get_cf
+from .flags import (CC_ADC, CC_ADD, CC_DEC, CC_EAGER, CC_INC, CC_LOGIC, CC_SBB, CC_SUB, PARITY,
+                    condition, get_cf, materialize)
 from .insns.rmw import read_for_update
 from .state import ARITH_FLAGS, GPR_NAMES
 
@@ -52,7 +53,7 @@ class Untranslatable(Exception):
 # Helpers every generated function sees as globals.
 _SHARED_GLOBALS = {
     "GuestFault": GuestFault, "PARITY": PARITY, "condition": condition, "get_cf": get_cf,
-    "read_for_update": read_for_update,
+    "read_for_update": read_for_update, "materialize": materialize,
     "U2": struct.Struct("<H").unpack_from, "U4": struct.Struct("<I").unpack_from,
     "U8": struct.Struct("<Q").unpack_from, "P2": struct.Struct("<H").pack_into,
     "P4": struct.Struct("<I").pack_into, "P8": struct.Struct("<Q").pack_into,
@@ -315,11 +316,36 @@ class BlockCodegen:
             return "0"
         if src.op == CC_EAGER:
             return f"(fl{k} & 1)"
+        if src.op == CC_ADC:
+            return f"(1 if fr{k} < fa{k} or (fc{k} and fr{k} == fa{k}) else 0)"
+        if src.op == CC_SBB:
+            return f"(1 if fa{k} < fb{k} or (fc{k} and fa{k} == fb{k}) else 0)"
         return f"fc{k}"
+
+    def arith_flags(self) -> str:
+        """Emit the six arithmetic flags as RFLAGS bits into a local; returns its name.
+
+        For instructions that change only some flags (rotates) or none (a shift by CL of
+        0). The lazy source goes to CpuState first, which is harmless: every exit and the
+        fault handler write the flags again.
+        """
+        src = self.flags
+        if src is not None and src.op == CC_EAGER:
+            return f"fl{src.index}"
+        for line in self.flag_writeback(src):
+            self.emit(line)
+        name = self.temp("fx")
+        self.emit("materialize(s)")
+        self.emit(f"{name} = s.rflags & {ARITH_FLAGS:#x}")
+        return name
 
     def condition(self, cc: int) -> str:
         """Python truth expression for condition code ``cc`` of jcc/setcc/cmovcc."""
         src = self.flags
+        if src is not None and (src.op == CC_ADC or src.op == CC_SBB):
+            for line in self.flag_writeback(src):
+                self.emit(line)
+            return f"condition(s, {cc})"
         if src is None:
             return f"condition(s, {cc})"
         k, op, sign = src.index, src.op, SIGN[src.size]
@@ -358,7 +384,7 @@ class BlockCodegen:
             return [f"s.rflags = (s.rflags & {~ARITH_FLAGS & M64:#x}) | fl{k}", "s.cc_op = 0"]
         out = [f"s.cc_op = {src.op}", f"s.cc_size = {src.size}", f"s.cc_a = fa{k}",
                f"s.cc_b = fb{k}", f"s.cc_res = fr{k}"]
-        if src.op == CC_INC or src.op == CC_DEC:
+        if src.op in (CC_INC, CC_DEC, CC_ADC, CC_SBB):
             out.append(f"s.cc_cf = fc{k}")
         return out
 
@@ -425,24 +451,28 @@ _FLAG_DEF = re.compile(r"^\s*(?:if )?(f[abcrl]\d+) (?:=|<|>>) ")
 
 
 def _prune_flag_locals(source: str) -> str:
-    """Drop assignments to flag locals nothing reads (most flags die unread)."""
+    """Drop assignments to flag locals nothing reads (most flags die unread).
+
+    Each line is matched once; the rounds (a dead ``fc3 = … fr1 …`` can make ``fr1`` dead)
+    only recount the kept lines' cached names.
+    """
     lines = source.split("\n")
+    parsed = []
+    for line in lines:
+        match = _FLAG_DEF.match(line)
+        defined = match.group(1) if match is not None else None
+        names = _FLAG_LOCAL.findall(line) if "f" in line else []
+        parsed.append((line, defined, [name for name in names if name != defined]))
     for _ in range(3):
         counts: Dict[str, int] = {}
-        for line in lines:
-            match = _FLAG_DEF.match(line)
-            for name in _FLAG_LOCAL.findall(line):
-                if match is None or name != match.group(1):
-                    counts[name] = counts.get(name, 0) + 1
-        kept = []
-        for line in lines:
-            match = _FLAG_DEF.match(line)
-            if match is None or counts.get(match.group(1), 0) > 0:
-                kept.append(line)
-        if len(kept) == len(lines):
+        for _line, _defined, reads in parsed:
+            for name in reads:
+                counts[name] = counts.get(name, 0) + 1
+        kept = [entry for entry in parsed if entry[1] is None or counts.get(entry[1], 0) > 0]
+        if len(kept) == len(parsed):
             break
-        lines = kept
-    return "\n".join(lines)
+        parsed = kept
+    return "\n".join(entry[0] for entry in parsed)
 
 
 class BlockProfile:

@@ -15,18 +15,16 @@ from __future__ import annotations
 from typing import Callable, Dict
 
 from .decoder import Insn
-from .flags import CC_ADD, CC_DEC, CC_INC, CC_LOGIC, CC_SUB
+from .flags import CC_ADC, CC_ADD, CC_DEC, CC_EAGER, CC_INC, CC_LOGIC, CC_SBB, CC_SUB
 from .insns import alu, control, mov, shift, stack, system
 from .state import RAX
-from .translate import M64, MASK, SIGN, BlockCodegen, Untranslatable
+from .translate import M64, MASK, SIGN, BlockCodegen, FlagSource, Untranslatable
 
 ADD, OR, ADC, SBB, AND, SUB, XOR, CMP = range(8)
 
 
 def _alu(gen: BlockCodegen, i: Insn, kind: int, dest: int, dest_is_rm: bool, src: str) -> None:
     """``dest kind= src``; ``dest`` is a register number unless ``dest_is_rm`` with memory."""
-    if kind == ADC or kind == SBB:
-        raise Untranslatable("adc/sbb")
     size = i.opsize
     mask = MASK[size]
     in_memory = dest_is_rm and i.is_mem
@@ -35,6 +33,22 @@ def _alu(gen: BlockCodegen, i: Insn, kind: int, dest: int, dest_is_rm: bool, src
     else:
         value = gen.reg(dest, size)
     k = gen.index
+    if kind == ADC or kind == SBB:
+        carry = gen.carry()
+        sign = "+" if kind == ADC else "-"
+        gen.emit(f"fc{k} = {carry}")
+        if size == 8:
+            gen.emit(f"fr{k} = {value} {sign} {src} {sign} fc{k}")
+            gen.wrap64(f"fr{k}")
+            res = ""
+        else:
+            res = f"({value} {sign} {src} {sign} fc{k}) & {mask:#x}"
+        gen.set_flags(CC_ADC if kind == ADC else CC_SBB, size, value, src, res)
+        if in_memory:
+            gen.store("a", size, f"fr{k}")
+        else:
+            gen.set_reg(dest, size, f"fr{k}")
+        return
     if size == 8 and (kind == ADD or kind == SUB or kind == CMP) and src != value:
         gen.add64(value, src, kind != ADD)
         res, op = "", (CC_ADD if kind == ADD else CC_SUB)
@@ -65,8 +79,6 @@ def alu_rm_r(gen: BlockCodegen, i: Insn) -> None:
 
 def alu_r_rm(gen: BlockCodegen, i: Insn) -> None:
     kind = (i.op >> 3) & 7
-    if kind == ADC or kind == SBB:
-        raise Untranslatable("adc/sbb")
     src = gen.read_operand(i, i.opsize)
     _alu(gen, i, kind, i.reg, False, src)
 
@@ -273,14 +285,98 @@ def cwd(gen: BlockCodegen, i: Insn) -> None:
     gen.set_reg(2, size, f"{MASK[size]:#x} if {gen.reg(RAX, size)} >= {SIGN[size]:#x} else 0")
 
 
-# --- shifts by a constant count: flags computed eagerly into one local ---------------------
-def shift_rm(gen: BlockCodegen, i: Insn) -> None:
-    kind = i.raw_reg
-    if kind not in (shift.SHL, shift.SHR, shift.SAL, shift.SAR) or i.op in (0xD2, 0xD3):
-        raise Untranslatable("rotates and shifts by CL")
+# --- shifts and rotates: flags computed eagerly into one local ------------------------------
+def _shift_by_cl(gen: BlockCodegen, i: Insn, kind: int) -> None:
+    """shl/shr/sar by CL: the count is known only at run time, and a zero count leaves the
+    flags alone, so both outcomes end in one eager flags local."""
     size = i.opsize
     bits = size * 8
+    mask = MASK[size]
+    k = gen.index
+    value = gen.read_operand(i, size, update=True)
+    previous = gen.arith_flags()
+    gen.emit(f"n = {gen.reg(1, 1)} & {0x3F if size == 8 else 0x1F}")
+    gen.emit(f"x = {value}")
+    gen.emit("if n:")
+    if kind == shift.SHR:
+        gen.emit("    y = x >> n")
+        gen.emit("    cf = (x >> (n - 1)) & 1")
+        gen.emit(f"    of = x >> {bits - 1}")
+    elif kind == shift.SAR:
+        sign = SIGN[size]
+        gen.emit(f"    w = (x ^ {sign:#x}) - {sign:#x}")
+        gen.emit(f"    y = (w >> n) & {mask:#x}")
+        gen.emit("    cf = (w >> (n - 1)) & 1")
+        gen.emit("    of = 0")
+    else:
+        gen.emit(f"    y = (x << n) & {mask:#x}")
+        gen.emit(f"    cf = (x >> ({bits} - n)) & 1 if n <= {bits} else 0")
+        gen.emit(f"    of = (y >> {bits - 1}) ^ cf")
+    gen.emit(f"    fl{k} = PARITY[y & 255] | (64 if y == 0 else 0) | "
+             f"(128 if y >= {SIGN[size]:#x} else 0) | cf | (of << 11)")
+    gen.emit("else:")
+    gen.emit("    y = x")
+    gen.emit(f"    fl{k} = {previous}")
+    gen.flags = FlagSource(k, CC_EAGER, size)
+    if i.is_mem:
+        gen.emit("if n:")
+        gen.indent += 1
+        gen.store("a", size, "y")
+        gen.indent -= 1
+    else:
+        gen.set_reg(i.rm, size, "y")
+
+
+def _rotate(gen: BlockCodegen, i: Insn, kind: int, count: int) -> None:
+    """rol/ror by a constant: only CF and OF change."""
+    size = i.opsize
+    bits = size * 8
+    mask = MASK[size]
+    k = gen.index
+    value = gen.read_operand(i, size, update=True)
+    if count == 0:
+        if size == 4 and not i.is_mem:
+            gen.set_reg(i.rm, 4, value)
+        return
+    previous = gen.arith_flags()
+    n = count % bits
+    gen.emit(f"x = {value}")
+    if n == 0:
+        gen.emit("y = x")
+    elif kind == shift.ROL:
+        gen.emit(f"y = ((x << {n}) | (x >> {bits - n})) & {mask:#x}")
+    else:
+        gen.emit(f"y = ((x >> {n}) | (x << {bits - n})) & {mask:#x}")
+    if kind == shift.ROL:
+        gen.emit("cf = y & 1")
+        gen.emit(f"of = (y >> {bits - 1}) ^ cf")
+    else:
+        gen.emit(f"cf = y >> {bits - 1}")
+        gen.emit(f"of = cf ^ ((y >> {bits - 2}) & 1)")
+    gen.emit(f"fl{k} = ({previous} & {~0x801 & 0xFFF:#x}) | cf | (of << 11)")
+    gen.flags = FlagSource(k, CC_EAGER, size)
+    if i.is_mem:
+        gen.store("a", size, "y")
+    else:
+        gen.set_reg(i.rm, size, "y")
+
+
+def shift_rm(gen: BlockCodegen, i: Insn) -> None:
+    kind = i.raw_reg
+    by_cl = i.op in (0xD2, 0xD3)
+    size = i.opsize
     count = (1 if i.op in (0xD0, 0xD1) else i.imm) & (0x3F if size == 8 else 0x1F)
+    if kind == shift.ROL or kind == shift.ROR:
+        if by_cl:
+            raise Untranslatable("rotate by CL")
+        _rotate(gen, i, kind, count)
+        return
+    if kind not in (shift.SHL, shift.SHR, shift.SAL, shift.SAR):
+        raise Untranslatable("rotates through carry")
+    if by_cl:
+        _shift_by_cl(gen, i, kind)
+        return
+    bits = size * 8
     value = gen.read_operand(i, size, update=True)
     if count == 0:
         # Flags and value unchanged, but a 32-bit register is still written (bits 63:32 clear).
