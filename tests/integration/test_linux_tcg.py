@@ -1,0 +1,76 @@
+"""The Debian kernel and the busybox initramfs on the software CPU (`-accel tcg`).
+
+The default guest's /init runs the command after ` -- ` on the kernel command line and
+leaves through isa-debug-exit with status (s << 1) | 1, or powers off. These boots take
+minutes of CPU time, so they run on PyPy; CPython runs them with PYHV_TEST_LINUX_CPYTHON=1.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from typing import List
+
+import pytest
+
+from pyhv.cpu_model import BRAND_STRING
+
+pytestmark = pytest.mark.skipif(
+    platform.python_implementation() != "PyPy" and os.environ.get("PYHV_TEST_LINUX_CPYTHON") != "1",
+    reason="Linux boot on the software CPU runs on PyPy (CPython is too slow for CI)")
+
+BOOT_TIMEOUT_S = 1800
+DEBUG_EXIT = "isa-debug-exit,iobase=0xf4,iosize=4"
+
+
+@pytest.fixture(scope="module")
+def guest():
+    from pyhv.guestimage import build_default_guest
+
+    return build_default_guest()
+
+
+def boot(guest, command: str, debug_exit: bool = True) -> subprocess.CompletedProcess:
+    argv: List[str] = [sys.executable, "-m", "pyhv", "run", "-accel", "tcg", "-m", "256", "-nographic",
+                       "-no-reboot", "-kernel", str(guest.kernel), "-initrd", str(guest.initrd),
+                       "-append", f"{guest.cmdline} -- {command}"]
+    if debug_exit:
+        argv[6:6] = ["-device", DEBUG_EXIT]
+    started = time.monotonic()
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=BOOT_TIMEOUT_S,
+                            stdin=subprocess.DEVNULL)
+    print(f"boot of {command!r}: {time.monotonic() - started:.1f} s, exit status {result.returncode}")
+    return result
+
+
+def describe(result: subprocess.CompletedProcess) -> str:
+    return f"exit status {result.returncode}\n--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}"
+
+
+def test_uname_prints_the_kernel_version_and_exits_with_its_status(guest):
+    result = boot(guest, "uname -r")
+    assert guest.kernel_version in result.stdout, describe(result)
+    assert result.returncode == 1, describe(result)  # status 0 through isa-debug-exit: (0 << 1) | 1
+
+
+def test_cpuinfo_names_the_model_and_timer_interrupts_count(guest):
+    command = "cat /proc/cpuinfo; cat /proc/interrupts; sleep 1; cat /proc/interrupts"
+    result = boot(guest, command)
+    assert result.returncode == 1, describe(result)
+    model = re.search(r"^model name\s*:\s*(.*)$", result.stdout, re.MULTILINE)
+    assert model is not None and model.group(1).strip() == BRAND_STRING, describe(result)
+    # The local APIC timer line ("LOC:") or the IO-APIC timer line ("0:"), read twice.
+    counts = [int(m.group(1)) for m in re.finditer(r"^\s*LOC:\s+(\d+)", result.stdout, re.MULTILINE)]
+    if len(counts) < 2:
+        counts = [int(m.group(1)) for m in re.finditer(r"^\s*0:\s+(\d+)", result.stdout, re.MULTILINE)]
+    assert len(counts) == 2 and counts[1] > counts[0], describe(result)
+
+
+def test_poweroff_ends_the_vm_with_status_zero(guest):
+    result = boot(guest, "poweroff -f", debug_exit=False)
+    assert result.returncode == 0, describe(result)
+    assert "reboot: Power down" in result.stdout, describe(result)
