@@ -52,15 +52,23 @@ class _Passt:
         self.socket_path = socket_path
         if os.path.exists(socket_path):
             os.unlink(socket_path)  # left by a VM process that was killed
+        # passt runs as the VM process's user, as libvirt runs it as QEMU's: left to itself, root's
+        # passt turns into nobody before binding its socket, and nobody may not write the runtime
+        # directory. passt still isolates itself (namespaces, seccomp) either way.
+        argv = [require_passt(), "--foreground", "--stderr", "--runas", f"{os.geteuid()}:{os.getegid()}",
+                "--socket", socket_path]
         with open(log_path, "wb") as log:
-            self.process = subprocess.Popen([require_passt(), "--foreground", "--stderr", "--socket", socket_path],
-                                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                             close_fds=True)
         deadline = time.monotonic() + PASST_START_TIMEOUT_S
         while not os.path.exists(socket_path):
-            if self.process.poll() is not None or time.monotonic() > deadline:
+            if self.process.poll() is not None:
                 self.close()
-                raise NetPlumbError(f"passt did not start: {_last_line(log_path)} (log: {log_path})")
+                raise NetPlumbError(f"passt exited at start: {_last_line(log_path)} (log: {log_path})")
+            if time.monotonic() > deadline:
+                self.close()
+                raise NetPlumbError(f"passt made no socket {socket_path} within {PASST_START_TIMEOUT_S:.0f} s "
+                                    f"(log: {log_path})")
             time.sleep(POLL_S)
 
     def close(self) -> None:

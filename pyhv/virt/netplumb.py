@@ -29,6 +29,7 @@ from .network import NetworkConfig
 # _IOW('T', 204/206, int): who may open a persistent TAP device again.
 TUNSETOWNER = 0x400454CC
 TUNSETGROUP = 0x400454CE
+SIOCGIFINDEX = 0x8933
 IP_FORWARD_SYSCTL = "/proc/sys/net/ipv4/ip_forward"
 COMMAND_TIMEOUT_S = 10.0
 STOP_WAIT_S = 2.0
@@ -59,11 +60,16 @@ def run_ip(args: List[str], purpose: str) -> str:
 
 # --- links ---------------------------------------------------------------------------------
 def link_exists(name: str) -> bool:
-    try:
-        socket.if_nametoindex(name)
-        return True
-    except OSError:
+    """Whether this network namespace has an interface ``name`` (SIOCGIFINDEX: PyPy 3.9's socket
+    module has no if_nametoindex)."""
+    if not name or len(name.encode()) >= IFNAMSIZ:
         return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            fcntl.ioctl(sock.fileno(), SIOCGIFINDEX, struct.pack("16si20x", name.encode(), 0))
+            return True
+        except OSError:
+            return False
 
 
 def link_details(name: str) -> Dict[str, object]:
