@@ -262,7 +262,8 @@ def nft_ruleset(net: NetworkConfig, table: str) -> str:
     assert net.ip is not None
     subnet = str(net.ip.interface.network)
     out = f'oifname "{net.forward_dev}" ' if net.forward_dev else ""
-    lines = [f"table ip {table} {{", "  chain forward {", "    type filter hook forward priority filter; policy accept;"]
+    lines = [f"table ip {table} {{", "  chain forward {",
+             "    type filter hook forward priority filter; policy accept;"]
     if net.forward == "nat":
         lines += [f'    {out}iifname "{net.bridge}" ip saddr {subnet} accept',
                   f'    oifname "{net.bridge}" ip daddr {subnet} ct state related,established accept']

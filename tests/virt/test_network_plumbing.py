@@ -274,9 +274,9 @@ def test_user_interface_runs_passt(netns, store_env, tmp_path, loop_kernel):
     if shutil.which("passt") is None:
         pytest.skip("passt is not installed (Debian package 'passt')")
     # passt needs an interface with a default route to take its addresses from.
-    for args in (["ip", "link", "add", "up0", "type", "veth", "peer", "name", "up1"], ["ip", "address", "add", "192.0.2.2/24", "dev", "up0"],
-                 ["ip", "link", "set", "up0", "up"], ["ip", "link", "set", "up1", "up"], ["ip", "route", "add", "default", "via", "192.0.2.1"]):
-        in_ns(netns, args)
+    for command in ("link add up0 type veth peer name up1", "address add 192.0.2.2/24 dev up0", "link set up0 up",
+                    "link set up1 up", "route add default via 192.0.2.1"):
+        in_ns(netns, ["ip"] + command.split())
     (tmp_path / "u.xml").write_text(_domain("uservm", loop_kernel, "    <interface type='user'/>\n"))
     assert virsh_in(netns, store_env, ["define", str(tmp_path / "u.xml")]).returncode == 0
     done = virsh_in(netns, store_env, ["start", "uservm"])
