@@ -45,6 +45,9 @@ class MachineConfig:
     blockdevs: List[str] = field(default_factory=list)  # -blockdev option texts, in order
     chardevs: Dict[str, str] = field(default_factory=dict)  # -chardev id -> back-end spec
     netdevs: List[str] = field(default_factory=list)  # -netdev option texts, in order
+    # The software CPU's clock: 2**icount_shift ns per instruction (None: host time).
+    icount_shift: Optional[int] = 0
+    icount_sleep: bool = True
     decompress: Optional[bool] = None  # host-side bzImage decompression; None = default
 
 
@@ -138,6 +141,34 @@ def parse_chardev(text: str) -> Tuple[str, str]:
     if props:
         raise ConfigError(f"-chardev {text}: unsupported property '{next(iter(props))}'")
     return chardev_id, spec
+
+
+MAX_ICOUNT_SHIFT = 10
+
+
+def parse_icount(text: str) -> Tuple[Optional[int], bool]:
+    """QEMU's ``-icount [shift=]N|auto[,sleep=on|off]`` → (shift, sleep); pyhv also takes
+    ``off`` for host time. ``auto`` means shift 0 (pyhv does not adapt the rate)."""
+    shift: Optional[int] = 0
+    sleep = True
+    for index, part in enumerate(text.split(",")):
+        key, sep, value = part.partition("=")
+        if not sep and index == 0:
+            key, value = "shift", key
+        if key == "shift":
+            if value == "off":
+                shift = None
+            elif value == "auto":
+                shift = 0
+            else:
+                shift = parse_int(value, "-icount shift")
+                if not 0 <= shift <= MAX_ICOUNT_SHIFT:
+                    raise ConfigError(f"-icount {text}: shift must be 0..{MAX_ICOUNT_SHIFT} (2**shift ns per instruction)")
+        elif key == "sleep" and value in ("on", "off"):
+            sleep = value == "on"
+        else:
+            raise ConfigError(f"-icount {text}: unsupported '{part}' (shift=N|auto|off, sleep=on|off)")
+    return shift, sleep
 
 
 def parse_int(text: str, what: str) -> int:

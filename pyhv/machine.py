@@ -72,7 +72,8 @@ class Machine:
         self.pio = Bus("pio")
         self.mmio = Bus("mmio")
         model = cpu_model.resolve(config.cpu)
-        self.platform = Platform(self.memory, self.pio, self.mmio, self.lifecycle, model)
+        self.platform = Platform(self.memory, self.pio, self.mmio, self.lifecycle, model,
+                                 config.icount_shift, config.icount_sleep)
         self.accel = create_accelerator(config.accel, self.platform, notice)
         self.virtio = None
         self.pci = None

@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple
 
-from .config import MachineConfig, parse_accel, parse_chardev, parse_device, parse_int, parse_memory_size
+from .config import (MachineConfig, parse_accel, parse_chardev, parse_device, parse_icount, parse_int,
+                     parse_memory_size)
 from .errors import ConfigError
 
 Handler = Callable[[MachineConfig, str], None]
@@ -45,6 +46,10 @@ def _chardev(cfg: MachineConfig, value: str) -> None:
     if chardev_id in cfg.chardevs:
         raise ConfigError(f"-chardev {value}: id '{chardev_id}' is already used")
     cfg.chardevs[chardev_id] = spec
+
+
+def _icount(cfg: MachineConfig, value: str) -> None:
+    cfg.icount_shift, cfg.icount_sleep = parse_icount(value)
 
 
 def _display(cfg: MachineConfig, value: str) -> None:
@@ -101,6 +106,7 @@ OPTIONS: Dict[str, Tuple[bool, Handler]] = {
     "blockdev": (True, lambda cfg, v: cfg.blockdevs.append(v)),
     "chardev": (True, _chardev),
     "netdev": (True, lambda cfg, v: cfg.netdevs.append(v)),
+    "icount": (True, _icount),
     # pyhv's own: host-side decompression of a bzImage payload (on/off/auto)
     "kernel-decompress": (True, _decompress),
 }

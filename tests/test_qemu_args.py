@@ -95,3 +95,19 @@ def test_drive_options_keep_their_order():
                           "-blockdev", "driver=file,node-name=f,filename=b.img", "-drive", "file=c.qcow2,if=none,id=d"])
     assert cfg.drives == ["file=a.img,if=virtio,format=raw", "file=c.qcow2,if=none,id=d"]
     assert cfg.blockdevs == ["driver=file,node-name=f,filename=b.img"]
+
+
+@pytest.mark.parametrize("text,shift,sleep", [
+    ("0", 0, True), ("shift=3", 3, True), ("shift=auto", 0, True), ("auto,sleep=off", 0, False),
+    ("shift=2,sleep=on", 2, True), ("off", None, True),
+])
+def test_icount(text, shift, sleep):
+    cfg = parse_run_args(["-kernel", "k", "-icount", text])
+    assert (cfg.icount_shift, cfg.icount_sleep) == (shift, sleep)
+
+
+@pytest.mark.parametrize("text,message", [("shift=11", "shift must be 0..10"), ("shift=x", "not a number"),
+                                          ("align=on", "unsupported 'align=on'")])
+def test_bad_icount(text, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_run_args(["-kernel", "k", "-icount", text])

@@ -29,6 +29,10 @@ class Platform:
     mmio: Bus
     lifecycle: Lifecycle
     cpu_model: Optional[CpuModel]  # None: -cpu host
+    # The software CPU's virtual time (QEMU's -icount): 2**shift ns per instruction, or None
+    # for host time; with icount_sleep a halted guest waits in real time for its next timer.
+    icount_shift: Optional[int] = 0
+    icount_sleep: bool = True
 
 
 class Accelerator(Protocol):

@@ -3,14 +3,23 @@ run loop in slices that fires timers between them and sleeps while the guest hal
 
 Under KVM the kernel provides the PIC, PIT, IOAPIC and local APIC; here :class:`SoftIrqChip`
 attaches Python ones on the same buses, so the devices and the guest see the same PC.
+
+Time. By default the guest's clock counts instructions (QEMU's ``-icount``): a CPU that runs a
+few million instructions per second on host time loses timer ticks, and Linux then calls its
+TSC unstable and fails to calibrate against the PIT. With the instruction clock a slice never
+runs past the next timer deadline, and every port or MMIO access ends the slice so the device
+sees the time of the access to within the instructions since the previous one (the PIT
+polling loops that calibrate the TSC need that). ``-icount sleep=on`` (the default) makes a
+halted guest wait in real time for its next timer, so ``sleep 1`` in the guest takes a second.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from typing import Callable, Dict, Optional
 
-from ...clock import HostClock, TimerQueue
+from ...clock import NEVER, HostClock, InstructionClock, TimerQueue
 from ...devices.irq_router import SoftIrqChip
 from ...errors import AccelError
 from ...irq import IrqLine
@@ -20,6 +29,35 @@ from .cpu import Cpu, StopReason
 
 # Instructions per slice: timers fire and other threads' requests are seen between slices.
 SLICE = 10_000
+# How long a halted guest with no timer armed waits before the loop looks again.
+IDLE_POLL_NS = 50_000_000
+
+
+class _SliceEndingBus:
+    """A bus as the CPU sees it under the instruction clock: each access ends the slice, so
+    the clock catches up before the next one (the device saw the time of the slice's start,
+    which the previous access ended)."""
+
+    def __init__(self, bus, accel: "TcgAccelerator") -> None:
+        self._bus = bus
+        self._accel = accel
+
+    def _end_slice(self) -> None:
+        cpu = self._accel.cpu
+        cpu.exit_request = True
+        cpu.break_block = True
+
+    def read(self, addr: int, size: int) -> int:
+        value = self._bus.read(addr, size)
+        self._end_slice()
+        return value
+
+    def write(self, addr: int, size: int, value: int) -> None:
+        self._bus.write(addr, size, value)
+        self._end_slice()
+
+    def __getattr__(self, name: str):
+        return getattr(self._bus, name)
 
 
 class TcgAccelerator:
@@ -29,11 +67,15 @@ class TcgAccelerator:
         if platform.cpu_model is None:
             raise AccelError("-cpu host needs KVM; the software CPU implements -cpu pyhv64")
         self.platform = platform
-        self.clock = HostClock()
+        pio, mmio = platform.pio, platform.mmio
+        if platform.icount_shift is None:
+            self.clock = HostClock()
+        else:
+            self.clock = InstructionClock(ns_per_insn=1 << platform.icount_shift)
+            pio, mmio = _SliceEndingBus(pio, self), _SliceEndingBus(mmio, self)
         self.timers = TimerQueue()
         self.chip = SoftIrqChip(self.clock, self.timers, platform.pio, platform.mmio)
-        cpu = self.cpu = Cpu(platform.memory, platform.pio, platform.mmio, platform.lifecycle,
-                             platform.cpu_model)
+        cpu = self.cpu = Cpu(platform.memory, pio, mmio, platform.lifecycle, platform.cpu_model)
         cpu.lapic = self.chip.lapic
         cpu.tsc = self.chip.tsc
         cpu.acknowledge_interrupt = self.chip.source.acknowledge
@@ -56,6 +98,11 @@ class TcgAccelerator:
         self.cpu.load_state(state)
 
     def run(self) -> StopRequest:
+        if isinstance(self.clock, InstructionClock):
+            return self._run_on_instruction_clock()
+        return self._run_on_host_clock()
+
+    def _run_on_host_clock(self) -> StopRequest:
         lifecycle = self.platform.lifecycle
         cpu, clock, timers, source = self.cpu, self.clock, self.timers, self.chip.source
         wakeup = self._wakeup
@@ -73,10 +120,57 @@ class TcgAccelerator:
                 return lifecycle.pending or Reset(result.detail or "triple fault")
             if reason == StopReason.HLT and not source.pending:
                 deadline = timers.next_deadline()
-                clock.idle(deadline if deadline is not None else clock.now_ns() + 50_000_000, wakeup)
+                clock.idle(deadline if deadline is not None else clock.now_ns() + IDLE_POLL_NS, wakeup)
                 wakeup.clear()
             timers.run_expired(clock.now_ns())
         return lifecycle.pending
+
+    def _run_on_instruction_clock(self) -> StopRequest:
+        lifecycle = self.platform.lifecycle
+        cpu, clock, timers, source = self.cpu, self.clock, self.timers, self.chip.source
+        ns_per_insn = clock.ns_per_insn
+        sleep = self.platform.icount_sleep
+        wakeup = self._wakeup
+        gate = self.pause_gate
+        while lifecycle.pending is None:
+            if gate.requested:
+                gate.park(lifecycle)
+                continue
+            if source.pending:
+                cpu.interrupt_request = True
+            budget = SLICE
+            if timers.earliest != NEVER:
+                budget = min(SLICE, max(1, (timers.earliest - clock.now) // ns_per_insn))
+            result = cpu.run(budget)
+            self.instructions += result.instructions
+            clock.advance(result.instructions)
+            reason = result.reason
+            if reason == StopReason.SHUTDOWN:
+                return lifecycle.pending or Reset(result.detail or "triple fault")
+            if reason == StopReason.HLT and not source.pending:
+                self._idle(clock, timers.earliest, sleep, wakeup)
+            timers.run_expired(clock.now)
+        return lifecycle.pending
+
+    @staticmethod
+    def _idle(clock: InstructionClock, deadline: int, sleep: bool, wakeup: threading.Event) -> None:
+        """A halted guest: jump virtual time to the next timer, waiting for it in real time
+        first when ``sleep`` (an interrupt from a device thread ends the wait early, and
+        virtual time then moves only as far as real time did)."""
+        if not sleep:
+            if deadline == NEVER:
+                wakeup.wait()
+                wakeup.clear()
+            else:
+                clock.warp_to(deadline)
+            return
+        start = time.monotonic_ns()
+        wait_ns = IDLE_POLL_NS if deadline == NEVER else deadline - clock.now
+        if wait_ns > 0 and not wakeup.wait(wait_ns / 1e9):
+            clock.warp_to(clock.now + wait_ns)
+        else:
+            clock.warp_to(min(deadline, clock.now + (time.monotonic_ns() - start)))
+        wakeup.clear()
 
     def kick(self) -> None:
         self.cpu.kick()
