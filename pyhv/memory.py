@@ -60,6 +60,9 @@ class GuestMemory:
         except (OSError, OverflowError, ValueError) as err:
             raise GuestMemoryError(f"cannot allocate {ram_size // MiB} MiB of guest RAM: {err}") from err
         self._view = memoryview(self._mmap)
+        # RAM below the hole starts at guest address 0 and mmap offset 0: most accesses land
+        # there, so _offset tests it before walking the region list.
+        self._low_end = self.regions[0].end
         self._base_ptr = ctypes.addressof(ctypes.c_char.from_buffer(self._mmap))
 
     # --- layout -------------------------------------------------------------------------
@@ -72,6 +75,8 @@ class GuestMemory:
 
     def _offset(self, gpa: int, size: int) -> int:
         """Offset into the mmap of [gpa, gpa+size), which must lie inside one region."""
+        if gpa >= 0 and gpa + size <= self._low_end:
+            return gpa
         for region in self.regions:
             if region.guest_addr <= gpa and gpa + size <= region.end:
                 return region.host_offset + (gpa - region.guest_addr)

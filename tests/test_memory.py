@@ -1,0 +1,91 @@
+"""GuestMemory: RAM laid around the MMIO hole, every access bounds-checked."""
+
+import ctypes
+
+import pytest
+
+from pyhv.errors import GuestAddressError, GuestMemoryError
+from pyhv.memory import FOUR_GIB, MMIO_HOLE_START, GiB, GuestMemory, MiB, ram_layout
+
+
+def test_layout_below_the_hole():
+    assert [(r.guest_addr, r.size) for r in ram_layout(256 * MiB)] == [(0, 256 * MiB)]
+
+
+def test_layout_split_around_the_hole():
+    regions = ram_layout(4 * GiB)
+    assert [(r.guest_addr, r.size, r.host_offset) for r in regions] == [
+        (0, MMIO_HOLE_START, 0), (FOUR_GIB, 4 * GiB - MMIO_HOLE_START, MMIO_HOLE_START)]
+
+
+def test_typed_access_round_trips():
+    memory = GuestMemory(2 * MiB)
+    memory.write_u8(0x10, 0x1FF)
+    memory.write_u16(0x20, 0xBEEF)
+    memory.write_u32(0x30, 0xDEADBEEF)
+    memory.write_u64(0x40, 0x0123_4567_89AB_CDEF)
+    assert memory.read_u8(0x10) == 0xFF
+    assert memory.read_u16(0x20) == 0xBEEF
+    assert memory.read_u32(0x30) == 0xDEADBEEF
+    assert memory.read_u64(0x40) == 0x0123_4567_89AB_CDEF
+    assert memory.read(0x40, 2) == b"\xef\xcd"
+
+
+def test_view_is_live():
+    memory = GuestMemory(2 * MiB)
+    view = memory.view(0x1000, 4)
+    view[:] = b"abcd"
+    assert memory.read(0x1000, 4) == b"abcd"
+    memory.fill(0x1000, 4, 0x5A)
+    assert bytes(view) == b"ZZZZ"
+
+
+def test_high_region_is_backed_by_the_right_bytes():
+    memory = GuestMemory(3 * GiB + 2 * MiB)  # MAP_NORESERVE: only touched pages cost memory
+    memory.write_u32(FOUR_GIB + 0x100, 0x11223344)
+    assert memory.read_u32(FOUR_GIB + 0x100) == 0x11223344
+    assert memory.read_u32(0x100) == 0  # the low region is separate
+    assert memory.contains(FOUR_GIB, 2 * MiB) and not memory.contains(FOUR_GIB, 2 * MiB + 1)
+
+
+@pytest.mark.parametrize("gpa,size", [
+    (2 * MiB - 2, 4),           # crosses the end of RAM
+    (2 * MiB, 1),               # just past it
+    (-1, 1),                    # negative address
+    (0x1000, -1),               # negative size
+    (MMIO_HOLE_START, 4),       # the hole
+    (1 << 64, 1),
+])
+def test_outside_ram_is_an_error(gpa, size):
+    memory = GuestMemory(2 * MiB)
+    with pytest.raises(GuestAddressError):
+        memory.view(gpa, size)
+    assert not memory.contains(gpa, size)
+
+
+def test_access_spanning_the_hole_is_refused():
+    memory = GuestMemory(3 * GiB + 2 * MiB)
+    with pytest.raises(GuestAddressError, match="outside guest RAM"):
+        memory.read(MMIO_HOLE_START - 2, 4)
+
+
+def test_read_obj_and_write_obj():
+    class Pair(ctypes.Structure):
+        _fields_ = [("a", ctypes.c_uint32), ("b", ctypes.c_uint16)]
+
+    memory = GuestMemory(2 * MiB)
+    memory.write_obj(0x500, Pair(7, 9))
+    got = memory.read_obj(0x500, Pair)
+    assert (got.a, got.b) == (7, 9)
+
+
+def test_host_address_points_at_the_bytes():
+    memory = GuestMemory(2 * MiB)
+    memory.write(0x2000, b"pyhv")
+    base = memory.host_address(memory.regions[0])
+    assert ctypes.string_at(base + 0x2000, 4) == b"pyhv"
+
+
+def test_impossible_sizes_are_clear_errors():
+    with pytest.raises(GuestMemoryError, match="must be positive"):
+        GuestMemory(0)
