@@ -15,7 +15,8 @@ from pyhv.accel.tcg import StopReason
 from pyhv.accel.tcg.translate import Translator
 from pyhv.accel.tcg.translate_insns import EMITTERS
 
-from .harness import CODE, assemble, long_mode_cpu, needs_as, protected_mode_cpu, real_mode_cpu
+from .harness import (CODE, assemble, long_mode_cpu, needs_as, protected_mode_cpu, real_mode_cpu,
+                      run_to_hlt)
 
 pytestmark = needs_as
 
@@ -351,3 +352,46 @@ def test_chained_successor_rewritten_by_another_block_is_retranslated():
     memory, cpu, result = _run(code, {}, 0)
     assert _state(memory, cpu, result) == interpreted
     assert cpu.registers()["rax"] == 3 * 1 + 3 * 100
+
+
+_JUMPS = """
+    mov $7, %ecx
+1:  add %rcx, %rax
+    jmp 2f
+    .byte 0x0f, 0x0b          # ud2: never runs
+2:  xor %rax, %rdx
+    jmp 3f
+    .fill 40, 1, 0x90
+3:  dec %ecx
+    jnz 1b
+    hlt
+"""
+
+
+def test_forward_jumps_in_a_page_extend_the_block():
+    memory, cpu = long_mode_cpu(assemble(_JUMPS))
+    cpu.translate_after = 0
+    run_to_hlt(cpu)
+    loop = [block for block in cpu.blocks.values() if block.rip != CODE]
+    assert len(loop) == 2  # the loop body and the hlt
+    body = max(loop, key=lambda block: block.size)
+    assert [i.spec.name for i in body.insns] == ["alu_rm_r", "jmp_rel", "alu_rm_r", "jmp_rel",
+                                                 "dec_rm", "jcc"]
+
+
+@pytest.mark.parametrize("budget", [1, 2, 3, 4, 5, 6, 9, 23, 1000])
+def test_blocks_through_jumps_stop_exactly_at_the_budget(budget):
+    code = assemble(_JUMPS)
+    interpreted = _state(*_run(code, {"rdx": 5}, None, budget=budget))
+    translated = _state(*_run(code, {"rdx": 5}, 0, budget=budget))
+    assert translated == interpreted
+    assert translated[1] == min(budget, 1 + 7 * 6 + 1)
+
+
+def test_a_fault_after_a_jump_reports_the_instruction_past_the_jump():
+    code = assemble("inc %rsi\njmp 1f\nnop\n1: mov (%rbx), %rax\nhlt")
+    regs = {"rbx": UNMAPPED, "rsi": 1}
+    interpreted = _state(*_run(code, regs, None))
+    translated = _state(*_run(code, regs, 0))
+    assert translated == interpreted
+    assert translated[2]["r15"] == 14 and translated[2]["rsi"] == 2

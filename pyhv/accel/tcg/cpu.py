@@ -22,6 +22,7 @@ from . import insns  # noqa: F401  (fills the decoder's table)
 from .bulk import BULK_HANDLERS
 from .decoder import END, Insn, decode
 from .faults import GuestFault, PF
+from .insns.control import jmp_rel
 from .interrupts import TripleFault, raise_exception, raise_interrupt
 from .mmu import ACCESS_FETCH, Mmu
 from .state import CS, IF, SS, CpuState
@@ -243,6 +244,13 @@ class Cpu:
             insns.append(insn)
             pos += insn.length
             cur = (cur + insn.length) & ipmask
+            if insn.handler is jmp_rel:
+                # A forward jump inside the page continues the block at its target: one
+                # dispatch fewer, and no new page for the block to depend on.
+                target = (insn.imm - rip) & ipmask
+                if pos <= target < page_left and len(insns) < MAX_BLOCK_INSNS:
+                    pos, cur = target, insn.imm
+                    continue
             if insn.spec.flags & END or insn.handler is None:
                 break
         if pos <= page_left and len(pages) > 1:

@@ -431,6 +431,8 @@ def _end(gen: BlockCodegen, rip: str) -> None:
 
 
 def jmp_rel(gen: BlockCodegen, i: Insn) -> None:
+    if gen.index < len(gen.insns) - 1:
+        return  # the block goes on at the target (see Cpu._build_block)
     _end(gen, f"{i.imm:#x}")
 
 
