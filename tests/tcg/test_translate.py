@@ -395,3 +395,47 @@ def test_a_fault_after_a_jump_reports_the_instruction_past_the_jump():
     translated = _state(*_run(code, regs, 0))
     assert translated == interpreted
     assert translated[2]["r15"] == 14 and translated[2]["rsi"] == 2
+
+
+_CALLS = """
+    mov $3, %ecx
+1:  call far_away
+    add %rax, %rdx
+    dec %ecx
+    jnz 1b
+    hlt
+    .fill 5000, 1, 0xcc
+far_away:
+    inc %rax
+    jmp 2f
+    .byte 0x0f, 0x0b
+2:  ret
+"""
+
+
+@pytest.mark.parametrize("budget", [1, 2, 3, 5, 8, 13, 1000])
+def test_calls_into_another_page_stay_in_the_block(budget):
+    code = assemble(_CALLS)
+    interpreted = _state(*_run(code, {"rax": 4}, None, budget=budget))
+    memory, cpu, result = _run(code, {"rax": 4}, 0, budget=budget)
+    assert _state(memory, cpu, result) == interpreted
+    if budget == 1000:
+        assert cpu.registers()["rdx"] == 5 + 6 + 7
+        names = [[i.spec.name for i in block.insns] for block in cpu.blocks.values()]
+        assert ["call_rel", "inc_rm", "jmp_rel", "ret_near"] in names
+
+
+def test_a_block_through_a_remapped_page_is_rebuilt():
+    # The loop calls into the second 2 MiB page; remapping that page must run the new callee
+    # although the calling block (found by its own, unchanged physical address) is cached.
+    code = assemble("call 0x201000 - 0x10000 + .\nhlt")
+    memory, cpu = long_mode_cpu(code, ram=8 * 1024 * 1024)
+    memory.write(0x201000, assemble("mov $1, %eax\nret"))
+    memory.write(0x601000, assemble("mov $2, %eax\nret"))
+    cpu.translate_after = 0
+    run_to_hlt(cpu)
+    assert cpu.registers()["rax"] == 1
+    memory.write_u64(0x3000 + 8, 0x600000 | 0x87)  # PD[1] -> physical 6 MiB
+    cpu.set_registers({"rip": CODE, "rsp": 0x80000})  # flushes the TLB, keeps the blocks
+    run_to_hlt(cpu)
+    assert cpu.registers()["rax"] == 2

@@ -11,7 +11,7 @@ cached block into generated Python source with registers in locals (``translate.
 from __future__ import annotations
 
 import os
-from typing import Callable, Dict, List, NamedTuple, Optional
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from ...bus import Bus
 from ...cpu_model import CpuModel, pyhv64
@@ -22,7 +22,7 @@ from . import insns  # noqa: F401  (fills the decoder's table)
 from .bulk import BULK_HANDLERS
 from .decoder import END, Insn, decode
 from .faults import GuestFault, PF
-from .insns.control import jmp_rel
+from .insns.control import call_rel, jmp_rel
 from .interrupts import TripleFault, raise_exception, raise_interrupt
 from .mmu import ACCESS_FETCH, Mmu
 from .state import CS, IF, SS, CpuState
@@ -59,7 +59,7 @@ class Block:
     """A decoded basic block; ``fn`` is its translated function once it ran ``heat`` times."""
 
     __slots__ = ("phys", "rip", "bits", "cs_base", "insns", "pages", "fn", "heat", "size",
-                 "epoch", "rip0", "next0", "rip1", "next1")
+                 "epoch", "rip0", "next0", "rip1", "next1", "links")
 
     def __init__(self, phys: int, rip: int, bits: int, cs_base: int, insns: List[Insn],
                  pages: List[int]) -> None:
@@ -72,6 +72,8 @@ class Block:
         self.fn: Optional[Callable[..., int]] = None
         self.heat = 0
         self.size = len(insns)
+        # (virtual page, physical page base) of each page a direct jump or call led into.
+        self.links: Tuple[Tuple[int, int], ...] = ()
         # Chain: up to two successors (by RIP), valid while the MMU epoch is unchanged.
         self.epoch = -1
         self.rip0 = -1
@@ -216,6 +218,9 @@ class Cpu:
         pos = 0
         ipmask = MASK64 if bits == 64 else (0xFFFF_FFFF if bits == 32 else 0xFFFF)
         cur = rip
+        start = rip  # the IP whose byte is code[0]
+        links: List[Tuple[int, int]] = []
+        ext_appended = False
         while len(insns) < MAX_BLOCK_INSNS and pos < page_left:
             if not extended and page_left - pos < 15:
                 extended = True
@@ -225,6 +230,7 @@ class Cpu:
                     if more is not None:
                         code = code + more
                         pages.append(next_phys >> 12)
+                        ext_appended = True
                 except GuestFault as fault:
                     next_fault = fault
             try:
@@ -244,23 +250,62 @@ class Cpu:
             insns.append(insn)
             pos += insn.length
             cur = (cur + insn.length) & ipmask
-            if insn.handler is jmp_rel:
-                # A forward jump inside the page continues the block at its target: one
-                # dispatch fewer, and no new page for the block to depend on.
-                target = (insn.imm - rip) & ipmask
-                if pos <= target < page_left and len(insns) < MAX_BLOCK_INSNS:
+            if insn.handler is jmp_rel or insn.handler is call_rel:
+                # A direct jump or call goes on in the same block at its target: one dispatch
+                # fewer. Inside this page only forward (no loop is unrolled); into another
+                # page only to code not in the block yet, and the block then holds that
+                # page's fetch translation in ``links``, checked before each full lookup.
+                target = (insn.imm - start) & ipmask
+                if len(insns) >= MAX_BLOCK_INSNS:
+                    break
+                if pos <= target < page_left:
                     pos, cur = target, insn.imm
                     continue
+                target_linear = (cs_base + insn.imm) & MASK64
+                if any(i.addr == insn.imm for i in insns):
+                    break
+                try:
+                    target_phys = self.mmu.translate(target_linear, ACCESS_FETCH)
+                except GuestFault:
+                    break
+                page_code = self.mmu.phys_bytes(target_phys & ~0xFFF, 0x1000)
+                if page_code is None:
+                    break
+                if ext_appended and pos <= page_left:
+                    pages.pop()  # the next page was fetched for nothing
+                code, pos, page_left = page_code, target_linear & 0xFFF, 0x1000
+                extended = ext_appended = False
+                start, cur = (insn.imm - pos) & ipmask, insn.imm
+                linear = target_linear - pos
+                if target_phys >> 12 not in pages:
+                    pages.append(target_phys >> 12)
+                links.append((target_linear >> 12, target_phys & ~0xFFF))
+                continue
             if insn.spec.flags & END or insn.handler is None:
                 break
-        if pos <= page_left and len(pages) > 1:
+        if ext_appended and pos <= page_left:
             pages.pop()
         block = Block(phys, rip, bits, cs_base, insns, pages)
+        block.links = tuple(links)
         self.blocks[phys] = block
         for ppn in pages:
             self.page_blocks.setdefault(ppn, []).append(phys)
             self.mmu.protect_code_page(ppn)
         return block
+
+    def _links_hold(self, block: Block) -> bool:
+        """Whether the pages ``block`` jumped into still map to the code it was built from."""
+        mmu = self.mmu
+        for vpn, base in block.links:
+            found = mmu.x.get(vpn)
+            if found is None:
+                try:
+                    found = mmu.translate(vpn << 12, ACCESS_FETCH) & ~0xFFF
+                except GuestFault:
+                    return False
+            if found != base:
+                return False
+        return True
 
     # --- run loop -----------------------------------------------------------------------
     def run(self, max_instructions: int) -> RunResult:
@@ -307,7 +352,8 @@ class Cpu:
                 base = mmu.x.get(linear >> 12)
                 phys = mmu.translate(linear, ACCESS_FETCH) if base is None else base | (linear & 0xFFF)
                 block = blocks.get(phys)
-                if block is None or block.rip != rip or block.bits != self.bits:
+                if (block is None or block.rip != rip or block.bits != self.bits
+                        or (block.links and not self._links_hold(block))):
                     block = self._build_block(rip, phys)
                 todo = block.insns
                 self.break_block = False

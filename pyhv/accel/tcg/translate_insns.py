@@ -443,6 +443,8 @@ def jcc(gen: BlockCodegen, i: Insn) -> None:
 
 def call_rel(gen: BlockCodegen, i: Insn) -> None:
     gen.push(i.opsize, f"{i.next_rip:#x}")
+    if gen.index < len(gen.insns) - 1:
+        return  # the block goes on at the target (see Cpu._build_block)
     _end(gen, f"{i.imm:#x}")
 
 
