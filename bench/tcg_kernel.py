@@ -1,11 +1,14 @@
 """MIPS of the software CPU on real kernel code: the default guest's boot, cut at N instructions.
 
-    python bench/tcg_kernel.py [--million N] [--serial PATH] [--hot K] [--cprofile FILE]
-                               [--translate-after T]
+    python bench/tcg_kernel.py [--million N] [--until TEXT] [--hot K] [--cprofile FILE]
+                               [--translate-after T] [--serial SPEC]
 
 Boots the default guest (``pyhv guest build``: the Debian kernel and busybox initramfs) under
 ``-accel tcg`` the way ``pyhv run`` does, with the machine's own run loop in slices, and stops
-after N million guest instructions (or at shutdown). It prints instructions retired, wall and
+after N million guest instructions, at shutdown, or (``--until``) once the console has
+printed TEXT, e.g. ``--until "Run /init"``: the guest busy-waits on host time (TSC and PIT
+calibration, delays), so a faster CPU runs more instructions to reach the same point and
+time-to-marker is the fair comparison between versions. It prints instructions retired, wall and
 CPU time, MIPS, the time spent translating, the hottest translated blocks and the
 instructions that still fall back to the interpreter inside translated blocks (weighted by
 how often their block ran). Run it under CPython and PyPy; on PyPy,
@@ -15,7 +18,9 @@ how often their block ran). Run it under CPython and PyPy; on PyPy,
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 import time
 from collections import Counter
 from typing import Dict, List, Tuple
@@ -30,8 +35,18 @@ from pyhv.qemu_args import parse_run_args
 CMDLINE = "console=ttyS0 panic=-1 cryptomgr.notests -- uname -r"
 
 
+def _console_has(path: str, marker: bytes) -> bool:
+    with open(path, "rb") as stream:
+        return marker in stream.read()
+
+
 def boot(budget: int, serial: str, translate_after: int, profiles: List[BlockProfile],
-         cprofile: str) -> Tuple[int, float, float, str, object]:
+         cprofile: str, until: str = "") -> Tuple[int, float, float, str, object]:
+    console = ""
+    if until:
+        handle, console = tempfile.mkstemp(prefix="tcg-kernel-console-")
+        os.close(handle)
+        serial = f"file:{console}"
     guest = build_default_guest()
     config = parse_run_args([
         "-accel", "tcg", "-m", "256", "-no-reboot", "-serial", serial,
@@ -52,7 +67,12 @@ def boot(budget: int, serial: str, translate_after: int, profiles: List[BlockPro
     stop = "budget"
     try:
         # accel.run() with an instruction budget; HLT waits are skipped by firing the next timer.
+        slices = 0
         while cpu.instructions_retired < budget:
+            slices += 1
+            if console and slices % 200 == 0 and _console_has(console, until.encode()):
+                stop = f"console printed {until!r}"
+                break
             if lifecycle.pending is not None:
                 stop = str(lifecycle.pending)
                 break
@@ -73,6 +93,8 @@ def boot(budget: int, serial: str, translate_after: int, profiles: List[BlockPro
             profiler.disable()
             profiler.dump_stats(cprofile)
         machine.close()
+        if console:
+            os.unlink(console)
     return cpu.instructions_retired, wall, cpu_time, stop, cpu
 
 
@@ -107,6 +129,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--million", type=float, default=20.0, help="guest instructions, in millions")
     parser.add_argument("--serial", default="null", help="the guest console (QEMU -serial syntax)")
+    parser.add_argument("--until", default="", help="stop once the console printed this text")
     parser.add_argument("--hot", type=int, default=15, help="rows in the hot-block and fallback tables")
     parser.add_argument("--translate-after", type=int, default=None,
                         help="interpreted runs before a block is translated (default: the CPU's)")
@@ -119,7 +142,7 @@ def main() -> None:
     profiles: List[BlockProfile] = []
     retired, wall, cpu_time, stop, cpu = boot(
         int(args.million * 1e6), args.serial, after, None if args.no_block_profile else profiles,
-        args.cprofile)
+        args.cprofile, args.until)
     name = sys.implementation.name
     translator = cpu.translator
     print(f"{name}: {retired:,} instructions ({stop}), wall {wall:.2f} s, cpu {cpu_time:.2f} s, "

@@ -330,6 +330,24 @@ def test_every_condition_after_every_flag_setter(setter):
     assert runs[0] == runs[None]
 
 
+@pytest.mark.parametrize("setter", _SETTER_FORMS[::3] + ["stc", "clc\nstd", "rol $1, %rdx"])
+def test_pushf_after_a_flag_setter(setter):
+    # pushf makes the translator build all of RFLAGS from whatever lazy state it holds.
+    code = assemble(f"{setter}\npushfq\npopq (%rbp)\npushfw\npopw 8(%rbp)\ncld\nhlt")
+    runs = {}
+    for translate_after in (None, 0):
+        memory, cpu = long_mode_cpu(code)
+        cpu.translate_after = translate_after
+        out = []
+        for a in _EDGES[::2]:
+            for b in _EDGES[1::2]:
+                cpu.set_registers({"rip": CODE, "rcx": a, "rdx": b, "rbp": DATA, "rflags": 0x202})
+                assert cpu.run(100).reason == StopReason.HLT
+                out.append(memory.read(DATA, 10))
+        runs[translate_after] = out
+    assert runs[0] == runs[None]
+
+
 def test_chained_successor_rewritten_by_another_block_is_retranslated():
     # The loop's blocks are chained after the first iterations; a store from one block
     # rewrites the immediate in its successor, which must run the new code from then on.

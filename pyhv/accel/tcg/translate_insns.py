@@ -17,7 +17,7 @@ from typing import Callable, Dict
 from .decoder import Insn
 from .flags import CC_ADC, CC_ADD, CC_DEC, CC_EAGER, CC_INC, CC_LOGIC, CC_SBB, CC_SUB
 from .insns import alu, control, mov, shift, stack, system
-from .state import RAX
+from .state import ARITH_FLAGS, RAX, RF, VM
 from .translate import M64, MASK, SIGN, BlockCodegen, FlagSource, Untranslatable
 
 ADD, OR, ADC, SBB, AND, SUB, XOR, CMP = range(8)
@@ -424,6 +424,14 @@ def push_rm(gen: BlockCodegen, i: Insn) -> None:
     gen.push(i.opsize, gen.read_operand(i, i.opsize))
 
 
+def pushf(gen: BlockCodegen, i: Insn) -> None:
+    if gen.bits != 64:
+        raise Untranslatable("pushf where virtual-8086 mode may apply")
+    arith = gen.arith_flags()
+    keep = ~(ARITH_FLAGS | VM | RF) & MASK[i.opsize]
+    gen.push(i.opsize, f"(s.rflags & {keep:#x}) | {arith} | 2")
+
+
 # --- control transfer (always the block's last instruction) -------------------------------
 def _end(gen: BlockCodegen, rip: str) -> None:
     gen.exit(rip, gen.index + 1)
@@ -482,7 +490,7 @@ EMITTERS: Dict[Callable, Callable[[BlockCodegen, Insn], None]] = {
     system.nop_modrm: nop, mov.setcc: setcc, mov.cmovcc: cmovcc, mov.cbw: cbw, mov.cwd: cwd,
     shift.shift_rm: shift_rm,
     stack.push_reg: push_reg, stack.pop_reg: pop_reg, stack.push_imm: push_imm,
-    stack.push_rm: push_rm,
+    stack.push_rm: push_rm, stack.pushf: pushf,
     control.jmp_rel: jmp_rel, control.jcc: jcc, control.call_rel: call_rel,
     control.jmp_rm: jmp_rm, control.call_rm: call_rm, control.ret_near: ret_near,
 }
