@@ -11,6 +11,7 @@ import sys
 from typing import Callable, Dict, List, Optional
 
 from . import __version__
+from .devices.pvpanic import PANIC_REASON as GUEST_PANIC_REASON
 from .errors import PyhvError, VmFatalError
 from .lifecycle import Reset, Shutdown
 
@@ -44,7 +45,7 @@ def run_command(argv: List[str]) -> int:
             _restore_handlers(previous)
             machine.close()
         if isinstance(stop, Shutdown):
-            if stop.reason.startswith("terminating on signal"):
+            if stop.reason.startswith("terminating on signal") or stop.reason == GUEST_PANIC_REASON:
                 print(f"pyhv: {stop.reason}", file=sys.stderr)
             return stop.status
         if isinstance(stop, Reset) and config.no_reboot:

@@ -90,6 +90,7 @@ class Machine:
                 self._attach_device(spec)
             self._attach_iothread()
             self._attach_acpi_pm()
+            self._attach_pvpanic()
             rsdp = self._build_acpi_tables()
             self._load_guest(rsdp)
         except BaseException:
@@ -211,12 +212,21 @@ class Machine:
         self.acpi_pm = AcpiPm(self.lifecycle, self.accel.irq_line(SCI_IRQ), time.monotonic_ns)
         attach_acpi_pm(self.pio, self.acpi_pm)
 
+    def _attach_pvpanic(self) -> None:
+        """QEMU's pvpanic port, always there: a guest kernel panic then ends the VM with a
+        failure status instead of the silent reset that ``panic=N`` asks for."""
+        from .devices.pvpanic import DEFAULT_IOPORT, IOPORT_LEN, PvPanic
+
+        self.pvpanic = PvPanic(self.lifecycle)
+        self.pio.attach(DEFAULT_IOPORT, IOPORT_LEN, self.pvpanic)
+
     def _build_acpi_tables(self) -> int:
         """RSDP, FADT, MADT and a DSDT describing the devices attached so far."""
         from .acpi import AcpiConfig, build_acpi
-        from .acpi.dsdt import pc_legacy_devices, pci_host_bridge, virtio_mmio
+        from .acpi.dsdt import pc_legacy_devices, pci_host_bridge, pvpanic, virtio_mmio
+        from .devices.pvpanic import DEFAULT_IOPORT as PVPANIC_IOPORT
 
-        devices = pc_legacy_devices(self.serial_ports) + [pci_host_bridge()]
+        devices = pc_legacy_devices(self.serial_ports) + [pci_host_bridge(), pvpanic(PVPANIC_IOPORT)]
         if self.virtio is not None:
             devices += [virtio_mmio(i, s.base, s.size, s.gsi) for i, s in enumerate(self.virtio.slots)]
         return build_acpi(self.memory, AcpiConfig(vcpus=self.config.smp, dsdt_devices=devices))

@@ -19,6 +19,7 @@ from .tables import DSDT_REVISION, table_bytes
 
 PROCESSOR_HID = "ACPI0007"
 VIRTIO_MMIO_HID = "LNRO0005"  # Linux's virtio_mmio driver matches this ACPI id
+PVPANIC_HID = "QEMU0001"  # Linux's pvpanic-mmio driver matches this ACPI id
 MAX_VIRTIO_MMIO_DEVICES = 256  # device names VR00..VRFF
 
 # (I/O base, ISA IRQ) of the PC's serial ports, COM1 to COM4.
@@ -94,6 +95,14 @@ def virtio_mmio(index: int, base: int, size: int, gsi: int, edge: bool = False) 
         aml.name("_UID", aml.integer(index)),
         aml.name("_CCA", aml.integer(1)),  # cache-coherent DMA
         aml.name("_CRS", resource_template([memory32_fixed(base, size), interrupt([gsi], edge=edge)])),
+    ])
+
+
+def pvpanic(port: int) -> bytes:
+    """QEMU's pvpanic event port (QEMU0001): one byte of I/O space at ``port``."""
+    return aml.device("PEVT", [
+        aml.name("_HID", aml.string(PVPANIC_HID)),
+        aml.name("_CRS", resource_template([io(port, port, 1, 1)])),
     ])
 
 
