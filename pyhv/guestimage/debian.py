@@ -31,8 +31,9 @@ APT_LISTS = Path("/var/lib/apt/lists")
 
 # The drivers the default guest loads: virtio transports (PCI, MMIO) and devices. Their
 # dependencies (virtio_ring, failover, ...) are added from each module's depends= field.
+# pvpanic_mmio drives QEMU's pvpanic port (ACPI QEMU0001), so a guest panic ends the VM.
 GUEST_MODULES = (
-    "virtio_pci", "virtio_mmio", "virtio_blk", "virtio_net", "virtio_rng", "virtio_console",
+    "virtio_pci", "virtio_mmio", "virtio_blk", "virtio_net", "virtio_rng", "virtio_console", "pvpanic_mmio",
 )
 
 # Names inside a cache entry.
@@ -236,7 +237,22 @@ def fetch_kernel(cache_dir: Optional[Path] = None, runner: CommandRunner = run_c
     """The cache entry of the current Debian cloud kernel, fetched if absent (see KernelFiles)."""
     debian_dir = Path(cache_dir or default_cache_dir()) / "debian"
     package, version = _resolve(KERNEL_METAPACKAGE, lambda: _resolve_kernel(runner), debian_dir)
-    return _fetch(package, version, debian_dir, _keep_kernel, runner)
+    entry = _fetch(package, version, debian_dir, _keep_kernel, runner)
+    if not _has_guest_modules(entry):
+        # Kept by an older pyhv whose GUEST_MODULES were fewer: unpack the package again.
+        stale = debian_dir / f".stale-{os.getpid()}-{entry.name}"
+        os.rename(str(entry), str(stale))
+        shutil.rmtree(str(stale), ignore_errors=True)
+        entry = _fetch(package, version, debian_dir, _keep_kernel, runner)
+    return entry
+
+
+def _has_guest_modules(entry: Path) -> bool:
+    try:
+        load_order(GUEST_MODULES, index_modules(entry / MODULES_DIR))
+    except ModinfoError:
+        return False
+    return True
 
 
 def fetch_busybox(cache_dir: Optional[Path] = None, runner: CommandRunner = run_command) -> Path:

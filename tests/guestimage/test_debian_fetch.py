@@ -132,6 +132,18 @@ def test_new_kernel_after_apt_update_makes_a_new_entry(tmp_path: Path, apt_lists
     assert old.is_dir() and set(cached_entries(tmp_path)) == {old, new}
 
 
+def test_entry_missing_a_guest_module_is_unpacked_again(tmp_path: Path, apt_lists: Path) -> None:
+    # An entry kept before GUEST_MODULES grew (pvpanic_mmio) lacks the new module.
+    apt = FakeApt()
+    entry = fetch_kernel(tmp_path, runner=apt)
+    (entry / "modules" / f"{GUEST_MODULES[-1]}.ko").unlink()
+    apt.calls.clear()
+    assert fetch_kernel(tmp_path, runner=apt) == entry
+    assert (entry / "modules" / f"{GUEST_MODULES[-1]}.ko").is_file()
+    assert [call[:2] for call in apt.calls] == [["apt-get", "download"], ["dpkg", "-x"]]
+    assert [path.name for path in (tmp_path / "debian").iterdir() if path.name.startswith(".")] == []
+
+
 def test_failed_download_leaves_no_entry_and_says_what_to_run(tmp_path: Path, apt_lists: Path) -> None:
     apt = FakeApt()
     apt.fail_download = True
