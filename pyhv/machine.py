@@ -209,7 +209,12 @@ class Machine:
     def _attach_acpi_pm(self) -> None:
         from .devices.acpi_pm import AcpiPm, attach_acpi_pm
 
-        self.acpi_pm = AcpiPm(self.lifecycle, self.accel.irq_line(SCI_IRQ), time.monotonic_ns)
+        # The PM timer must count the time the guest's other timers count: under the software
+        # CPU's instruction clock, host time runs far ahead of it, and Linux then "corrects"
+        # its APIC timer calibration by the PM timer and ticks several times too fast.
+        clock = getattr(self.accel, "clock", None)
+        clock_ns = clock.now_ns if clock is not None else time.monotonic_ns
+        self.acpi_pm = AcpiPm(self.lifecycle, self.accel.irq_line(SCI_IRQ), clock_ns)
         attach_acpi_pm(self.pio, self.acpi_pm)
 
     def _attach_pvpanic(self) -> None:
