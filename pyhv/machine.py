@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -212,9 +211,7 @@ class Machine:
         # The PM timer must count the time the guest's other timers count: under the software
         # CPU's instruction clock, host time runs far ahead of it, and Linux then "corrects"
         # its APIC timer calibration by the PM timer and ticks several times too fast.
-        clock = getattr(self.accel, "clock", None)
-        clock_ns = clock.now_ns if clock is not None else time.monotonic_ns
-        self.acpi_pm = AcpiPm(self.lifecycle, self.accel.irq_line(SCI_IRQ), clock_ns)
+        self.acpi_pm = AcpiPm(self.lifecycle, self.accel.irq_line(SCI_IRQ), self.accel.clock_ns)
         attach_acpi_pm(self.pio, self.acpi_pm)
 
     def _attach_pvpanic(self) -> None:

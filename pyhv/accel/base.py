@@ -44,6 +44,10 @@ class Accelerator(Protocol):
     def load_boot_state(self, state: CpuBootState) -> None:
         """Put the boot vCPU into the loader's entry state."""
 
+    def clock_ns(self) -> int:
+        """The guest's time in ns: what its timers count (host time under KVM, the software
+        CPU's virtual clock under TCG). Devices with their own counters read it."""
+
     def msi_sink(self):
         """An object with ``send_msi(address, data)`` that delivers a PCI MSI to the vCPUs."""
 

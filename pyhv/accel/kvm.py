@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import time
 import threading
 from typing import Callable, Dict, List, Optional
 
@@ -269,6 +270,9 @@ class KvmAccelerator:
         thread = self._vcpu_thread
         if thread is not None and thread != threading.get_ident():
             signal.pthread_kill(thread, KICK_SIGNAL)
+
+    def clock_ns(self) -> int:
+        return time.monotonic_ns()
 
     def msi_sink(self):
         """Where PCI devices send MSIs: KVM_SIGNAL_MSI into the in-kernel local APIC."""

@@ -177,6 +177,9 @@ class TcgAccelerator:
         self._wakeup.set()
         self.pause_gate.wake()
 
+    def clock_ns(self) -> int:
+        return self.clock.now_ns()
+
     def msi_sink(self):
         """Where PCI devices send MSIs: pyhv's APIC bus, to the local APIC."""
         from ...devices.pci.sinks import ApicBusMsiSink
