@@ -32,7 +32,10 @@ def raise_exception(cpu, fault: GuestFault) -> None:
     if fault.vector == PF and fault.cr2 is not None:
         cpu.s.cr2 = fault.cr2
     try:
-        deliver(cpu, fault.vector, fault.error_code, fault.software, external=False)
+        # Fault-class exceptions push RFLAGS with RF set (SDM vol. 3, 17.3.1.1), so the
+        # handler's iret does not re-trigger an instruction breakpoint on the retry.
+        deliver(cpu, fault.vector, fault.error_code, fault.software, external=False,
+                fault_class=not fault.trap and not fault.software)
     except GuestFault as second:
         if fault.vector == DF:
             raise TripleFault(f"fault {second.vector} while delivering #DF") from None
@@ -53,7 +56,8 @@ def raise_interrupt(cpu, vector: int) -> None:
         raise_exception(cpu, fault)
 
 
-def deliver(cpu, vector: int, error_code: Optional[int], software: bool, external: bool) -> None:
+def deliver(cpu, vector: int, error_code: Optional[int], software: bool, external: bool,
+            fault_class: bool = False) -> None:
     s = cpu.s
     cpu.halted = False
     if error_code is None and vector in ERROR_CODE_VECTORS and not software and not external:
@@ -61,9 +65,9 @@ def deliver(cpu, vector: int, error_code: Optional[int], software: bool, externa
     if not s.cr0 & 1:
         _deliver_real(cpu, vector)
     elif s.efer & (1 << 10):
-        _deliver_long(cpu, vector, error_code, software, external)
+        _deliver_long(cpu, vector, error_code, software, external, fault_class)
     else:
-        _deliver_protected(cpu, vector, error_code, software, external)
+        _deliver_protected(cpu, vector, error_code, software, external, fault_class)
 
 
 def _idt_error(vector: int, external: bool) -> int:
@@ -107,7 +111,8 @@ def _check_gate(cpu, gate: int, vector: int, software: bool, external: bool, typ
     return gate_type
 
 
-def _deliver_long(cpu, vector: int, error_code: Optional[int], software: bool, external: bool) -> None:
+def _deliver_long(cpu, vector: int, error_code: Optional[int], software: bool, external: bool,
+                  fault_class: bool = False) -> None:
     s = cpu.s
     gate = _read_gate(cpu, vector, 16, external)
     gate_type = _check_gate(cpu, gate, vector, software, external, (0xE, 0xF))
@@ -133,7 +138,7 @@ def _deliver_long(cpu, vector: int, error_code: Optional[int], software: bool, e
     else:
         new_rsp = old_rsp
     new_rsp &= ~0xF
-    frame = [old_ss, old_rsp, old_flags, old_cs, s.rip]
+    frame = [old_ss, old_rsp, old_flags | RF if fault_class else old_flags, old_cs, s.rip]
     if error_code is not None:
         frame.append(error_code)
     # Write the whole frame before changing any state, so a fault here leaves it intact.
@@ -151,7 +156,7 @@ def _deliver_long(cpu, vector: int, error_code: Optional[int], software: bool, e
 
 
 def _deliver_protected(cpu, vector: int, error_code: Optional[int], software: bool,
-                       external: bool) -> None:
+                       external: bool, fault_class: bool = False) -> None:
     s = cpu.s
     gate = _read_gate(cpu, vector, 8, external)
     gate_type = _check_gate(cpu, gate, vector, software, external, (0x6, 0x7, 0xE, 0xF))
@@ -188,7 +193,7 @@ def _deliver_protected(cpu, vector: int, error_code: Optional[int], software: bo
         new_sp = s.regs[RSP]
         stack_base = s.segs[SS].base
         sp_mask = cpu.stack_mask
-    frame += [old_flags, s.segs[CS].selector, s.rip]
+    frame += [old_flags | RF if fault_class else old_flags, s.segs[CS].selector, s.rip]
     if error_code is not None:
         frame.append(error_code)
     for k, value in enumerate(frame):

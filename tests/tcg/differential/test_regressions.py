@@ -132,8 +132,6 @@ def test_a_case_fails_when_the_software_cpu_disagrees():
         tcg.close()
 
 
-@pytest.mark.xfail(strict=True, reason="tcg/interrupts.py leaves RF clear in a fault's RFLAGS image "
-                   "(SDM vol. 3 17.3.1.1: RF is pushed as 1 for faults)")
 def test_fault_frame_has_rf_set():
     case = BY_NAME["rf-in-fault-frame"]
     tcg = TcgRunner(None)
