@@ -67,7 +67,7 @@ def load_guest_builder():
 
 
 def interpreter_label(python: Path) -> str:
-    """"CPython 3.11.2" or "PyPy 3.9.16" for the interpreter at `python`."""
+    """The label of the interpreter at `python`, such as "CPython 3.11.2" or "PyPy 3.9.16"."""
     probe = "import platform; print(platform.python_implementation(), platform.python_version())"
     try:
         done = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, timeout=60)

@@ -255,7 +255,9 @@ def main(argv: Sequence[str]) -> int:
             problems.append(f"failed: {err}")
     reference = next((r for r in results if r.label == "qemu tcg -M pc" and r.reached), None)
     timeouts = {vmm.label: timeout_s for vmm, _, timeout_s, _ in plan}
-    print(f"time to '{MARKER}' (best of {args.rounds} for QEMU, {args.pyhv_rounds} for pyhv), VMM start-up included")
+    rounds = [f"best of {args.rounds} for QEMU"] if not args.no_qemu else []
+    rounds += [f"best of {args.pyhv_rounds} for pyhv"] if not args.no_pyhv else []
+    print(f"time to '{MARKER}' ({', '.join(rounds)}), VMM start-up included")
     for result in results:
         print(describe(result, reference, timeouts[result.label]))
     for problem in problems:
