@@ -115,6 +115,11 @@ class Mmu:
         ``system`` marks the CPU's implicit supervisor accesses (descriptor tables, TSS),
         which are allowed to supervisor pages even at CPL 3.
         """
+        if linear >> 64:
+            # Offset + segment base wraps around the linear space (static glibc reads its
+            # thread-locals at fs:-0x90). Such an address misses the TLB keyed by the unwrapped
+            # page, so wrapping here keeps the hot path free of a mask.
+            linear &= 0xFFFF_FFFF_FFFF_FFFF
         vpn = linear >> 12
         entry = self.entries.get(vpn)
         s = self.state
