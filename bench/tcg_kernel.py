@@ -4,11 +4,10 @@
                                [--translate-after T] [--serial SPEC]
 
 Boots the default guest (``pyhv guest build``: the Debian kernel and busybox initramfs) under
-``-accel tcg`` the way ``pyhv run`` does, with the machine's own run loop in slices, and stops
+``-accel tcg -icount shift=auto,sleep=off`` (virtual time from the instruction count, so a
+run is deterministic) with the accelerator's own run loop, and stops
 after N million guest instructions, at shutdown, or (``--until``) once the console has
-printed TEXT, e.g. ``--until "Run /init"``: the guest busy-waits on host time (TSC and PIT
-calibration, delays), so a faster CPU runs more instructions to reach the same point and
-time-to-marker is the fair comparison between versions. It prints instructions retired, wall and
+printed TEXT, e.g. ``--until "Run /init"``. It prints instructions retired, wall and
 CPU time, MIPS, the time spent translating, the hottest translated blocks and the
 instructions that still fall back to the interpreter inside translated blocks (weighted by
 how often their block ran). Run it under CPython and PyPy; on PyPy,
@@ -25,8 +24,6 @@ import time
 from collections import Counter
 from typing import Dict, List, Tuple
 
-from pyhv.accel.tcg.accel import SLICE
-from pyhv.accel.tcg.cpu import StopReason
 from pyhv.accel.tcg.translate import BlockProfile
 from pyhv.guestimage.default import build_default_guest
 from pyhv.machine import Machine
@@ -49,7 +46,8 @@ def boot(budget: int, serial: str, translate_after: int, profiles: List[BlockPro
         serial = f"file:{console}"
     guest = build_default_guest()
     config = parse_run_args([
-        "-accel", "tcg", "-m", "256", "-no-reboot", "-serial", serial,
+        "-accel", "tcg", "-icount", "shift=auto,sleep=off", "-m", "256", "-no-reboot",
+        "-serial", serial,
         "-device", "isa-debug-exit,iobase=0xf4,iosize=4",
         "-kernel", str(guest.kernel), "-initrd", str(guest.initrd), "-append", CMDLINE])
     machine = Machine(config)
@@ -57,36 +55,34 @@ def boot(budget: int, serial: str, translate_after: int, profiles: List[BlockPro
     cpu = accel.cpu
     cpu.translate_after = translate_after
     cpu.translator.profiles = profiles
-    lifecycle, timers, clock, source = machine.lifecycle, accel.timers, accel.clock, accel.chip.source
+    lifecycle = machine.lifecycle
+    run_slice = cpu.run
+    outcome = {"stop": "budget"}
+    slices = [0]
+
+    def budgeted_slice(max_instructions: int):
+        # The accelerator's own loop (instruction clock, timers, interrupts) drives the CPU;
+        # this stops it at the budget or the console marker.
+        result = run_slice(min(max_instructions, max(1, budget - cpu.instructions_retired)))
+        slices[0] += 1
+        if cpu.instructions_retired >= budget:
+            lifecycle.shutdown(0, "bench: instruction budget reached")
+        elif console and slices[0] % 500 == 0 and _console_has(console, until.encode()):
+            outcome["stop"] = f"console printed {until!r}"
+            lifecycle.shutdown(0, "bench: console marker")
+        return result
+
+    cpu.run = budgeted_slice
     profiler = None
     if cprofile:
         import cProfile
         profiler = cProfile.Profile()
         profiler.enable()
     wall, cpu_time = time.perf_counter(), time.process_time()
-    stop = "budget"
     try:
-        # accel.run() with an instruction budget; HLT waits are skipped by firing the next timer.
-        slices = 0
-        while cpu.instructions_retired < budget:
-            slices += 1
-            if console and slices % 200 == 0 and _console_has(console, until.encode()):
-                stop = f"console printed {until!r}"
-                break
-            if lifecycle.pending is not None:
-                stop = str(lifecycle.pending)
-                break
-            if source.pending:
-                cpu.interrupt_request = True
-            result = cpu.run(min(SLICE, budget - cpu.instructions_retired))
-            if result.reason == StopReason.SHUTDOWN:
-                stop = f"shutdown: {result.detail}"
-                break
-            if result.reason == StopReason.HLT and not source.pending:
-                deadline = timers.next_deadline()
-                if deadline is not None:
-                    clock.idle(deadline, accel._wakeup)
-            timers.run_expired(clock.now_ns())
+        stop_request = accel.run()
+        if "bench:" not in str(stop_request):
+            outcome["stop"] = str(stop_request)
     finally:
         wall, cpu_time = time.perf_counter() - wall, time.process_time() - cpu_time
         if profiler is not None:
@@ -95,6 +91,7 @@ def boot(budget: int, serial: str, translate_after: int, profiles: List[BlockPro
         machine.close()
         if console:
             os.unlink(console)
+    stop = outcome["stop"]
     return cpu.instructions_retired, wall, cpu_time, stop, cpu
 
 
@@ -147,8 +144,9 @@ def main() -> None:
     translator = cpu.translator
     print(f"{name}: {retired:,} instructions ({stop}), wall {wall:.2f} s, cpu {cpu_time:.2f} s, "
           f"{retired / cpu_time / 1e6:.2f} MIPS (cpu time)")
-    print(f"blocks translated: {translator.translated:,} in {translator.seconds:.2f} s "
-          f"({1000 * translator.seconds / max(translator.translated, 1):.2f} ms each); "
+    seconds = getattr(translator, "seconds", float("nan"))
+    print(f"blocks translated: {translator.translated:,} in {seconds:.2f} s "
+          f"({1000 * seconds / max(translator.translated, 1):.2f} ms each); "
           f"blocks decoded: {len(cpu.blocks):,}; translate after {after} runs")
     if profiles:
         report(profiles, retired, args.hot)
