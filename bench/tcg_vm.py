@@ -11,7 +11,7 @@ checksums the guest prints at the end must agree between all VMMs (and with this
 Python model of the loops, for small N).
 
     .venv/bin/python bench/tcg_vm.py                              # CPython + PyPy + QEMU
-    .venv/bin/python bench/tcg_vm.py --iters 100000000 --rounds 5 --json out.json
+    .venv/bin/python bench/tcg_vm.py --iters 400000000 --rounds 5 --json out.json
     .venv/bin/python bench/tcg_vm.py --no-qemu --interpreter .venv-pypy/bin/python
 """
 
@@ -206,8 +206,8 @@ def format_table(results: Sequence[Result], reference: Optional[Result], rounds:
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--iters", type=int, default=50_000_000,
-                        help="iterations of each loop under QEMU (default 50000000)")
+    parser.add_argument("--iters", type=int, default=200_000_000,
+                        help="iterations of each loop under QEMU (default 200000000)")
     parser.add_argument("--pypy-iters", type=int, default=3_000_000,
                         help="iterations under pyhv on PyPy (default 3000000)")
     parser.add_argument("--cpython-iters", type=int, default=100_000,
