@@ -12,6 +12,15 @@ CPU time, MIPS, the time spent translating, the hottest translated blocks and th
 instructions that still fall back to the interpreter inside translated blocks (weighted by
 how often their block ran). Run it under CPython and PyPy; on PyPy,
 ``PYPYLOG=jit-summary:FILE`` adds the JIT's own view.
+
+Measured 2026-11-25 on the shared 2-core machine (CPU seconds; the same deterministic work):
+    first 150M instructions, PyPy:   86.0 s (1.74 MIPS) before the changes of that day,
+                                     57.3 s (2.62 MIPS) after (bulk rep stos/movs, threshold 32,
+                                     jump cache, blocks through direct jmp/call, more emitters)
+    first 30M instructions, CPython: 11.4 s (2.62 MIPS) before, 6.95 s (4.32 MIPS) after
+What is left, from the profiles: on PyPy every kernel address is a long integer (a TLB
+lookup on one costs ~230 ns against ~20 ns for a small int) and a call among thousands of
+block functions costs 0.6-0.9 us (a megamorphic call site); kernel blocks are short.
 """
 
 from __future__ import annotations
