@@ -308,7 +308,9 @@ _SETTER_FORMS = ["add %rcx, %rdx", "sub %rcx, %rdx", "cmp %rcx, %rdx", "and %rcx
                  "cmpw %cx, %dx", "incb %dl", "decw %dx", "negl %edx", "shll $3, %edx",
                  "sarb $1, %dl", "adc %rcx, %rdx", "sbb %rcx, %rdx", "adcb %cl, %dl",
                  "sbbl %ecx, %edx", "rol $5, %rdx", "ror $1, %edx", "rolw $17, %dx",
-                 "shl %cl, %rdx", "shr %cl, %edx", "sar %cl, %dx", "shlb %cl, %dl"]
+                 "shl %cl, %rdx", "shr %cl, %edx", "sar %cl, %dx", "shlb %cl, %dl",
+                 "imul %rcx, %rdx", "imul %cx, %dx", "imul $-3, %rcx, %rdx", "imul $0x7f, %ecx, %edx",
+                 "imul $300, %cx, %dx"]
 
 
 @pytest.mark.parametrize("setter", _SETTER_FORMS)

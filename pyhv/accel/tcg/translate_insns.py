@@ -16,7 +16,7 @@ from typing import Callable, Dict
 
 from .decoder import Insn
 from .flags import CC_ADC, CC_ADD, CC_DEC, CC_EAGER, CC_INC, CC_LOGIC, CC_SBB, CC_SUB
-from .insns import alu, control, mov, shift, stack, system
+from .insns import alu, control, mov, muldiv, shift, stack, system
 from .state import ARITH_FLAGS, RAX, RF, VM
 from .translate import M64, MASK, SIGN, BlockCodegen, FlagSource, Untranslatable
 
@@ -274,6 +274,26 @@ def cmovcc(gen: BlockCodegen, i: Insn) -> None:
     gen.set_reg(i.reg, 8, f"{gen.merged(i.reg, size, value)} if {cond} else {keep}")
 
 
+def _imul(gen: BlockCodegen, i: Insn, a: str, b: str) -> None:
+    """imul r, r/m[, imm]: the low half to the register, CF=OF when it lost bits."""
+    size = i.opsize
+    sign, mask = SIGN[size], MASK[size]
+    gen.emit(f"p = ((({a}) ^ {sign:#x}) - {sign:#x}) * ((({b}) ^ {sign:#x}) - {sign:#x})")
+    gen.emit(f"y = p & {mask:#x}")
+    gen.emit(f"w = 1 if ((y ^ {sign:#x}) - {sign:#x}) != p else 0")
+    gen.set_eager(size, "y", "w", "w")
+    gen.set_reg(i.reg, size, f"fr{gen.index}")
+
+
+def imul2(gen: BlockCodegen, i: Insn) -> None:
+    b = gen.read_operand(i, i.opsize)
+    _imul(gen, i, gen.reg(i.reg, i.opsize), b)
+
+
+def imul3(gen: BlockCodegen, i: Insn) -> None:
+    _imul(gen, i, gen.read_operand(i, i.opsize), f"{i.imm & MASK[i.opsize]:#x}")
+
+
 def cbw(gen: BlockCodegen, i: Insn) -> None:
     half = i.opsize // 2
     sign = SIGN[half]
@@ -488,7 +508,7 @@ EMITTERS: Dict[Callable, Callable[[BlockCodegen, Insn], None]] = {
     mov.movsx8: movsx8, mov.movsx16: movsx16, mov.movsxd: movsxd,
     mov.xchg_acc_reg: xchg_acc_reg, mov.xchg_rm_r: xchg_rm_r, mov.nop: nop,
     system.nop_modrm: nop, mov.setcc: setcc, mov.cmovcc: cmovcc, mov.cbw: cbw, mov.cwd: cwd,
-    shift.shift_rm: shift_rm,
+    shift.shift_rm: shift_rm, muldiv.imul2: imul2, muldiv.imul3: imul3,
     stack.push_reg: push_reg, stack.pop_reg: pop_reg, stack.push_imm: push_imm,
     stack.push_rm: push_rm, stack.pushf: pushf,
     control.jmp_rel: jmp_rel, control.jcc: jcc, control.call_rel: call_rel,
