@@ -30,6 +30,10 @@ QEMU = shutil.which("qemu-system-x86_64")
 
 pytestmark = [
     pytest.mark.qemu,
+    # The oracle is unreliable on loaded machines: QEMU 7.2's qtest replies sometimes pair
+    # with the wrong command, even across five fresh probes, so CI would fail at random.
+    # Run it on demand: scripts/test.sh -m slow.
+    pytest.mark.slow,
     pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 not installed (Debian qemu-system-x86)"),
 ]
 
