@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
 from ..errors import ConfigError
-from .domain import MAC_PATTERN, NAME_PATTERN, _Reader, interface_name_problem
+from .domain import MAC_PATTERN, NAME_PATTERN, _Reader, _uuid, interface_name_problem
 from .xmlnode import XmlNode, parse, to_text
 
 FORWARD_MODES = ("nat", "route", "open")
@@ -116,16 +116,6 @@ def parse_network(text: str, source: str = "network XML") -> NetworkConfig:
     r.finish(root)
     net.ignored = r.notices
     return net
-
-
-def _uuid(r: _Reader, root: XmlNode) -> str:
-    text = r.text(root, "uuid")
-    if text is None:
-        return str(uuidlib.uuid4())
-    try:
-        return str(uuidlib.UUID(text))
-    except ValueError:
-        raise r.error(root.find("uuid"), f"'{text}' is not a UUID") from None
 
 
 def _bridge(r: _Reader, root: XmlNode, net: NetworkConfig) -> None:
