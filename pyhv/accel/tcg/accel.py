@@ -98,39 +98,10 @@ class TcgAccelerator:
         self.cpu.load_state(state)
 
     def run(self) -> StopRequest:
-        if isinstance(self.clock, InstructionClock):
-            return self._run_on_instruction_clock()
-        return self._run_on_host_clock()
-
-    def _run_on_host_clock(self) -> StopRequest:
         lifecycle = self.platform.lifecycle
         cpu, clock, timers, source = self.cpu, self.clock, self.timers, self.chip.source
-        wakeup = self._wakeup
-        gate = self.pause_gate
-        while lifecycle.pending is None:
-            if gate.requested:
-                gate.park(lifecycle)
-                continue
-            if source.pending:
-                cpu.interrupt_request = True
-            result = cpu.run(SLICE)
-            self.instructions += result.instructions
-            reason = result.reason
-            if reason == StopReason.SHUTDOWN:
-                return lifecycle.pending or Reset(result.detail or "triple fault")
-            if reason == StopReason.HLT and not source.pending:
-                deadline = timers.next_deadline()
-                clock.idle(deadline if deadline is not None else clock.now_ns() + IDLE_POLL_NS, wakeup)
-                wakeup.clear()
-            timers.run_expired(clock.now_ns())
-        return lifecycle.pending
-
-    def _run_on_instruction_clock(self) -> StopRequest:
-        lifecycle = self.platform.lifecycle
-        cpu, clock, timers, source = self.cpu, self.clock, self.timers, self.chip.source
-        ns_per_insn = clock.ns_per_insn
-        sleep = self.platform.icount_sleep
-        wakeup = self._wakeup
+        counting = isinstance(clock, InstructionClock)
+        ns_per_insn = clock.ns_per_insn if counting else 1
         gate = self.pause_gate
         while lifecycle.pending is None:
             if gate.requested:
@@ -139,21 +110,33 @@ class TcgAccelerator:
             if source.pending:
                 cpu.interrupt_request = True
             budget = SLICE
-            if timers.earliest != NEVER:
+            if counting and timers.earliest != NEVER:
+                # On the instruction clock a slice must not run past the next timer.
                 budget = min(SLICE, max(1, (timers.earliest - clock.now) // ns_per_insn))
             result = cpu.run(budget)
             self.instructions += result.instructions
-            clock.advance(result.instructions)
+            if counting:
+                clock.advance(result.instructions)
             reason = result.reason
             if reason == StopReason.SHUTDOWN:
                 return lifecycle.pending or Reset(result.detail or "triple fault")
             if reason == StopReason.HLT and not source.pending:
-                self._idle(clock, timers.earliest, sleep, wakeup)
-            timers.run_expired(clock.now)
+                self._idle()
+            timers.run_expired(clock.now_ns())
         return lifecycle.pending
 
+    def _idle(self) -> None:
+        """A halted guest waits for its next timer or an interrupt from a device thread."""
+        clock, deadline, wakeup = self.clock, self.timers.earliest, self._wakeup
+        if isinstance(clock, InstructionClock):
+            self._idle_on_instruction_clock(clock, deadline, self.platform.icount_sleep, wakeup)
+        else:
+            clock.idle(deadline if deadline != NEVER else clock.now_ns() + IDLE_POLL_NS, wakeup)
+            wakeup.clear()
+
     @staticmethod
-    def _idle(clock: InstructionClock, deadline: int, sleep: bool, wakeup: threading.Event) -> None:
+    def _idle_on_instruction_clock(clock: InstructionClock, deadline: int, sleep: bool,
+                                   wakeup: threading.Event) -> None:
         """A halted guest: jump virtual time to the next timer, waiting for it in real time
         first when ``sleep`` (an interrupt from a device thread ends the wait early, and
         virtual time then moves only as far as real time did)."""
