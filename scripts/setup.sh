@@ -11,6 +11,7 @@ DEBIAN_PACKAGES=(
   acpica-tools busybox-static cpio e2fsprogs lz4
   libvirt0                                 # libvirt's RelaxNG schemas (domain XML tests)
   iproute2                                 # network namespaces for the TAP test
+  dnsmasq-base nftables passt              # virtual networks (DHCP/DNS, NAT) and user networking
 )
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do
