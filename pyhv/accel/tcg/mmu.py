@@ -122,26 +122,36 @@ class Mmu:
             linear &= 0xFFFF_FFFF_FFFF_FFFF
         vpn = linear >> 12
         entry = self.entries.get(vpn)
-        s = self.state
         user = self.user and not system
         if entry is None or (access == ACCESS_WRITE and not entry[1] & T_DIRTY):
             entry = self._walk(linear, access, user)
             self.entries[vpn] = entry
+        elif not self._permits(entry[1], access, user):
+            # The CPU walks the tables again before it reports a fault (SDM vol. 3, 4.10.4.3):
+            # Linux makes a PTE more permissive (a copy-on-write page turned writable) without
+            # INVLPG and relies on that, so a stale entry would fault forever.
+            entry = self._walk(linear, access, user)
+            self.entries[vpn] = entry
         base, perms = entry
-        if user and not perms & T_USER:
+        if not self._permits(perms, access, user):
             raise self._fault(linear, access, user, True)
         if access == ACCESS_WRITE:
-            if not perms & T_WRITE and (user or s.cr0 & (1 << 16)):
-                raise self._fault(linear, access, user, True)
             if base >> 12 not in self.code_pages and not system:
                 self.w[vpn] = base
         elif access == ACCESS_FETCH:
-            if perms & T_NX:
-                raise self._fault(linear, access, user, True)
             self.x[vpn] = base
         elif not system:
             self.r[vpn] = base
         return base | (linear & 0xFFF)
+
+    def _permits(self, perms: int, access: int, user: bool) -> bool:
+        if user and not perms & T_USER:
+            return False
+        if access == ACCESS_WRITE:
+            return bool(perms & T_WRITE) or not (user or self.state.cr0 & (1 << 16))
+        if access == ACCESS_FETCH:
+            return not perms & T_NX
+        return True
 
     def read_system(self, linear: int, size: int) -> int:
         value = 0
