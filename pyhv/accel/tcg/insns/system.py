@@ -30,11 +30,33 @@ def require_cpl0(cpu) -> None:
         raise GuestFault(GP, 0)
 
 
+# The TSS field holding the I/O permission bitmap's offset, and the TSS types that have one
+# (32-bit and 64-bit TSS, available or busy).
+TSS_IOMAP_BASE = 0x66
+TSS_TYPES_WITH_IOMAP = (0x9, 0xB)
+
+
 def check_io(cpu, port: int, size: int) -> None:
-    """#GP for port I/O above IOPL (the TSS I/O bitmap is not consulted)."""
+    """#GP for port I/O above IOPL (or in virtual-8086 mode) unless the TSS I/O permission
+    bitmap grants every port accessed (SDM vol. 1, 19.5). Linux's ioperm() and iopl() both
+    work through the bitmap: without it, user programs such as pyhv-exit fault on ``out``."""
     s = cpu.s
     if s.cr0 & 1 and (s.cpl > (s.rflags & IOPL) >> 12 or s.rflags & VM):
-        raise GuestFault(GP, 0)
+        if not _io_bitmap_allows(cpu, port, size):
+            raise GuestFault(GP, 0)
+
+
+def _io_bitmap_allows(cpu, port: int, size: int) -> bool:
+    tr = cpu.s.tr
+    if tr.type not in TSS_TYPES_WITH_IOMAP or tr.limit < TSS_IOMAP_BASE + 1:
+        return False
+    offset = cpu.mmu.read_system(tr.base + TSS_IOMAP_BASE, 2) + (port >> 3)
+    # Two bytes are read, since an access can span a byte of the bitmap; both must lie
+    # within the TSS limit (Linux points the base past the limit to deny all ports).
+    if offset + 1 > tr.limit:
+        return False
+    bits = cpu.mmu.read_system(tr.base + offset, 2)
+    return not bits & (((1 << size) - 1) << (port & 7))
 
 
 def hlt(cpu, i: Insn) -> None:
