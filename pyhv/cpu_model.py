@@ -17,8 +17,9 @@ Regs = Tuple[int, int, int, int]  # eax, ebx, ecx, edx
 FPU, DE, PSE, TSC, MSR, PAE, MCE, CX8, APIC = (1 << b for b in (0, 2, 3, 4, 5, 6, 7, 8, 9))
 SEP, MTRR, PGE, MCA, CMOV, PAT, PSE36, CLFSH = (1 << b for b in (11, 12, 13, 14, 15, 16, 17, 19))
 MMX, FXSR, SSE, SSE2 = (1 << b for b in (23, 24, 25, 26))
-# CPUID.1:ECX
-HYPERVISOR = 1 << 31
+# CPUID.1:ECX. TSC_DEADLINE: the local APIC timer has TSC-deadline mode; Linux then skips
+# calibrating the APIC timer against the PIT (100 ms of busy waiting).
+TSC_DEADLINE, HYPERVISOR = 1 << 24, 1 << 31
 # CPUID.80000001:EDX / ECX
 EXT_SYSCALL, EXT_NX, EXT_LM = 1 << 11, 1 << 20, 1 << 29
 EXT_LAHF_LM = 1 << 0
@@ -72,7 +73,7 @@ def pyhv64() -> CpuModel:
     leaves: Dict[Tuple[int, int], Regs] = {
         (0, 0): (0x7, vendor[0], vendor[2], vendor[1]),
         # EBX: CLFLUSH line 8*8 = 64 bytes, 1 logical processor per package.
-        (1, 0): (signature, (1 << 16) | (8 << 8), HYPERVISOR, BASELINE_EDX),
+        (1, 0): (signature, (1 << 16) | (8 << 8), TSC_DEADLINE | HYPERVISOR, BASELINE_EDX),
         (7, 0): (0, 0, 0, 0),
         (0x8000_0000, 0): (0x8000_0008, vendor[0], vendor[2], vendor[1]),
         (0x8000_0001, 0): (signature, 0, EXT_LAHF_LM, EXT_SYSCALL | EXT_NX | EXT_LM),
