@@ -12,6 +12,8 @@ A function says nothing about where its BARs are mapped; the root bus it is plug
 
 from __future__ import annotations
 
+import threading
+
 from typing import Callable, Dict, List, NamedTuple, Optional
 
 from ...bus import Device
@@ -127,6 +129,7 @@ class PciFunction:
         self._last_cap_next = CAPABILITY_LIST  # where the next capability's offset is linked
         self.intx: Optional[IrqLine] = None
         self.intx_level = False
+        self._intx_lock = threading.RLock()
         # Set by the root bus when the function is plugged in.
         self.mappings_changed: Callable[["PciFunction"], None] = lambda function: None
         self.set_u16(VENDOR_ID, vendor_id)
@@ -292,11 +295,13 @@ class PciFunction:
     def set_intx(self, level: bool) -> None:
         """The device asserts or deasserts INTx; Interrupt Status follows, the pin only while
         the guest has not set Interrupt Disable."""
-        self.intx_level = bool(level)
-        status = self.get(STATUS, 2)
-        self.set_u16(STATUS, status | STATUS_INTERRUPT if level else status & ~STATUS_INTERRUPT)
-        self._drive_intx()
+        with self._intx_lock:  # the vCPU thread and an I/O thread may both get here
+            self.intx_level = bool(level)
+            status = self.get(STATUS, 2)
+            self.set_u16(STATUS, status | STATUS_INTERRUPT if level else status & ~STATUS_INTERRUPT)
+            self._drive_intx()
 
     def _drive_intx(self) -> None:
-        if self.intx is not None:
-            self.intx.set_level(self.intx_level and not self.command & COMMAND_INTX_DISABLE)
+        with self._intx_lock:
+            if self.intx is not None:
+                self.intx.set_level(self.intx_level and not self.command & COMMAND_INTX_DISABLE)

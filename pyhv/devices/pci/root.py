@@ -11,6 +11,8 @@ the BAR unmapped and is counted, as a real bridge would simply not route it.
 
 from __future__ import annotations
 
+import threading
+
 import logging
 from typing import Dict, List, Optional, Sequence
 
@@ -42,13 +44,17 @@ class SharedLevelLine:
     def __init__(self, line: IrqLine) -> None:
         self._line = line
         self._asserted: Dict[int, bool] = {}
+        # Functions raise their lines from the vCPU thread and from I/O threads: the OR of
+        # the sources and the level driven must change together.
+        self._lock = threading.Lock()
 
     def source(self, key: int) -> "_LineSource":
         return _LineSource(self, key)
 
     def _set(self, key: int, level: bool) -> None:
-        self._asserted[key] = level
-        self._line.set_level(any(self._asserted.values()))
+        with self._lock:
+            self._asserted[key] = level
+            self._line.set_level(any(self._asserted.values()))
 
 
 class _LineSource:
