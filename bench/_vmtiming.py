@@ -66,6 +66,24 @@ def load_guest_builder():
     return module
 
 
+def pyhv_guest_vmm(python: Path, kernel: Path, accel: str) -> Vmm:
+    """pyhv running a multiboot test guest on ``accel``, console on stdout."""
+    argv = [
+        str(python), "-m", "pyhv", "run", "-accel", accel, "-m", "64", "-nographic", "-no-reboot",
+        "-device", DEBUG_EXIT_DEVICE, "-kernel", str(kernel),
+    ]
+    return Vmm(f"pyhv {accel}, {interpreter_label(python)}", argv)
+
+
+def qemu_guest_vmm(machine: str, kernel: Path, accel: str) -> Vmm:
+    """QEMU running the same guest with the same devices, as its peer."""
+    argv = [
+        QEMU_BINARY, "-M", machine, "-accel", accel, "-m", "64", "-nographic", "-nodefaults",
+        "-serial", "stdio", "-no-reboot", "-device", DEBUG_EXIT_DEVICE, "-kernel", str(kernel),
+    ]
+    return Vmm(f"qemu {accel} -M {machine}", argv)
+
+
 def interpreter_label(python: Path) -> str:
     """The label of the interpreter at `python`, such as "CPython 3.11.2" or "PyPy 3.9.16"."""
     probe = "import platform; print(platform.python_implementation(), platform.python_version())"

@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Sequence
 
 from _vmtiming import (
-    DEBUG_EXIT_DEVICE, DEFAULT_INTERPRETERS, QEMU_BINARY, BenchError, Vmm, interpreter_label, load_guest_builder,
-    watch_run,
+    DEFAULT_INTERPRETERS, QEMU_BINARY, BenchError, load_guest_builder, pyhv_guest_vmm, qemu_guest_vmm, Vmm, watch_run,
 )
 
 GUEST_EXIT_OK_STATUS = 33
@@ -38,19 +37,11 @@ class Result(NamedTuple):
 
 
 def pyhv_vmm(python: Path, kernel: Path) -> Vmm:
-    argv = [
-        str(python), "-m", "pyhv", "run", "-accel", "kvm", "-m", "64", "-nographic", "-no-reboot",
-        "-device", DEBUG_EXIT_DEVICE, "-kernel", str(kernel),
-    ]
-    return Vmm(f"pyhv kvm, {interpreter_label(python)}", argv)
+    return pyhv_guest_vmm(python, kernel, "kvm")
 
 
 def qemu_vmm(machine: str, kernel: Path) -> Vmm:
-    argv = [
-        QEMU_BINARY, "-M", machine, "-accel", "kvm", "-m", "64", "-nographic", "-nodefaults",
-        "-serial", "stdio", "-no-reboot", "-device", DEBUG_EXIT_DEVICE, "-kernel", str(kernel),
-    ]
-    return Vmm(f"qemu kvm -M {machine}", argv)
+    return qemu_guest_vmm(machine, kernel, "kvm")
 
 
 def timed_run(vmm: Vmm, exits: int, timeout_s: float) -> Dict[str, float]:

@@ -26,8 +26,7 @@ from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from _vmtiming import (
-    DEBUG_EXIT_DEVICE, DEFAULT_INTERPRETERS, QEMU_BINARY, BenchError, Vmm, interpreter_label, load_guest_builder,
-    watch_run,
+    DEFAULT_INTERPRETERS, QEMU_BINARY, BenchError, load_guest_builder, pyhv_guest_vmm, qemu_guest_vmm, Vmm, watch_run,
 )
 
 GUEST_EXIT_OK_STATUS = 33
@@ -100,19 +99,11 @@ def parse_checksums(output: bytes, label: str = "guest") -> Tuple[int, int]:
 
 
 def pyhv_vmm(python: Path, kernel: Path) -> Vmm:
-    argv = [
-        str(python), "-m", "pyhv", "run", "-accel", "tcg", "-m", "64", "-nographic", "-no-reboot",
-        "-device", DEBUG_EXIT_DEVICE, "-kernel", str(kernel),
-    ]
-    return Vmm(f"pyhv tcg, {interpreter_label(python)}", argv)
+    return pyhv_guest_vmm(python, kernel, "tcg")
 
 
 def qemu_vmm(machine: str, kernel: Path) -> Vmm:
-    argv = [
-        QEMU_BINARY, "-M", machine, "-accel", "tcg", "-m", "64", "-nographic", "-nodefaults",
-        "-serial", "stdio", "-no-reboot", "-device", DEBUG_EXIT_DEVICE, "-kernel", str(kernel),
-    ]
-    return Vmm(f"qemu tcg -M {machine}", argv)
+    return qemu_guest_vmm(machine, kernel, "tcg")
 
 
 def timed_run(vmm: Vmm, iters: int, timeout_s: float) -> Tuple[Dict[str, float], Tuple[int, int]]:
