@@ -32,8 +32,11 @@ APT_LISTS = Path("/var/lib/apt/lists")
 # The drivers the default guest loads: virtio transports (PCI, MMIO) and devices. Their
 # dependencies (virtio_ring, failover, ...) are added from each module's depends= field.
 # pvpanic_mmio drives QEMU's pvpanic port (ACPI QEMU0001), so a guest panic ends the VM.
+# button (CONFIG_ACPI_BUTTON=m in the cloud kernel) turns the ACPI power button into a KEY_POWER
+# input event, and evdev (CONFIG_INPUT_EVDEV=m) shows it in /dev/input/event*, where acpid reads it.
 GUEST_MODULES = (
     "virtio_pci", "virtio_mmio", "virtio_blk", "virtio_net", "virtio_rng", "virtio_console", "pvpanic_mmio",
+    "button", "evdev",
 )
 
 # Names inside a cache entry.

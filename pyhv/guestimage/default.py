@@ -2,7 +2,7 @@
 
 The initramfs is cached in ``<cache>/guest/<key>/initrd.cpio``, where the key is a hash of
 everything that goes into it: the kernel and busybox package versions, the module list, the
-init script, the exit tool and the layout version. Changing any of them makes a new entry.
+init script, the power-button handler, the exit tool and the layout version. Changing any of them makes a new entry.
 
 The default command line, and why each word is there:
 
@@ -32,12 +32,12 @@ from typing import NamedTuple, Optional
 
 from pyhv.guestimage.debian import GUEST_MODULES, KernelFiles, default_cache_dir, fetch_busybox, fetch_kernel
 from pyhv.guestimage.exit_tool import build_exit_tool
-from pyhv.guestimage.init_script import INIT_SCRIPT
+from pyhv.guestimage.init_script import INIT_SCRIPT, POWER_BUTTON_HANDLER
 from pyhv.guestimage.initramfs import build_initramfs
 
 DEFAULT_CMDLINE = "console=ttyS0 panic=-1 cryptomgr.notests quiet no_timer_check"
 # Bump when build_initramfs lays the archive out differently.
-INITRAMFS_LAYOUT = 1
+INITRAMFS_LAYOUT = 2  # 2: /etc/acpi/PWRF/00000080 and /var/log for acpid
 INITRD_NAME = "initrd.cpio"
 
 
@@ -62,6 +62,7 @@ def initramfs_key(kernel: KernelFiles, busybox: Path) -> str:
     for part in parts:
         digest.update(part.encode() + b"\0")
     digest.update(INIT_SCRIPT.encode() + b"\0")
+    digest.update(POWER_BUTTON_HANDLER.encode() + b"\0")
     digest.update(build_exit_tool())
     return digest.hexdigest()[:16]
 

@@ -10,6 +10,15 @@ The command is read from ``/proc/cmdline`` rather than from init's argv: the ker
 argv at spaces and only understands double quotes, so ``-- sh -c 'exit 3'`` would reach init as
 ``'exit`` and ``3'``; the text after the first `` -- `` is instead handed to ``sh -c`` verbatim.
 
+The ACPI power button (``virsh shutdown``, QMP ``system_powerdown``) powers the guest off, as on
+a distribution where acpid or systemd-logind acts on it: the kernel's ``button`` driver reports
+KEY_POWER on an input device, ``evdev`` shows it as ``/dev/input/eventN``, and busybox ``acpid``,
+started by ``/init`` once the modules are in, runs :data:`POWER_BUTTON_HANDLER_PATH`. busybox
+acpid's built-in tables map KEY_POWER to that path (``PWRF/00000080`` under ``/etc/acpi``). The
+handler ends the machine with ``poweroff -f`` (ACPI S5) rather than by signalling PID 1: this
+``sh`` only runs a trap once its foreground shell has exited, and the console shell cannot be
+put in the background without losing Ctrl-C (ash ignores SIGINT for good in background jobs).
+
 The exit status leaves through the isa-debug-exit port with ``pyhv-exit`` (see exit_tool.py):
 the VM process then exits with ``(status << 1) | 1``. Without that device the write does
 nothing and ``poweroff -f`` ends the VM with status 0.
@@ -21,6 +30,18 @@ READY_MARKER = "pyhv-guest: init ready"
 STATUS_MARKER = "pyhv-guest: exit status"
 EXIT_TOOL_PATH = "sbin/pyhv-exit"
 LOAD_ORDER_NAME = "load-order"
+ACPID_LOG_PATH = "var/log/acpid.log"
+POWER_BUTTON_HANDLER_PATH = "etc/acpi/PWRF/00000080"
+POWER_BUTTON_MARKER = "pyhv-guest: power button pressed, powering off"
+
+POWER_BUTTON_HANDLER = rf"""#!/bin/sh
+# Run by acpid on a press of the ACPI power button. Written by pyhv.guestimage.
+echo "{POWER_BUTTON_MARKER}" > /dev/console
+# Let the UART send the line before the machine ends (see drain_console in /init).
+stty -F /dev/console "$(stty -F /dev/console -g 2>/dev/null)" 2>/dev/null
+# The root is the initramfs; poweroff -f syncs any disk the user mounted, then enters ACPI S5.
+poweroff -f
+"""
 
 INIT_SCRIPT = r"""#!/bin/sh
 # /init of pyhv's default guest, PID 1. Written by pyhv.guestimage; rebuilt when it changes.
@@ -42,6 +63,14 @@ if [ -r "$modules/load-order" ]; then
     done < "$modules/load-order"
 else
     echo "pyhv-guest: no modules for kernel $release in this initramfs"
+fi
+
+# Act on the ACPI power button: acpid reads the button's /dev/input/event* (button and evdev
+# are loaded above) and runs /etc/acpi/PWRF/00000080, which powers off.
+if [ -e /dev/input/event0 ]; then
+    acpid -l /var/log/acpid.log || echo "pyhv-guest: acpid failed; the power button will be ignored"
+else
+    echo "pyhv-guest: no input event devices; the power button will be ignored"
 fi
 
 # Wait until the console has sent everything: the VM may end right after, and bytes still in

@@ -4,6 +4,8 @@ Layout of the archive (all owned by 0:0):
 
 - ``/bin/busybox`` and one symlink to it per applet, where ``busybox --list-full`` puts it;
 - ``/sbin/pyhv-exit`` (exit_tool.py) and ``/init`` (init_script.py);
+- ``/etc/acpi/PWRF/00000080``, the power-button handler busybox ``acpid`` runs (init_script.py),
+  and ``/var/log`` for acpid's log;
 - ``/lib/modules/<release>/<module>.ko`` and ``load-order``, one module name per line, each
   after the modules it depends on (read from their ``.modinfo`` sections);
 - ``/dev/console``: the kernel opens it for init's stdio before ``/init`` can mount devtmpfs;
@@ -19,7 +21,9 @@ from typing import Iterable, List, Optional
 from pyhv.errors import BootError
 from pyhv.guestimage.cpio import CpioWriter, compress
 from pyhv.guestimage.exit_tool import build_exit_tool
-from pyhv.guestimage.init_script import EXIT_TOOL_PATH, INIT_SCRIPT, LOAD_ORDER_NAME
+from pyhv.guestimage.init_script import (
+    EXIT_TOOL_PATH, INIT_SCRIPT, LOAD_ORDER_NAME, POWER_BUTTON_HANDLER, POWER_BUTTON_HANDLER_PATH,
+)
 from pyhv.guestimage.modinfo import index_modules, load_order
 
 CONSOLE_MAJOR, CONSOLE_MINOR = 5, 1
@@ -66,7 +70,8 @@ def build_initramfs(
     order = load_order(wanted_modules, index)
 
     archive = CpioWriter()
-    for directory in ("dev", "proc", "sys", "root", "etc", "bin", "sbin", "usr/bin", "usr/sbin"):
+    for directory in ("dev", "proc", "sys", "root", "etc", "etc/acpi", "etc/acpi/PWRF", "bin", "sbin",
+                      "usr/bin", "usr/sbin", "var", "var/log", "var/run"):
         archive.add_directory(directory)
     archive.add_directory("tmp", mode=0o1777)
     archive.add_device("dev/console", "c", CONSOLE_MAJOR, CONSOLE_MINOR, mode=0o600)
@@ -78,6 +83,7 @@ def build_initramfs(
         archive.add_symlink(name, "/bin/busybox")
     archive.add_file(EXIT_TOOL_PATH, build_exit_tool(), mode=0o755)
     archive.add_file("etc/profile", PROFILE.encode(), mode=0o644)
+    archive.add_file(POWER_BUTTON_HANDLER_PATH, POWER_BUTTON_HANDLER.encode(), mode=0o755)
 
     module_root = f"lib/modules/{release}"
     archive.add_directory(module_root)
