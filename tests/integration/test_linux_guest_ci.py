@@ -1,0 +1,280 @@
+"""The default Linux guest (Debian 6.1 cloud kernel, busybox initramfs) on the software CPU,
+checked from inside: its virtio drivers, an ext4 disk, the hardware RNG and a TAP network.
+
+``test_one_boot_checks_kernel_timer_virtio_disk_and_rng`` is the CI boot (issue #5): one boot
+of minutes on PyPy runs every check in one guest command, separated by step markers so that
+a failure names the step that broke. ``test_guest_pings_the_host_over_tap`` (slow, root) puts
+a TAP interface in a network namespace of its own and lets the guest ping it (issue #6).
+
+The guest command is wrapped in ``eval "..."``: the kernel hands every word after `` -- `` to
+init as an argument and panics ("Too many boot init vars") past 32 of them, but it keeps a
+double-quoted string as one word. /init reads the command from /proc/cmdline, so the shell
+still sees the whole text, quotes included.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, NamedTuple, Optional
+
+import pytest
+
+from pyhv.cpu_model import BRAND_STRING
+
+needs_pypy = pytest.mark.skipif(
+    platform.python_implementation() != "PyPy" and os.environ.get("PYHV_TEST_LINUX_CPYTHON") != "1",
+    reason="Linux boot on the software CPU runs on PyPy (CPython is too slow for CI)")
+
+BOOT_TIMEOUT_S = 1500
+STEP_MARKER = "@@pyhv-step"
+DISK_SIZE = 16 << 20
+CHECK_FILE = "/pyhv-check.txt"
+GUEST_MOUNT = "/mnt/disk"
+HWRNG_BYTES = 64
+INIT_ARG_LIMIT = 32  # the kernel's CONFIG_INIT_ENV_ARG_LIMIT
+
+# The ping test's private network: the TAP end in the namespace and the guest's eth0.
+HOST_ADDRESS = "10.0.2.1"
+GUEST_ADDRESS = "10.0.2.15"
+GUEST_MAC = "52:54:00:12:34:99"
+TAP_NAME = "pyhvtap0"
+PING_COUNT = 3
+
+
+class Console(NamedTuple):
+    """One finished boot: serial console (stdout), pyhv's stderr and the exit status."""
+
+    stdout: str
+    stderr: str
+    status: int
+
+    def describe(self) -> str:
+        return f"exit status {self.status}\n--- console ---\n{self.stdout}\n--- stderr ---\n{self.stderr}"
+
+
+@pytest.fixture(scope="module")
+def guest():
+    from pyhv.guestimage import build_default_guest
+
+    return build_default_guest()
+
+
+def guest_command(steps: List[str]) -> str:
+    """One shell command for /init running ``steps`` in order: ``eval "..."``, which the kernel
+    counts as two init arguments whatever the length (see the module docstring)."""
+    script = "; ".join([f"m() {{ echo {STEP_MARKER} $1; }}"] + steps)
+    if '"' in script or "\\" in script:
+        raise ValueError(f"guest script must not contain double quotes or backslashes: {script!r}")
+    # Inside the double quotes the outer sh would expand $ at once; eval must see it.
+    return 'eval "' + script.replace("$", "\\$") + '"'
+
+
+def step(name: str, *commands: str) -> str:
+    return "; ".join((f"m {name}",) + commands)
+
+
+def drain_console_and_power_off() -> str:
+    # poweroff -f does not wait for the UART: re-applying the console's settings (TCSADRAIN) does.
+    return "stty -F /dev/console $(stty -F /dev/console -g); poweroff -f"
+
+
+def boot(guest, command: str, devices: List[str], prefix: Optional[List[str]] = None) -> Console:
+    """Boot the default guest on -accel tcg running ``command``; no isa-debug-exit device, so
+    the guest leaves through ACPI power-off."""
+    argv = (prefix or []) + [
+        sys.executable, "-m", "pyhv", "run", "-accel", "tcg", "-m", "256", "-nographic", "-no-reboot",
+        "-kernel", str(guest.kernel), "-initrd", str(guest.initrd), *devices,
+        "-append", f"{guest.cmdline} -- {command}"]
+    started = time.monotonic()
+    try:
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              timeout=BOOT_TIMEOUT_S)
+    except subprocess.TimeoutExpired as err:
+        partial = Console(_text(err.stdout), _text(err.stderr), -1)
+        pytest.fail(f"guest still running after {BOOT_TIMEOUT_S} s, killed\n{partial.describe()}")
+    print(f"boot took {time.monotonic() - started:.0f} s, exit status {done.returncode}")
+    return Console(_text(done.stdout), _text(done.stderr), done.returncode)
+
+
+def _text(data: Optional[bytes]) -> str:
+    if isinstance(data, str):
+        return data
+    return (data or b"").decode("utf-8", errors="replace")
+
+
+def split_steps(console: str) -> Dict[str, str]:
+    """The console output after each step marker, by step name."""
+    sections: Dict[str, str] = {}
+    pattern = re.compile(rf"^{re.escape(STEP_MARKER)} (\S+)\r?$", re.MULTILINE)
+    marks = list(pattern.finditer(console))
+    for here, following in zip(marks, marks[1:] + [None]):
+        end = following.start() if following is not None else len(console)
+        sections[here.group(1)] = console[here.end():end]
+    return sections
+
+
+def section(sections: Dict[str, str], name: str, run: Console) -> str:
+    if name not in sections:
+        pytest.fail(f"the guest never reached step '{name}'\n{run.describe()}")
+    return sections[name]
+
+
+def timer_count(interrupts: str) -> Optional[int]:
+    """The local APIC timer count ("LOC:"), else the IO-APIC timer line's ("0:")."""
+    for pattern in (r"^\s*LOC:\s+(\d+)", r"^\s*0:\s+(\d+)"):
+        found = re.search(pattern, interrupts, re.MULTILINE)
+        if found is not None:
+            return int(found.group(1))
+    return None
+
+
+def make_ext4_image(path: Path) -> None:
+    if shutil.which("mkfs.ext4") is None or shutil.which("debugfs") is None:
+        pytest.skip("needs mkfs.ext4 and debugfs (Debian package e2fsprogs)")
+    with open(path, "wb") as image:
+        image.truncate(DISK_SIZE)
+    # Inode tables and journal zeroed here, so the guest's ext4lazyinit thread has nothing to do.
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", str(path)],
+                   check=True, capture_output=True)
+
+
+def read_back(image: Path, path: str) -> str:
+    done = subprocess.run(["debugfs", "-R", f"cat {path}", str(image)], capture_output=True, text=True)
+    assert done.returncode == 0, f"debugfs cat {path} on {image} failed: {done.stderr}"
+    return done.stdout
+
+
+def test_guest_command_survives_the_kernels_init_argument_limit():
+    command = guest_command([step("a", "echo $HOME done")] * 40)
+    assert len(command.split()) > INIT_ARG_LIMIT
+    # The kernel splits at whitespace outside double quotes: eval and one quoted word.
+    assert len(re.findall(r'"[^"]*"|\S+', command)) == 2
+    assert "\\$HOME" in command
+    with pytest.raises(ValueError, match="double quotes"):
+        guest_command(['echo "quoted"'])
+
+
+def test_guest_command_runs_its_steps_under_sh_as_init_runs_it():
+    command = guest_command([step("first", "x=late", "echo value: $x"), step("second", "echo ${x##l}")])
+    done = subprocess.run(["sh", "-c", command], capture_output=True, text=True, env={"x": "early"})
+    steps = split_steps(done.stdout)
+    assert steps == {"first": "\nvalue: late\n", "second": "\nate\n"}, done.stdout + done.stderr
+
+
+@needs_pypy
+def test_one_boot_checks_kernel_timer_virtio_disk_and_rng(guest, tmp_path):
+    image = tmp_path / "disk.ext4"
+    make_ext4_image(image)
+    content = "pyhv-" + secrets.token_hex(16)
+    command = guest_command([
+        step("uname", "uname -r"),
+        step("cpuinfo", "cat /proc/cpuinfo"),
+        step("interrupts-before", "cat /proc/interrupts", "sleep 1"),
+        step("interrupts-after", "cat /proc/interrupts"),
+        step("drivers",
+             "for d in /sys/bus/virtio/drivers/*; do echo driver ${d##*/}: $(ls $d | grep virtio); done",
+             "echo vda at $(readlink -f /sys/block/vda)", "lsmod"),
+        step("disk", f"mkdir -p {GUEST_MOUNT}",
+             f"mount -t ext4 /dev/vda {GUEST_MOUNT} && echo {content} > {GUEST_MOUNT}{CHECK_FILE}"
+             f" && cat {GUEST_MOUNT}{CHECK_FILE} && sync && umount {GUEST_MOUNT} && echo disk: unmounted"),
+        step("hwrng", "echo rng_current: $(cat /sys/class/misc/hw_random/rng_current)",
+             f"head -c {HWRNG_BYTES} /dev/hwrng | od -An -v -tx1"),
+        step("end", drain_console_and_power_off()),
+    ])
+    # The disk on the virtio-mmio transport (ACPI LNRO0005), the RNG on virtio-pci: both covered.
+    run = boot(guest, command, ["-drive", f"file={image},if=virtio,format=raw", "-device", "virtio-rng-pci"])
+    steps = split_steps(run.stdout)
+
+    assert guest.kernel_version in section(steps, "uname", run), f"step uname\n{run.describe()}"
+
+    model = re.search(r"^model name\s*:\s*(.*?)\s*$", section(steps, "cpuinfo", run), re.MULTILINE)
+    assert model is not None and model.group(1) == BRAND_STRING, f"step cpuinfo\n{run.describe()}"
+
+    before = timer_count(section(steps, "interrupts-before", run))
+    after = timer_count(section(steps, "interrupts-after", run))
+    assert before is not None and after is not None and after > before, \
+        f"step interrupts: timer count {before} -> {after} across sleep 1\n{run.describe()}"
+
+    drivers = section(steps, "drivers", run)
+    for driver in ("virtio_blk", "virtio_rng"):
+        assert re.search(rf"^driver {driver}: virtio\d+", drivers, re.MULTILINE), \
+            f"step drivers: no device bound to {driver}\n{run.describe()}"
+    assert re.search(r"^vda at /sys/devices/platform/LNRO0005:\d+/virtio\d+/block/vda", drivers, re.MULTILINE), \
+        f"step drivers: /dev/vda is not on the virtio-mmio device from ACPI\n{run.describe()}"
+
+    disk = section(steps, "disk", run)
+    assert content in disk and "disk: unmounted" in disk, f"step disk\n{run.describe()}"
+
+    rng = section(steps, "hwrng", run)
+    assert re.search(r"^rng_current: virtio_rng\.\d+", rng, re.MULTILINE), f"step hwrng\n{run.describe()}"
+    dump_lines = re.findall(r"^((?: [0-9a-f]{2})+)\s*$", rng, re.MULTILINE)  # od -An -v -tx1
+    random_bytes = " ".join(dump_lines).split()
+    assert len(random_bytes) == HWRNG_BYTES and set(random_bytes) != {"00"}, \
+        f"step hwrng: expected {HWRNG_BYTES} random bytes, got {random_bytes}\n{run.describe()}"
+
+    section(steps, "end", run)
+    assert run.status == 0 and "reboot: Power down" in run.stdout, f"step end (poweroff)\n{run.describe()}"
+    assert read_back(image, CHECK_FILE) == content + "\n", \
+        f"the host read back another {CHECK_FILE} than the guest wrote\n{run.describe()}"
+
+
+def _ip(*args: str, netns: Optional[str] = None) -> subprocess.CompletedProcess:
+    prefix = ["ip", "netns", "exec", netns] if netns else []
+    return subprocess.run(prefix + ["ip", *args], capture_output=True, text=True)
+
+
+@pytest.fixture
+def tap_in_netns():
+    """A network namespace holding TAP interface TAP_NAME at HOST_ADDRESS/24, up; deleted after."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create a network namespace and a TAP interface")
+    if shutil.which("ip") is None:
+        pytest.skip("needs the ip command (Debian package iproute2)")
+    if not os.path.exists("/dev/net/tun"):
+        pytest.skip("needs /dev/net/tun")
+    netns = f"pyhv-test-{os.getpid()}"
+    created = _ip("netns", "add", netns)
+    if created.returncode != 0:
+        pytest.skip(f"ip netns add failed: {created.stderr.strip()}")
+    try:
+        for args in (("link", "set", "lo", "up"),
+                     ("tuntap", "add", "dev", TAP_NAME, "mode", "tap"),  # no packet info, no vnet header
+                     ("addr", "add", f"{HOST_ADDRESS}/24", "dev", TAP_NAME),
+                     ("link", "set", TAP_NAME, "up")):
+            done = _ip(*args, netns=netns)
+            assert done.returncode == 0, f"ip {' '.join(args)} in {netns}: {done.stderr}"
+        yield netns
+    finally:
+        _ip("netns", "del", netns)  # takes the TAP interface with it
+
+
+@pytest.mark.slow
+@needs_pypy
+def test_guest_pings_the_host_over_tap(guest, tap_in_netns):
+    command = guest_command([
+        step("link", "ip link set eth0 up", f"ip addr add {GUEST_ADDRESS}/24 dev eth0",
+             "echo mac: $(cat /sys/class/net/eth0/address)",
+             "echo eth0 driver: $(basename $(readlink -f /sys/class/net/eth0/device/driver))"),
+        step("ping", f"ping -c {PING_COUNT} -W 10 {HOST_ADDRESS}", "echo ping status: $?"),
+        step("end", drain_console_and_power_off()),
+    ])
+    run = boot(guest, command,
+               ["-netdev", f"tap,id=n0,ifname={TAP_NAME},script=no,downscript=no",
+                "-device", f"virtio-net-pci,netdev=n0,mac={GUEST_MAC}"],
+               prefix=["ip", "netns", "exec", tap_in_netns])
+    steps = split_steps(run.stdout)
+    link = section(steps, "link", run)
+    assert f"mac: {GUEST_MAC}" in link and "eth0 driver: virtio_net" in link, f"step link\n{run.describe()}"
+    ping = section(steps, "ping", run)
+    assert f"{PING_COUNT} packets transmitted, {PING_COUNT} packets received" in ping \
+        and "ping status: 0" in ping, f"step ping\n{run.describe()}"
+    section(steps, "end", run)
+    assert run.status == 0 and "reboot: Power down" in run.stdout, f"step end (poweroff)\n{run.describe()}"
