@@ -111,6 +111,8 @@ def _name(insn) -> str:
 
 def report(profiles: List[BlockProfile], retired: int, hot: int) -> None:
     in_blocks = sum(p.runs * len(p.insns) for p in profiles)
+    runs = sum(p.runs for p in profiles)
+    print(f"translated block runs: {runs:,} ({in_blocks / max(runs, 1):.1f} instructions per run, upper bound)")
     print(f"instructions in translated blocks (upper bound): {in_blocks:,} "
           f"({100.0 * in_blocks / max(retired, 1):.1f}% of retired)")
     fallback: Dict[str, int] = Counter()

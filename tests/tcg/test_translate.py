@@ -12,6 +12,7 @@ from typing import Dict, List, Optional
 import pytest
 
 from pyhv.accel.tcg import StopReason
+from pyhv.accel.tcg.cpu import Block
 from pyhv.accel.tcg.translate import Translator
 from pyhv.accel.tcg.translate_insns import EMITTERS
 
@@ -284,6 +285,71 @@ def test_interrupt_waits_for_block_boundary_and_sti_shadow():
     assert result.reason == StopReason.HLT
     assert taken == [CODE + 2]  # after sti and nop, before the loop
     assert cpu.registers()["r15"] == 0x40 and cpu.registers()["rax"] == 0
+
+
+def test_a_pending_interrupt_with_if_clear_keeps_the_chains_and_popf_lets_it_in():
+    # A loop of two blocks runs with an interrupt pending and IF clear (early boot, irqsave
+    # sections): translated blocks must keep chaining, not return to the full lookup after
+    # each block. Then popf sets IF and the interrupt is taken right after that block.
+    code = assemble("""
+        1: inc %rax
+           cmp $400, %rax
+           je 2f
+           jmp 1b
+        2: pushq $0x202
+           popf
+           nop
+           hlt""")
+    memory, cpu = long_mode_cpu(code)
+    cpu.translate_after = 0
+    cpu.interrupt_request = True
+    links = []
+    original_link = Block.link
+
+    def counting_link(block, rip, successor, epoch):
+        links.append(rip)
+        original_link(block, rip, successor, epoch)
+
+    taken = []
+
+    def acknowledge():
+        taken.append(cpu.s.rip)
+        cpu.interrupt_request = False
+        return 0x41
+
+    cpu.acknowledge_interrupt = acknowledge
+    Block.link = counting_link
+    try:
+        result = cpu.run(10_000)
+    finally:
+        Block.link = original_link
+    assert result.reason == StopReason.HLT
+    # The loop's back edge was chained while the interrupt was pending (before, a pending
+    # interrupt ended every chain, so nothing was ever linked).
+    assert links
+    assert cpu.registers()["rax"] == 400
+    assert len(taken) == 1 and cpu.registers()["r15"] == 0x41
+
+
+def test_iretq_to_the_same_code_segment_keeps_the_block_chains():
+    # Every interrupt return reloads CS; only a change of code width or CS base may drop the
+    # chains (the MMU epoch), or each timer tick would make the kernel re-link everything.
+    code = assemble("""
+        mov %rsp, %rbx
+        pushq $0x10
+        pushq %rbx
+        pushq $0x2
+        pushq $0x08
+        lea 1f(%rip), %rax
+        pushq %rax
+        iretq
+        1: hlt""")
+    memory, cpu = long_mode_cpu(code)
+    before = cpu.mmu.epoch
+    result = cpu.run(100)
+    assert result.reason == StopReason.HLT
+    assert cpu.mmu.epoch == before
+    assert cpu.bits == 64
 
 
 def test_untranslated_forms_fall_back_to_the_handler():
