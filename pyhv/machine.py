@@ -14,6 +14,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from . import cpu_model
 from .accel.base import Accelerator, Platform
+from .boot.bzimage import is_bzimage
 from .bus import Bus
 from .chardev import CharBackend, open_chardev
 from .config import DeviceSpec, MachineConfig, parse_int
@@ -29,10 +30,22 @@ POST_CODE_PORT = 0x80
 SCI_IRQ = 9  # the ACPI system control interrupt, as on PIIX4 and in the MADT's override
 
 
-def create_accelerator(names, platform: Platform, notice: Callable[[str], None]) -> Accelerator:
-    """The first accelerator of ``names`` that works here (QEMU's ``-accel kvm:tcg``)."""
+def create_accelerator(names, platform: Platform, notice: Callable[[str], None],
+                       boots_linux: bool = False) -> Accelerator:
+    """The first accelerator of ``names`` that works here (QEMU's ``-accel kvm:tcg``).
+
+    With a choice left and a Linux kernel to boot, KVM must also be able to run Linux
+    (see :mod:`.accel.kvm_probe`); a lone ``-accel kvm`` is taken as asked.
+    """
     failures: List[str] = []
-    for name in names:
+    for position, name in enumerate(names):
+        if name == "kvm" and boots_linux and position < len(names) - 1:
+            from .accel.kvm_probe import linux_blocker
+
+            blocker = linux_blocker(_kvm_device())
+            if blocker is not None:
+                failures.append(f"{name}: {blocker}")
+                continue
         try:
             accel = _ACCELERATORS[name](platform)
         except AccelError as err:
@@ -47,8 +60,12 @@ def create_accelerator(names, platform: Platform, notice: Callable[[str], None])
 def _kvm(platform: Platform) -> Accelerator:
     from .accel.kvm import KvmAccelerator
 
+    return KvmAccelerator(platform, _kvm_device())
+
+
+def _kvm_device() -> str:
     # PYHV_KVM_DEVICE points at another KVM node (a test uses it to play a host without KVM).
-    return KvmAccelerator(platform, os.environ.get("PYHV_KVM_DEVICE", "/dev/kvm"))
+    return os.environ.get("PYHV_KVM_DEVICE", "/dev/kvm")
 
 
 def _tcg(platform: Platform) -> Accelerator:
@@ -58,6 +75,17 @@ def _tcg(platform: Platform) -> Accelerator:
 
 
 _ACCELERATORS: Dict[str, Callable[[Platform], Accelerator]] = {"kvm": _kvm, "tcg": _tcg}
+
+
+def _is_linux_kernel(kernel) -> bool:
+    """Whether ``kernel`` is a bzImage; unreadable files are left to the loader's errors."""
+    if not kernel:
+        return False
+    try:
+        with open(kernel, "rb") as stream:
+            return is_bzimage(stream.read(0x206))
+    except OSError:
+        return False
 
 
 class Machine:
@@ -73,7 +101,8 @@ class Machine:
         model = cpu_model.resolve(config.cpu)
         self.platform = Platform(self.memory, self.pio, self.mmio, self.lifecycle, model,
                                  config.icount_shift, config.icount_sleep)
-        self.accel = create_accelerator(config.accel, self.platform, notice)
+        self.accel = create_accelerator(config.accel, self.platform, notice,
+                                        boots_linux=_is_linux_kernel(config.kernel))
         self.virtio = None
         self.pci = None
         self.iothread = None
