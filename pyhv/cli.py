@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import signal
 import sys
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from . import __version__
 from .devices.pvpanic import PANIC_REASON as GUEST_PANIC_REASON
 from .errors import PyhvError, VmFatalError
-from .lifecycle import Reset, Shutdown
+from .devices.debug_exit import SHUTDOWN_REASON_PREFIX as DEBUG_EXIT_REASON
+from .lifecycle import Reset, Shutdown, StopRequest
 
 EXIT_ERROR = 1
 # Signals that end the VM; the input threads must not swallow them (see _block_signals).
@@ -27,7 +28,13 @@ def run_command(argv: List[str]) -> int:
     if any(a in ("-h", "-help", "--help") for a in argv):
         print(usage())
         return 0
-    config = parse_run_args(argv)
+    return run_config(parse_run_args(argv))[0]
+
+
+def run_config(config) -> Tuple[int, Optional[StopRequest]]:
+    """Run the machine ``config`` describes; its exit status and the request that ended it."""
+    from .machine import Machine
+
     while True:
         # Threads started while building the machine inherit this mask, so terminating
         # signals reach the vCPU (main) thread and interrupt KVM_RUN.
@@ -47,9 +54,9 @@ def run_command(argv: List[str]) -> int:
         if isinstance(stop, Shutdown):
             if stop.reason.startswith("terminating on signal") or stop.reason == GUEST_PANIC_REASON:
                 print(f"pyhv: {stop.reason}", file=sys.stderr)
-            return stop.status
+            return stop.status, stop
         if isinstance(stop, Reset) and config.no_reboot:
-            return 0
+            return 0, stop
         # A reset without -no-reboot: build the machine again and boot from scratch.
 
 
@@ -68,7 +75,36 @@ def _restore_handlers(previous: Dict[int, object]) -> None:
 def guest_command(argv: List[str]) -> int:
     from .guestimage import main as guest_main
 
+    if argv and argv[0] == "run":
+        return guest_run(argv[1:])
     return guest_main(argv)
+
+
+# What `pyhv guest run` gives the default guest before the user's own options (which win).
+GUEST_RUN_DEFAULTS = ["-accel", "kvm:tcg", "-m", "256", "-nographic", "-no-reboot",
+                      "-device", "isa-debug-exit,iobase=0xf4,iosize=4"]
+
+
+def guest_run(argv: List[str]) -> int:
+    """``pyhv guest run [RUN OPTIONS] [-- COMMAND]``: boot the default guest (built and cached
+    on first use); with a command, run it in the guest and exit with its status, else give
+    the guest's shell on the console."""
+    from .guestimage import build_default_guest
+    from .qemu_args import parse_run_args
+
+    options, command = argv, []
+    if "--" in argv:
+        split = argv.index("--")
+        options, command = argv[:split], argv[split + 1:]
+    guest = build_default_guest()
+    append = guest.cmdline + (" -- " + " ".join(command) if command else "")
+    config = parse_run_args(GUEST_RUN_DEFAULTS + ["-kernel", str(guest.kernel), "-initrd", str(guest.initrd),
+                                                  "-append", append] + options)
+    status, stop = run_config(config)
+    if isinstance(stop, Shutdown) and stop.reason.startswith(DEBUG_EXIT_REASON):
+        # /init reports the command's status s through isa-debug-exit, which exits (s << 1) | 1.
+        return status >> 1
+    return status
 
 
 def img_command(argv: List[str]) -> int:
@@ -94,7 +130,7 @@ USAGE = """usage: pyhv COMMAND [ARGS]
 
 commands:
   run    run a VM; options use qemu-system-x86_64's syntax (pyhv run -help)
-  guest  build or locate the default Debian guest (pyhv guest build|path|clean)
+  guest  build, locate or boot the default Debian guest (pyhv guest build|path|clean|run)
   img    create, inspect and convert disk images, like qemu-img (pyhv img --help)
   virsh  define, start and control domains (libvirt-style XML), like virsh (pyhv virsh help)
 """

@@ -98,3 +98,45 @@ def test_no_permission_on_kvm(monkeypatch, capsys):
     status = cli.main(["run", "-accel", "kvm", "-kernel", "k"])
     err = capsys.readouterr().err
     assert status == 1 and err.startswith("pyhv: ") and "no permission to open /dev/kvm" in err
+
+
+class _FakeGuest:
+    kernel = "/cache/vmlinuz"
+    initrd = "/cache/initrd.cpio"
+    cmdline = "console=ttyS0 quiet"
+
+
+def _fake_guest_run(monkeypatch, stop):
+    from pyhv import cli
+    from pyhv import guestimage
+
+    seen = {}
+
+    def fake_run_config(config):
+        seen["config"] = config
+        return stop.status, stop
+
+    monkeypatch.setattr(guestimage, "build_default_guest", lambda: _FakeGuest())
+    monkeypatch.setattr(cli, "run_config", fake_run_config)
+    return cli, seen
+
+
+def test_guest_run_passes_the_command_and_returns_its_status(monkeypatch):
+    from pyhv.lifecycle import Shutdown
+
+    # The guest's /init wrote 3 to isa-debug-exit: the VM's status is (3 << 1) | 1.
+    cli, seen = _fake_guest_run(monkeypatch, Shutdown(7, "isa-debug-exit: guest wrote 0x3 (1 bytes)"))
+    assert cli.main(["guest", "run", "-m", "512", "--", "cat", "/proc/cpuinfo"]) == 3
+    config = seen["config"]
+    assert config.append == "console=ttyS0 quiet -- cat /proc/cpuinfo"
+    assert str(config.kernel) == _FakeGuest.kernel and str(config.initrd) == _FakeGuest.initrd
+    assert config.accel == ("kvm", "tcg")
+    assert config.ram_size == 512 << 20  # the user's options come after the defaults and win
+
+
+def test_guest_run_without_a_command_keeps_other_exit_statuses(monkeypatch):
+    from pyhv.lifecycle import Shutdown
+
+    cli, seen = _fake_guest_run(monkeypatch, Shutdown(0, "ACPI power-off"))
+    assert cli.main(["guest", "run", "-accel", "tcg"]) == 0
+    assert " -- " not in seen["config"].append and seen["config"].accel == ("tcg",)

@@ -13,6 +13,7 @@ from ..lifecycle import Lifecycle
 DEFAULT_IOBASE = 0x501  # QEMU's defaults when -device isa-debug-exit has no options
 DEFAULT_IOSIZE = 2
 EXIT_STATUS_MASK = 0xFF
+SHUTDOWN_REASON_PREFIX = "isa-debug-exit:"  # how the shutdown reason starts (pyhv guest run reads it)
 
 
 def exit_status(value: int, size: int) -> int:
@@ -33,4 +34,4 @@ class DebugExit:
     def write(self, offset: int, size: int, value: int) -> None:
         # Like QEMU, the offset inside the window does not matter.
         status = exit_status(value, size)
-        self._lifecycle.shutdown(status, f"isa-debug-exit: guest wrote {value:#x} ({size} bytes)")
+        self._lifecycle.shutdown(status, f"{SHUTDOWN_REASON_PREFIX} guest wrote {value:#x} ({size} bytes)")

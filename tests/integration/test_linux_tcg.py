@@ -86,3 +86,13 @@ def test_guest_kernel_panic_ends_pyhv_with_a_message_and_a_failure_status(guest)
     assert "Kernel panic" in result.stdout, describe(result)
     assert "pyhv: guest kernel panicked" in result.stderr, describe(result)
     assert result.returncode == PANIC_EXIT_STATUS != 0, describe(result)
+
+
+def test_guest_run_prints_the_command_output_and_returns_its_status():
+    # pyhv guest run: the default guest with -accel kvm:tcg, which falls back to tcg on a
+    # host whose KVM cannot run Linux; the command's own status comes back, not (s << 1) | 1.
+    argv = [sys.executable, "-m", "pyhv", "guest", "run", "--", "echo guest-says-hi; exit 3"]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=BOOT_TIMEOUT_S,
+                            stdin=subprocess.DEVNULL)
+    assert "guest-says-hi" in result.stdout, describe(result)
+    assert result.returncode == 3, describe(result)
