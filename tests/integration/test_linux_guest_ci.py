@@ -1,7 +1,8 @@
 """The default Linux guest (Debian 6.1 cloud kernel, busybox initramfs) on the software CPU,
-checked from inside: its virtio drivers, an ext4 disk, the hardware RNG and a TAP network.
+checked from inside: its virtio drivers, an ext4 disk and a raw one, the hardware RNG and a TAP
+network.
 
-``test_one_boot_checks_kernel_timer_virtio_disk_and_rng`` is the CI boot (issue #5): one boot
+``test_one_boot_checks_kernel_timer_virtio_disks_and_rng`` is the CI boot (issue #5): one boot
 of minutes on PyPy runs every check in one guest command, separated by step markers so that
 a failure names the step that broke. ``test_guest_pings_the_host_over_tap`` (slow, root) puts
 a TAP interface in a network namespace of its own and lets the guest ping it (issue #6).
@@ -21,9 +22,10 @@ import secrets
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Dict, List, NamedTuple, Optional
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import pytest
 
@@ -86,22 +88,53 @@ def drain_console_and_power_off() -> str:
     return "stty -F /dev/console $(stty -F /dev/console -g); poweroff -f"
 
 
-def boot(guest, command: str, devices: List[str], prefix: Optional[List[str]] = None) -> Console:
+def boot(guest, command: str, devices: List[str], prefix: Optional[List[str]] = None,
+         at_step: Optional[Tuple[str, Callable[[], None]]] = None) -> Console:
     """Boot the default guest on -accel tcg running ``command``; no isa-debug-exit device, so
-    the guest leaves through ACPI power-off."""
+    the guest leaves through ACPI power-off. ``at_step`` is (step name, action): the action
+    runs on the host once the guest has printed that step's marker, while the guest goes on."""
     argv = (prefix or []) + [
         sys.executable, "-m", "pyhv", "run", "-accel", "tcg", "-m", "256", "-nographic", "-no-reboot",
         "-kernel", str(guest.kernel), "-initrd", str(guest.initrd), *devices,
         "-append", f"{guest.cmdline} -- {command}"]
     started = time.monotonic()
+    deadline = started + BOOT_TIMEOUT_S
+    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    console: List[bytes] = []
+    errors: List[bytes] = []
+    reached = threading.Event()
+    marker = f"{STEP_MARKER} {at_step[0]}".encode() if at_step else None
+
+    def read_console() -> None:
+        for line in process.stdout:
+            console.append(line)
+            if marker is not None and line.rstrip() == marker:
+                reached.set()
+        reached.set()  # the guest ended without reaching the step: stop waiting
+
+    readers = [threading.Thread(target=read_console, daemon=True),
+               threading.Thread(target=lambda: errors.append(process.stderr.read()), daemon=True)]
+    for reader in readers:
+        reader.start()
     try:
-        done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              timeout=BOOT_TIMEOUT_S)
-    except subprocess.TimeoutExpired as err:
-        partial = Console(_text(err.stdout), _text(err.stderr), -1)
+        if at_step is not None and reached.wait(max(0.0, deadline - time.monotonic())) and process.poll() is None:
+            at_step[1]()
+        process.wait(timeout=max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        for reader in readers:
+            reader.join()
+        partial = Console(_text(b"".join(console)), _text(b"".join(errors)), -1)
         pytest.fail(f"guest still running after {BOOT_TIMEOUT_S} s, killed\n{partial.describe()}")
-    print(f"boot took {time.monotonic() - started:.0f} s, exit status {done.returncode}")
-    return Console(_text(done.stdout), _text(done.stderr), done.returncode)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    for reader in readers:
+        reader.join()
+    print(f"boot took {time.monotonic() - started:.0f} s, exit status {process.returncode}")
+    return Console(_text(b"".join(console)), _text(b"".join(errors)), process.returncode)
 
 
 def _text(data: Optional[bytes]) -> str:
@@ -170,27 +203,36 @@ def test_guest_command_runs_its_steps_under_sh_as_init_runs_it():
 
 
 @needs_pypy
-def test_one_boot_checks_kernel_timer_virtio_disk_and_rng(guest, tmp_path):
+def test_one_boot_checks_kernel_timer_virtio_disks_and_rng(guest, tmp_path):
     image = tmp_path / "disk.ext4"
     make_ext4_image(image)
+    raw_image = tmp_path / "raw.img"
+    with open(raw_image, "wb") as stream:
+        stream.truncate(DISK_SIZE)
     content = "pyhv-" + secrets.token_hex(16)
+    raw_content = "pyhv-raw-" + secrets.token_hex(16)
     command = guest_command([
         step("uname", "uname -r"),
         step("cpuinfo", "cat /proc/cpuinfo"),
         step("interrupts-before", "cat /proc/interrupts", "sleep 1"),
         step("interrupts-after", "cat /proc/interrupts"),
         step("drivers",
-             "for d in /sys/bus/virtio/drivers/*; do echo driver ${d##*/}: $(ls $d | grep virtio); done",
-             "echo vda at $(readlink -f /sys/block/vda)", "lsmod"),
-        step("disk", f"mkdir -p {GUEST_MOUNT}",
-             f"mount -t ext4 /dev/vda {GUEST_MOUNT} && echo {content} > {GUEST_MOUNT}{CHECK_FILE}"
-             f" && cat {GUEST_MOUNT}{CHECK_FILE} && sync && umount {GUEST_MOUNT} && echo disk: unmounted"),
+             "for d in /sys/bus/virtio/drivers/*; do echo driver ${d##*/}: $(ls $d | grep virtio); done", "lsmod"),
+        # Which vdX is which depends on probe order: tell the disks apart by their transport.
+        step("disks", "for b in /sys/block/vd*; do p=$(readlink -f $b); echo disk ${b##*/} at $p",
+             "case $p in *LNRO0005*) mmio=${b##*/};; */pci0000:00/*) pci=${b##*/};; esac; done"),
+        step("ext4", f"mkdir -p {GUEST_MOUNT}",
+             f"mount -t ext4 /dev/$mmio {GUEST_MOUNT} && echo {content} > {GUEST_MOUNT}{CHECK_FILE}"
+             f" && cat {GUEST_MOUNT}{CHECK_FILE} && sync && umount {GUEST_MOUNT} && echo ext4: unmounted"),
+        step("raw", f"echo {raw_content} | dd of=/dev/$pci conv=fsync 2>/dev/null && echo raw: written"),
         step("hwrng", "echo rng_current: $(cat /sys/class/misc/hw_random/rng_current)",
              f"head -c {HWRNG_BYTES} /dev/hwrng | od -An -v -tx1"),
         step("end", drain_console_and_power_off()),
     ])
-    # The disk on the virtio-mmio transport (ACPI LNRO0005), the RNG on virtio-pci: both covered.
-    run = boot(guest, command, ["-drive", f"file={image},if=virtio,format=raw", "-device", "virtio-rng-pci"])
+    # The ext4 disk on the virtio-mmio transport (ACPI LNRO0005), the raw disk and the RNG on virtio-pci.
+    run = boot(guest, command, ["-drive", f"file={image},if=virtio,format=raw",
+                                "-drive", f"file={raw_image},if=none,id=raw0,format=raw",
+                                "-device", "virtio-blk-pci,drive=raw0", "-device", "virtio-rng-pci"])
     steps = split_steps(run.stdout)
 
     assert guest.kernel_version in section(steps, "uname", run), f"step uname\n{run.describe()}"
@@ -207,11 +249,15 @@ def test_one_boot_checks_kernel_timer_virtio_disk_and_rng(guest, tmp_path):
     for driver in ("virtio_blk", "virtio_rng"):
         assert re.search(rf"^driver {driver}: virtio\d+", drivers, re.MULTILINE), \
             f"step drivers: no device bound to {driver}\n{run.describe()}"
-    assert re.search(r"^vda at /sys/devices/platform/LNRO0005:\d+/virtio\d+/block/vda", drivers, re.MULTILINE), \
-        f"step drivers: /dev/vda is not on the virtio-mmio device from ACPI\n{run.describe()}"
+    disks = section(steps, "disks", run)
+    for transport, path in (("virtio-mmio (ACPI)", r"/sys/devices/platform/LNRO0005:\d+/virtio\d+/block/vd\w+"),
+                            ("virtio-pci", r"/sys/devices/pci0000:00/[^/]+/virtio\d+/block/vd\w+")):
+        assert re.search(rf"^disk vd\w+ at {path}\s*$", disks, re.MULTILINE), \
+            f"step disks: no disk on {transport}\n{run.describe()}"
 
-    disk = section(steps, "disk", run)
-    assert content in disk and "disk: unmounted" in disk, f"step disk\n{run.describe()}"
+    ext4 = section(steps, "ext4", run)
+    assert content in ext4 and "ext4: unmounted" in ext4, f"step ext4\n{run.describe()}"
+    assert "raw: written" in section(steps, "raw", run), f"step raw\n{run.describe()}"
 
     rng = section(steps, "hwrng", run)
     assert re.search(r"^rng_current: virtio_rng\.\d+", rng, re.MULTILINE), f"step hwrng\n{run.describe()}"
@@ -224,6 +270,10 @@ def test_one_boot_checks_kernel_timer_virtio_disk_and_rng(guest, tmp_path):
     assert run.status == 0 and "reboot: Power down" in run.stdout, f"step end (poweroff)\n{run.describe()}"
     assert read_back(image, CHECK_FILE) == content + "\n", \
         f"the host read back another {CHECK_FILE} than the guest wrote\n{run.describe()}"
+    with open(raw_image, "rb") as stream:
+        written = stream.read(len(raw_content) + 1)
+    assert written == (raw_content + "\n").encode(), \
+        f"the raw disk starts with {written!r}, not what the guest wrote\n{run.describe()}"
 
 
 def _ip(*args: str, netns: Optional[str] = None) -> subprocess.CompletedProcess:
@@ -256,25 +306,54 @@ def tap_in_netns():
         _ip("netns", "del", netns)  # takes the TAP interface with it
 
 
+def host_ping_command() -> List[str]:
+    if shutil.which("ping"):
+        return ["ping"]
+    if shutil.which("busybox"):
+        return ["busybox", "ping"]
+    pytest.skip("needs ping on the host (Debian package iputils-ping or busybox-static)")
+
+
 @pytest.mark.slow
 @needs_pypy
-def test_guest_pings_the_host_over_tap(guest, tap_in_netns):
+def test_guest_and_host_ping_each_other_over_tap(guest, tap_in_netns):
+    host_ping = host_ping_command()
+    # The guest's count of echo requests received, found by its column name in /proc/net/snmp.
+    echo_requests = ("awk '/^Icmp:/ {n++; for (i = 2; i <= NF; i++) {if (n == 1) k[i] = $i; "
+                     "else if (k[i] ~ /^InEchos$/) print $i}}' /proc/net/snmp")
     command = guest_command([
         step("link", "ip link set eth0 up", f"ip addr add {GUEST_ADDRESS}/24 dev eth0",
              "echo mac: $(cat /sys/class/net/eth0/address)",
              "echo eth0 driver: $(basename $(readlink -f /sys/class/net/eth0/device/driver))"),
         step("ping", f"ping -c {PING_COUNT} -W 10 {HOST_ADDRESS}", "echo ping status: $?"),
+        # The host pings now; the guest waits (bounded) until it has answered them all.
+        step("wait-for-host", f"e() {{ {echo_requests}; }}", "n=0",
+             f"while [ $(e) -lt {PING_COUNT} ] && [ $n -lt 600 ]; do sleep 1; n=$((n+1)); done",
+             "echo echo requests answered: $(e)"),
         step("end", drain_console_and_power_off()),
     ])
+    host_pinged: List[subprocess.CompletedProcess] = []
+
+    def ping_the_guest() -> None:
+        host_pinged.append(subprocess.run(
+            ["ip", "netns", "exec", tap_in_netns, *host_ping, "-c", str(PING_COUNT), "-W", "10", GUEST_ADDRESS],
+            capture_output=True, text=True, timeout=300))
+
     run = boot(guest, command,
                ["-netdev", f"tap,id=n0,ifname={TAP_NAME},script=no,downscript=no",
                 "-device", f"virtio-net-pci,netdev=n0,mac={GUEST_MAC}"],
-               prefix=["ip", "netns", "exec", tap_in_netns])
+               prefix=["ip", "netns", "exec", tap_in_netns], at_step=("wait-for-host", ping_the_guest))
     steps = split_steps(run.stdout)
     link = section(steps, "link", run)
     assert f"mac: {GUEST_MAC}" in link and "eth0 driver: virtio_net" in link, f"step link\n{run.describe()}"
     ping = section(steps, "ping", run)
     assert f"{PING_COUNT} packets transmitted, {PING_COUNT} packets received" in ping \
-        and "ping status: 0" in ping, f"step ping\n{run.describe()}"
+        and "ping status: 0" in ping, f"step ping (guest to host)\n{run.describe()}"
+    waited = section(steps, "wait-for-host", run)
+    assert host_pinged and host_pinged[0].returncode == 0, \
+        f"host to guest ping: {host_pinged[0].stdout + host_pinged[0].stderr if host_pinged else 'not run'}" \
+        f"\n{run.describe()}"
+    answered = re.search(r"^echo requests answered: (\d+)", waited, re.MULTILINE)
+    assert answered is not None and int(answered.group(1)) >= PING_COUNT, f"step wait-for-host\n{run.describe()}"
     section(steps, "end", run)
     assert run.status == 0 and "reboot: Power down" in run.stdout, f"step end (poweroff)\n{run.describe()}"
