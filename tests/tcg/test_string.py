@@ -168,3 +168,18 @@ def test_flags_of_a_compare_are_those_of_the_last_pair():
     _, r, _ = _run("repe cmpsb", {"rcx": 3, "rsi": SRC, "rdi": DST}, None, b"\x01\x01\x05", b"\x01\x01\x07")
     assert not r["rflags"] & ZF and r["rflags"] & 1  # 5 - 7 borrows: CF
     assert r["rcx"] == 0
+
+
+@both_engines
+@pytest.mark.parametrize("opcode, name", [(0x6D, "ins"), (0x6F, "outs")])
+def test_rex_w_ins_outs_move_doublewords_and_step_by_four(opcode, name, translate_after):
+    # REX.W does not widen ins/outs: the access and the step stay 4 bytes (SDM, INS and OUTS).
+    source = f".byte 0xf3, 0x48, {opcode:#x}"
+    memory, r, port = _run(source, {"rcx": 2, "rsi": SRC, "rdi": DST, "rdx": PORT}, translate_after,
+                           bytes(range(1, 9)))
+    if name == "ins":
+        assert memory.read(DST, 12) == bytes([0x10, 0, 0, 0, 0x11, 0, 0, 0, 0, 0, 0, 0])
+        assert r["rdi"] == DST + 8
+    else:
+        assert port.writes == [(4, 0x04030201), (4, 0x08070605)]
+        assert r["rsi"] == SRC + 8

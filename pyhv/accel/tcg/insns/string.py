@@ -48,7 +48,7 @@ def _repeat(cpu, i: Insn, size: int, element: Element, first: int, second: int) 
     counting RCX down after each element."""
     regs = cpu.s.regs
     adsize = i.adsize
-    delta = -i.opsize if cpu.s.rflags & DF else i.opsize
+    delta = -size if cpu.s.rflags & DF else size
     if not i.rep:
         return element(cpu, regs, adsize, size, delta, first, second)
     repe = i.rep == REPE
