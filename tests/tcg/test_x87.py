@@ -198,3 +198,60 @@ def test_emms_and_fnclex():
     r = cpu.registers()
     assert r["rbx"] & (FSW_IE | FSW_SF) == FSW_IE | FSW_SF  # the stack was empty after emms
     assert r["rax"] & 0xFF == 0
+
+
+def _top(status: int) -> int:
+    return (status >> 11) & 7
+
+
+@pytest.mark.parametrize("load, store, store_pop, data, width", [
+    ("flds", "fsts", "fstps", struct.pack("<f", -1.75), 4),
+    ("fldl", "fstl", "fstpl", f64(3.0e-300), 8),
+    ("filds", "fists", "fistps", struct.pack("<h", -1234), 2),
+    ("fildl", "fistl", "fistpl", struct.pack("<i", 99_999_999), 4),
+])
+def test_every_load_and_store_format_round_trips_and_only_the_p_form_pops(load, store, store_pop,
+                                                                          data, width):
+    source = (f"fninit\n{load} {DATA}\n{store} {OUT}\nfnstsw {OUT + 32}\n"
+              f"{store_pop} {OUT + 16}\nfnstsw {OUT + 34}")
+    memory, _ = run(source, data)
+    assert memory.read(OUT, width) == data and memory.read(OUT + 16, width) == data
+    assert _top(memory.read_u16(OUT + 32)) == 7  # fst kept the value on the stack
+    assert _top(memory.read_u16(OUT + 34)) == 0  # fstp popped it
+
+
+@pytest.mark.parametrize("modrm_bytes", ["0xd9, 0x08", "0xdb, 0x08", "0xdb, 0x20", "0xdb, 0x30",
+                                         "0xdd, 0x08", "0xdd, 0x28", "0xdf, 0x08"])
+def test_undefined_memory_forms_raise_ud(modrm_bytes):
+    # D9/1, DB/4, DB/6, DD/5 are reserved; DB/1, DD/1, DF/1 (fisttp) are SSE3, not advertised.
+    _, cpu = run(f"fninit\nmov ${DATA}, %rax\nmov $1, %r14\n.byte {modrm_bytes}\nmov $2, %r14")
+    r = cpu.registers()
+    assert r["r15"] == 6 and r["r14"] == 1
+
+
+def test_fnsave_frstor_fnstsw_m16_and_fldcw_fnstcw():
+    source = (f"fninit\nmovw $0x27f, {DATA}\nfldcw {DATA}\nfld1\nfldpi\nfnsave {OUT}\n"
+              f"fnstcw {OUT + 200}\nfnstsw {OUT + 202}\nfrstor {OUT}\nfnstcw {OUT + 204}\n"
+              f"fstpt {OUT + 210}\nfstpt {OUT + 220}")
+    memory, _ = run(source)
+    assert memory.read_u16(OUT) == 0x27F  # fnsave stored the control word first
+    assert memory.read_u16(OUT + 200) == 0x37F and memory.read_u16(OUT + 202) == 0  # then fninit
+    assert memory.read_u16(OUT + 204) == 0x27F  # frstor brought it back, and the stack
+    assert int.from_bytes(memory.read(OUT + 210, 10), "little") == PI_80
+    assert int.from_bytes(memory.read(OUT + 220, 10), "little") == ONE_80
+
+
+def test_register_forms_ffree_fst_sti_fucomp_fcmov_and_ffreep():
+    source = (f"fninit\nfldl {DATA}\nfld1\n"   # st0 = 1, st1 = 5
+              "fst %st(1)\n"                   # st1 = 1
+              "fucom %st(1)\nfnstsw %ax\nmov %rax, %rbx\n"  # equal: C3
+              f"fldl {DATA}\nstc\nfcmovb %st(1), %st\nfstpl {OUT}\n"  # CF: st0 = st1 (= 1)
+              f"fldl {DATA}\nclc\nfcmovb %st(1), %st\nfstpl {OUT + 8}\n"  # no CF: keeps 5
+              "fucomp %st(1)\nfnstsw %ax\nmov %rax, %rcx\n"  # pops one
+              "ffree %st(0)\nffreep %st(7)\nfnstsw %ax\nfnstenv %ds:" + str(OUT + 16))
+    memory, cpu = run(source, f64(5.0))
+    r = cpu.registers()
+    assert r["rbx"] & 0x4500 == 0x4000
+    assert struct.unpack("<2d", memory.read(OUT, 16)) == (1.0, 5.0)
+    assert _top(r["rcx"]) == 7
+    assert _top(r["rax"]) == 0 and memory.read_u16(OUT + 16 + 8) == 0xFFFF  # all empty
