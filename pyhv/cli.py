@@ -12,7 +12,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from . import __version__
 from .devices.pvpanic import PANIC_REASON as GUEST_PANIC_REASON
-from .errors import PyhvError, VmFatalError
+from .errors import ConfigError, PyhvError, VmFatalError
 from .devices.debug_exit import SHUTDOWN_REASON_PREFIX as DEBUG_EXIT_REASON
 from .lifecycle import Reset, Shutdown, StopRequest
 
@@ -85,6 +85,21 @@ GUEST_RUN_DEFAULTS = ["-accel", "kvm:tcg", "-m", "256", "-nographic", "-no-reboo
                       "-device", "isa-debug-exit,iobase=0xf4,iosize=4"]
 
 
+# The kernel passes each word after `--` to init as an argument and panics past this many.
+MAX_INIT_ARGS = 32
+
+
+def _init_command(text: str) -> str:
+    """``text`` as the default guest's /init reads it: in double quotes, one init argument."""
+    if '"' not in text:
+        return f'"{text}"'
+    if len(text.split()) >= MAX_INIT_ARGS:
+        raise ConfigError(f"the guest command has {len(text.split())} words and double quotes; the kernel "
+                          f"refuses more than {MAX_INIT_ARGS} init arguments: drop the quotes or "
+                          "put the command in a script")
+    return text
+
+
 def guest_run(argv: List[str]) -> int:
     """``pyhv guest run [RUN OPTIONS] [-- COMMAND]``: boot the default guest (built and cached
     on first use); with a command, run it in the guest and exit with its status, else give
@@ -97,7 +112,9 @@ def guest_run(argv: List[str]) -> int:
         split = argv.index("--")
         options, command = argv[:split], argv[split + 1:]
     guest = build_default_guest()
-    append = guest.cmdline + (" -- " + " ".join(command) if command else "")
+    append = guest.cmdline
+    if command:
+        append += " -- " + _init_command(" ".join(command))
     config = parse_run_args(GUEST_RUN_DEFAULTS + ["-kernel", str(guest.kernel), "-initrd", str(guest.initrd),
                                                   "-append", append] + options)
     status, stop = run_config(config)

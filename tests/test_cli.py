@@ -128,7 +128,7 @@ def test_guest_run_passes_the_command_and_returns_its_status(monkeypatch):
     cli, seen = _fake_guest_run(monkeypatch, Shutdown(7, "isa-debug-exit: guest wrote 0x3 (1 bytes)"))
     assert cli.main(["guest", "run", "-m", "512", "--", "cat", "/proc/cpuinfo"]) == 3
     config = seen["config"]
-    assert config.append == "console=ttyS0 quiet -- cat /proc/cpuinfo"
+    assert config.append == 'console=ttyS0 quiet -- "cat /proc/cpuinfo"'
     assert str(config.kernel) == _FakeGuest.kernel and str(config.initrd) == _FakeGuest.initrd
     assert config.accel == ("kvm", "tcg")
     assert config.ram_size == 512 << 20  # the user's options come after the defaults and win
@@ -140,3 +140,15 @@ def test_guest_run_without_a_command_keeps_other_exit_statuses(monkeypatch):
     cli, seen = _fake_guest_run(monkeypatch, Shutdown(0, "ACPI power-off"))
     assert cli.main(["guest", "run", "-accel", "tcg"]) == 0
     assert " -- " not in seen["config"].append and seen["config"].accel == ("tcg",)
+
+
+def test_guest_run_keeps_a_command_with_quotes_as_it_is_and_refuses_one_too_long(monkeypatch):
+    from pyhv.lifecycle import Shutdown
+
+    cli, seen = _fake_guest_run(monkeypatch, Shutdown(1, "isa-debug-exit: guest wrote 0x0 (1 bytes)"))
+    assert cli.main(["guest", "run", "--", 'echo "a b"']) == 0
+    assert seen["config"].append.endswith(' -- echo "a b"')
+    seen.clear()
+    words = ['echo "x"'] + ["w"] * 40
+    assert cli.main(["guest", "run", "--"] + words) == 1  # a clear error, the VM not started
+    assert "config" not in seen

@@ -8,7 +8,9 @@ ttyS0 its controlling terminal) and powers off with the shell's status when it e
 
 The command is read from ``/proc/cmdline`` rather than from init's argv: the kernel splits
 argv at spaces and only understands double quotes, so ``-- sh -c 'exit 3'`` would reach init as
-``'exit`` and ``3'``; the text after the first `` -- `` is instead handed to ``sh -c`` verbatim.
+``'exit`` and ``3'``; the text after the first `` -- `` is instead handed to ``sh -c`` verbatim,
+less a pair of double quotes around all of it (``pyhv guest run`` adds them: the kernel counts a
+quoted command as one init argument, and panics past 32 of them).
 
 The ACPI power button (``virsh shutdown``, QMP ``system_powerdown``) powers the guest off, as on
 a distribution where acpid or systemd-logind acts on it: the kernel's ``button`` driver reports
@@ -91,6 +93,18 @@ command=
 padded_cmdline=" $(cat /proc/cmdline)"
 case "$padded_cmdline" in
     *" -- "*) command=${padded_cmdline#* -- } ;;
+esac
+# The kernel hands each word after -- to init as an argument and panics past 32 ("Too many
+# boot init vars"); a double-quoted command is one argument, so `pyhv guest run` quotes it.
+# The quotes are not part of the command (only when they are the only ones in it).
+case "$command" in
+    \"*\")
+        inner=${command#\"}
+        inner=${inner%\"}
+        case "$inner" in
+            *\"*) ;;
+            *) command=$inner ;;
+        esac ;;
 esac
 
 echo "pyhv-guest: init ready"

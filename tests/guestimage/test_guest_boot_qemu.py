@@ -113,3 +113,12 @@ def test_shell_mode_runs_typed_commands_with_job_control(guest: DefaultGuest) ->
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_a_double_quoted_command_of_many_words_runs_unquoted(guest: DefaultGuest) -> None:
+    # pyhv guest run quotes the command: unquoted, these 41 words would be 41 init arguments
+    # and the kernel panics past 32 before /init runs.
+    words = [f"w{n}" for n in range(40)]
+    status, output = run_command(guest, '"echo ' + " ".join(words) + '"')
+    assert output[:2] == [" ".join(words), f"{STATUS_MARKER} 0"]
+    assert status == (0 << 1) | 1
