@@ -255,3 +255,16 @@ def test_register_forms_ffree_fst_sti_fucomp_fcmov_and_ffreep():
     assert struct.unpack("<2d", memory.read(OUT, 16)) == (1.0, 5.0)
     assert _top(r["rcx"]) == 7
     assert _top(r["rax"]) == 0 and memory.read_u16(OUT + 16 + 8) == 0xFFFF  # all empty
+
+
+@pytest.mark.parametrize("rflags", [0x2, 0x3, 0x42, 0x6, 0x43])
+@pytest.mark.parametrize("mnemonic, taken_if", [
+    ("fcmovb", lambda f: f & 1), ("fcmove", lambda f: f & 0x40),
+    ("fcmovbe", lambda f: f & 0x41), ("fcmovu", lambda f: f & 4),
+    ("fcmovnb", lambda f: not f & 1), ("fcmovne", lambda f: not f & 0x40),
+    ("fcmovnbe", lambda f: not f & 0x41), ("fcmovnu", lambda f: not f & 4),
+])
+def test_fcmov_moves_on_its_condition(mnemonic, taken_if, rflags):
+    source = f"fninit\nfld1\nfldz\npush ${rflags:#x}\npopfq\n{mnemonic} %st(1), %st\nfstpl {OUT}"
+    memory, _ = run(source)
+    assert struct.unpack("<d", memory.read(OUT, 8))[0] == (1.0 if taken_if(rflags) else 0.0)
