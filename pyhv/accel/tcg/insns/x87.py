@@ -1,18 +1,19 @@
 """x87 floating-point instructions: the D8-DF escape opcodes, FWAIT and EMMS.
 
-Each escape opcode has one handler. Memory forms dispatch on the ModRM ``reg`` field;
-register forms (mod 3) on ``reg`` for the ST(i) families and on the whole ModRM byte for the
-others (FNINIT, FLD1, FSIN …). The model itself lives in :mod:`.x87_arith`.
+One handler, :func:`escape`, serves all eight escape opcodes through tables keyed by
+(opcode, ModRM ``reg``), one for memory forms and one for register forms (mod 3); the forms
+that the whole ModRM byte names (FNINIT, FLD1, FSIN …) are found by that byte. The model
+itself lives in :mod:`.x87_arith`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict
+from typing import Callable, Dict, Tuple
 
 from ..decoder import Insn, register
 from ..faults import MF, NM, UD, GuestFault
-from ..flags import get_cf, get_pf, get_zf
+from ..flags import condition
 from ..fpu import (F80_EXP_MAX, F80_INDEFINITE, F80_INTEGER_BIT, FSW_C0, FSW_C1, FSW_C2, FSW_C3,
                    FSW_B, FSW_ES, FSW_EXCEPTIONS, FSW_IE, FSW_SF, FSW_ZE, MASK64, X87State, f80_is_nan,
                    f80_round_to_float, f80_to_float, float_to_f80)
@@ -22,10 +23,6 @@ from .x87_arith import (COM, COMP, CONSTANTS, CR0_MP, CR0_TS, SIGN80, SUB, Unmas
                         compare_to_eflags, enter, fnsave, frstor, load_bcd, load_env, load_int,
                         load_real, pop, push, raise_flags, record, rounding, set_cc, st_get, st_set,
                         store_bcd, store_env, store_int, store_real)
-
-# Memory operand of the arithmetic escapes: (integer?, size).
-_ARITH_MEMORY = {0xD8: (False, 4), 0xDA: (True, 4), 0xDC: (False, 8), 0xDE: (True, 2)}
-
 
 def _modrm(i: Insn) -> int:
     return (i.mod << 6) | (i.raw_reg << 3) | (i.rm & 7)
@@ -41,111 +38,125 @@ def _arith_to(x87: X87State, op: int, dest: int, a: int, b: int, pops: int) -> N
         pop(x87)
 
 
-# --- memory forms -----------------------------------------------------------------------------
-def _memory_arith(cpu, x87: X87State, i: Insn, addr: int) -> None:
-    integer, size = _ARITH_MEMORY[i.op]
-    operand = load_int(cpu, addr, size) if integer else load_real(cpu, addr, size)
-    op = i.raw_reg
-    _arith_to(x87, op, 0, st_get(x87, 0), operand, 1 if op == COMP else 0)
+# --- control and memory forms ----------------------------------------------------------------
+# Tables keyed by (escape opcode, ModRM reg). A control form enters the x87 state itself,
+# waiting or not, and is not recorded as the last x87 instruction; a data form runs once the
+# state is entered and the instruction recorded; a (op, reg) in neither table is #UD.
+ControlForm = Callable[[object, Insn, int], None]
+DataForm = Callable[[object, X87State, int], None]
+Reader = Callable[[object, int], int]
+Writer = Callable[[object, X87State, int, int], None]
 
 
-def _memory_d9(cpu, x87: X87State, i: Insn, addr: int) -> None:
-    reg = i.raw_reg
-    if reg == 0:
-        push(x87, load_real(cpu, addr, 4))
-    elif reg == 2 or reg == 3:
-        store_real(cpu, x87, addr, 4, st_get(x87, 0))
-        if reg == 3:
+def _fldenv(cpu, i: Insn, addr: int) -> None:
+    load_env(cpu, enter(cpu), addr, i.opsize)
+
+
+def _fldcw(cpu, i: Insn, addr: int) -> None:
+    x87 = enter(cpu)
+    x87.fcw = cpu.mmu.read(addr, 2)
+    x87.update_summary()
+
+
+def _fnstenv(cpu, i: Insn, addr: int) -> None:
+    """The environment, then every exception masked."""
+    x87 = enter(cpu, waiting=False)
+    store_env(cpu, x87, addr, i.opsize)
+    x87.fcw |= 0x3F
+    x87.update_summary()
+
+
+def _fnstcw(cpu, i: Insn, addr: int) -> None:
+    cpu.mmu.write(addr, 2, enter(cpu, waiting=False).fcw)
+
+
+def _frstor(cpu, i: Insn, addr: int) -> None:
+    frstor(cpu, enter(cpu), addr, i.opsize)
+
+
+def _fnsave(cpu, i: Insn, addr: int) -> None:
+    fnsave(cpu, enter(cpu, waiting=False), addr, i.opsize)
+
+
+def _fnstsw(cpu, i: Insn, addr: int) -> None:
+    cpu.mmu.write(addr, 2, enter(cpu, waiting=False).status_word)
+
+
+def _reserved(cpu, i: Insn, addr: int) -> None:
+    raise GuestFault(UD)
+
+
+def _fninit(cpu, i: Insn, addr: int) -> None:
+    enter(cpu, waiting=False).reset()
+
+
+def _fnclex(cpu, i: Insn, addr: int) -> None:
+    enter(cpu, waiting=False).fsw &= ~(FSW_EXCEPTIONS | FSW_SF | FSW_ES | FSW_B)
+
+
+def _fnstsw_ax(cpu, i: Insn, addr: int) -> None:
+    set_reg(cpu.s.regs, RAX, 2, enter(cpu, waiting=False).status_word)
+
+
+# Register control forms are keyed by (escape opcode, whole ModRM byte).
+_REGISTER_CONTROL: Dict[Tuple[int, int], ControlForm] = {
+    (0xDB, 0xE2): _fnclex, (0xDB, 0xE3): _fninit, (0xDF, 0xE0): _fnstsw_ax,
+}
+_MEMORY_CONTROL: Dict[Tuple[int, int], ControlForm] = {
+    (0xD9, 4): _fldenv, (0xD9, 5): _fldcw, (0xD9, 6): _fnstenv, (0xD9, 7): _fnstcw,
+    (0xDD, 4): _frstor, (0xDD, 5): _reserved, (0xDD, 6): _fnsave, (0xDD, 7): _fnstsw,
+}
+
+
+def _real(size: int) -> Tuple[Reader, Writer]:
+    return (lambda cpu, addr: load_real(cpu, addr, size),
+            lambda cpu, x87, addr, raw: store_real(cpu, x87, addr, size, raw))
+
+
+def _integer(size: int) -> Tuple[Reader, Writer]:
+    return (lambda cpu, addr: load_int(cpu, addr, size),
+            lambda cpu, x87, addr, raw: store_int(cpu, x87, addr, size, raw))
+
+
+def _load(read: Reader) -> DataForm:
+    def form(cpu, x87: X87State, addr: int) -> None:
+        push(x87, read(cpu, addr))
+    return form
+
+
+def _store(write: Writer, pops: bool) -> DataForm:
+    def form(cpu, x87: X87State, addr: int) -> None:
+        write(cpu, x87, addr, st_get(x87, 0))
+        if pops:
             pop(x87)
-    else:
-        raise GuestFault(UD)
+    return form
 
 
-def _memory_db(cpu, x87: X87State, i: Insn, addr: int) -> None:
-    reg = i.raw_reg
-    if reg == 0:
-        push(x87, load_int(cpu, addr, 4))
-    elif reg == 2 or reg == 3:
-        store_int(cpu, x87, addr, 4, st_get(x87, 0))
-        if reg == 3:
-            pop(x87)
-    elif reg == 5:
-        push(x87, load_real(cpu, addr, 10))
-    elif reg == 7:
-        store_real(cpu, x87, addr, 10, st_get(x87, 0))
-        pop(x87)
-    else:
-        raise GuestFault(UD)  # fisttp is SSE3, not advertised
+def _arith(read: Reader, op: int) -> DataForm:
+    """ST(0) = ST(0) op the memory operand (FCOM/FCOMP compare them)."""
+    def form(cpu, x87: X87State, addr: int) -> None:
+        operand = read(cpu, addr)
+        _arith_to(x87, op, 0, st_get(x87, 0), operand, 1 if op == COMP else 0)
+    return form
 
 
-def _memory_dd(cpu, x87: X87State, i: Insn, addr: int) -> None:
-    reg = i.raw_reg
-    if reg == 0:
-        push(x87, load_real(cpu, addr, 8))
-    elif reg == 2 or reg == 3:
-        store_real(cpu, x87, addr, 8, st_get(x87, 0))
-        if reg == 3:
-            pop(x87)
-    else:
-        raise GuestFault(UD)
+def _data_forms() -> Dict[Tuple[int, int], DataForm]:
+    forms: Dict[Tuple[int, int], DataForm] = {}
+    for op, (read, _) in ((0xD8, _real(4)), (0xDA, _integer(4)), (0xDC, _real(8)), (0xDE, _integer(2))):
+        for reg in range(8):
+            forms[op, reg] = _arith(read, reg)
+    # /0 loads, /2 stores and /3 stores and pops, each escape in its own format.
+    for op, (read, write) in ((0xD9, _real(4)), (0xDB, _integer(4)), (0xDD, _real(8)), (0xDF, _integer(2))):
+        forms[op, 0], forms[op, 2], forms[op, 3] = _load(read), _store(write, False), _store(write, True)
+    # The 80-bit, 64-bit integer and packed BCD formats: a load and a store that always pops.
+    # DB/1, DD/1, DF/1 (fisttp) are SSE3, which is not advertised.
+    for (op, load_reg, store_reg), (read, write) in (((0xDB, 5, 7), _real(10)), ((0xDF, 5, 7), _integer(8)),
+                                                     ((0xDF, 4, 6), (load_bcd, store_bcd))):
+        forms[op, load_reg], forms[op, store_reg] = _load(read), _store(write, True)
+    return forms
 
 
-def _memory_df(cpu, x87: X87State, i: Insn, addr: int) -> None:
-    reg = i.raw_reg
-    if reg == 0:
-        push(x87, load_int(cpu, addr, 2))
-    elif reg == 2 or reg == 3:
-        store_int(cpu, x87, addr, 2, st_get(x87, 0))
-        if reg == 3:
-            pop(x87)
-    elif reg == 4:
-        push(x87, load_bcd(cpu, addr))
-    elif reg == 5:
-        push(x87, load_int(cpu, addr, 8))
-    elif reg == 6:
-        store_bcd(cpu, x87, addr, st_get(x87, 0))
-        pop(x87)
-    elif reg == 7:
-        store_int(cpu, x87, addr, 8, st_get(x87, 0))
-        pop(x87)
-    else:
-        raise GuestFault(UD)
-
-
-_MEMORY: Dict[int, Callable] = {0xD8: _memory_arith, 0xD9: _memory_d9, 0xDA: _memory_arith,
-                                0xDB: _memory_db, 0xDC: _memory_arith, 0xDD: _memory_dd,
-                                0xDE: _memory_arith, 0xDF: _memory_df}
-
-
-def _memory_control(cpu, i: Insn, addr: int) -> bool:
-    """The control instructions with a memory operand; False when ``i`` is not one."""
-    op, reg = i.op, i.raw_reg
-    if op == 0xD9 and reg >= 4:
-        if reg == 7:  # fnstcw
-            cpu.mmu.write(addr, 2, enter(cpu, waiting=False).fcw)
-        elif reg == 5:  # fldcw
-            x87 = enter(cpu)
-            x87.fcw = cpu.mmu.read(addr, 2)
-            x87.update_summary()
-        elif reg == 6:  # fnstenv: the environment, then every exception masked
-            x87 = enter(cpu, waiting=False)
-            store_env(cpu, x87, addr, i.opsize)
-            x87.fcw |= 0x3F
-            x87.update_summary()
-        else:  # fldenv
-            load_env(cpu, enter(cpu), addr, i.opsize)
-        return True
-    if op == 0xDD and reg >= 4:
-        if reg == 7:  # fnstsw m16
-            cpu.mmu.write(addr, 2, enter(cpu, waiting=False).status_word)
-        elif reg == 6:
-            fnsave(cpu, enter(cpu, waiting=False), addr, i.opsize)
-        elif reg == 4:
-            frstor(cpu, enter(cpu), addr, i.opsize)
-        else:
-            raise GuestFault(UD)
-        return True
-    return False
+_MEMORY_DATA = _data_forms()
 
 
 # --- register forms ---------------------------------------------------------------------------
@@ -258,18 +269,12 @@ def _fptan(x87: X87State) -> None:
     push(x87, float_to_f80(1.0))
 
 
+# FCMOVB/E/BE/U (DA) as Jcc condition codes; DB's FCMOVNB/NE/NBE/NU are their negations.
+_FCMOV_CONDITIONS = (0x2, 0x4, 0x6, 0xA)
+
+
 def _fcmov_condition(cpu, op: int, reg: int) -> bool:
-    s = cpu.s
-    kind = reg & 3
-    if kind == 0:
-        taken = get_cf(s)
-    elif kind == 1:
-        taken = get_zf(s)
-    elif kind == 2:
-        taken = get_cf(s) or get_zf(s)
-    else:
-        taken = get_pf(s)
-    return bool(taken) != (op == 0xDB)
+    return condition(cpu.s, _FCMOV_CONDITIONS[reg & 3] | (op == 0xDB))
 
 
 def _fcomi(cpu, x87: X87State, n: int, quiet: bool, pops: int) -> None:
@@ -304,103 +309,155 @@ _D9_SPECIAL: Dict[int, Callable[[X87State], None]] = {
 }
 
 
-def _register_form(cpu, x87: X87State, op: int, modrm: int) -> None:
-    reg, n = (modrm >> 3) & 7, modrm & 7
-    if op == 0xD8:
-        _arith_to(x87, reg, 0, st_get(x87, 0), st_get(x87, n), 1 if reg == COMP else 0)
-    elif op == 0xDC or op == 0xDE:
-        # ST(i) = ST(i) op ST(0); the SUB/SUBR and DIV/DIVR encodings swap against D8.
-        pops = 1 if op == 0xDE else 0
-        if reg in (COM, COMP):
-            if op == 0xDE and modrm != 0xD9:
-                raise GuestFault(UD)
-            pops = 2 if op == 0xDE else (1 if reg == COMP else 0)
-            _arith_to(x87, reg, 0, st_get(x87, 0), st_get(x87, n), pops)
-        else:
-            op_for_sti = reg ^ 1 if reg >= SUB else reg
-            _arith_to(x87, op_for_sti, n, st_get(x87, n), st_get(x87, 0), pops)
-    elif op == 0xD9:
-        if reg == 0:
-            push(x87, st_get(x87, n))
-        elif reg == 1:  # fxch
-            a, b = st_get(x87, 0), st_get(x87, n)
-            st_set(x87, 0, b)
-            st_set(x87, n, a)
-            x87.fsw &= ~FSW_C1
-        elif modrm in CONSTANTS:
-            push(x87, CONSTANTS[modrm])
-        elif modrm in _D9_SPECIAL:
-            _D9_SPECIAL[modrm](x87)
-        else:
-            raise GuestFault(UD)
-    elif op == 0xDA or (op == 0xDB and reg < 4):
-        if modrm == 0xE9:  # fucompp
-            set_cc(x87, compare(x87, st_get(x87, 0), st_get(x87, 1), quiet=True))
+# A register form (mod 3) by (escape opcode, ModRM reg), given the whole ModRM byte; the low
+# three bits name ST(i). A (op, reg) not in the table is #UD.
+RegisterForm = Callable[[object, X87State, int], None]
+
+
+def _st0_op_sti(op: int, pops: int) -> RegisterForm:
+    def form(cpu, x87: X87State, modrm: int) -> None:
+        _arith_to(x87, op, 0, st_get(x87, 0), st_get(x87, modrm & 7), pops)
+    return form
+
+
+def _sti_op_st0(reg: int, pops: int) -> RegisterForm:
+    """ST(i) = ST(i) op ST(0): the SUB/SUBR and DIV/DIVR encodings swap against D8."""
+    op = reg ^ 1 if reg >= SUB else reg
+    def form(cpu, x87: X87State, modrm: int) -> None:
+        n = modrm & 7
+        _arith_to(x87, op, n, st_get(x87, n), st_get(x87, 0), pops)
+    return form
+
+
+def _fcompp(cpu, x87: X87State, modrm: int) -> None:
+    if modrm != 0xD9:
+        raise GuestFault(UD)
+    _arith_to(x87, COMP, 0, st_get(x87, 0), st_get(x87, 1), 2)
+
+
+def _fld_sti(cpu, x87: X87State, modrm: int) -> None:
+    push(x87, st_get(x87, modrm & 7))
+
+
+def _fxch(cpu, x87: X87State, modrm: int) -> None:
+    n = modrm & 7
+    a, b = st_get(x87, 0), st_get(x87, n)
+    st_set(x87, 0, b)
+    st_set(x87, n, a)
+    x87.fsw &= ~FSW_C1
+
+
+def _d9_by_modrm(cpu, x87: X87State, modrm: int) -> None:
+    """The constants (FLD1, FLDPI …) and the operand-less D9 forms (FCHS, FSIN …)."""
+    if modrm in CONSTANTS:
+        push(x87, CONSTANTS[modrm])
+    elif modrm in _D9_SPECIAL:
+        _D9_SPECIAL[modrm](x87)
+    else:
+        raise GuestFault(UD)
+
+
+def _fcmov(op: int, reg: int) -> RegisterForm:
+    def form(cpu, x87: X87State, modrm: int) -> None:
+        if _fcmov_condition(cpu, op, reg):
+            st_set(x87, 0, st_get(x87, modrm & 7))
+    return form
+
+
+def _fucompp(cpu, x87: X87State, modrm: int) -> None:
+    if modrm != 0xE9:
+        raise GuestFault(UD)
+    set_cc(x87, compare(x87, st_get(x87, 0), st_get(x87, 1), quiet=True))
+    pop(x87)
+    pop(x87)
+
+
+def _fcomi_form(quiet: bool, pops: int) -> RegisterForm:
+    def form(cpu, x87: X87State, modrm: int) -> None:
+        _fcomi(cpu, x87, modrm & 7, quiet, pops)
+    return form
+
+
+def _legacy_no_op(cpu, x87: X87State, modrm: int) -> None:
+    """FNENI, FNDISI, FNSETPM: no-ops since the 387."""
+    if modrm not in (0xE0, 0xE1, 0xE4):
+        raise GuestFault(UD)
+
+
+def _ffree(pops: bool) -> RegisterForm:
+    def form(cpu, x87: X87State, modrm: int) -> None:
+        x87.tags &= ~(1 << ((x87.top + (modrm & 7)) & 7))
+        if pops:
             pop(x87)
+    return form
+
+
+def _fst_sti(pops: bool) -> RegisterForm:
+    def form(cpu, x87: X87State, modrm: int) -> None:
+        st_set(x87, modrm & 7, st_get(x87, 0))
+        if pops:
             pop(x87)
-        elif reg < 4:
-            if _fcmov_condition(cpu, op, reg):
-                st_set(x87, 0, st_get(x87, n))
-        else:
-            raise GuestFault(UD)
-    elif op == 0xDB:
-        if reg == 5 or reg == 6:
-            _fcomi(cpu, x87, n, quiet=reg == 5, pops=0)
-        elif modrm not in (0xE0, 0xE1, 0xE4):  # fneni, fndisi, fnsetpm: no-ops since the 387
-            raise GuestFault(UD)
-    elif op == 0xDD:
-        if reg == 0:  # ffree
-            x87.tags &= ~(1 << ((x87.top + n) & 7))
-        elif reg == 2 or reg == 3:
-            st_set(x87, n, st_get(x87, 0))
-            if reg == 3:
-                pop(x87)
-        elif reg == 4 or reg == 5:  # fucom, fucomp
-            set_cc(x87, compare(x87, st_get(x87, 0), st_get(x87, n), quiet=True))
-            if reg == 5:
-                pop(x87)
-        else:
-            raise GuestFault(UD)
-    else:  # 0xDF
-        if reg == 0:  # ffreep
-            x87.tags &= ~(1 << ((x87.top + n) & 7))
+    return form
+
+
+def _fucom(pops: bool) -> RegisterForm:
+    def form(cpu, x87: X87State, modrm: int) -> None:
+        set_cc(x87, compare(x87, st_get(x87, 0), st_get(x87, modrm & 7), quiet=True))
+        if pops:
             pop(x87)
-        elif reg == 5 or reg == 6:
-            _fcomi(cpu, x87, n, quiet=reg == 5, pops=1)
-        else:
-            raise GuestFault(UD)
+    return form
+
+
+def _register_forms() -> Dict[Tuple[int, int], RegisterForm]:
+    forms: Dict[Tuple[int, int], RegisterForm] = {}
+    for reg in range(8):
+        forms[0xD8, reg] = _st0_op_sti(reg, 1 if reg == COMP else 0)
+        if reg not in (COM, COMP):
+            forms[0xDC, reg] = _sti_op_st0(reg, 0)
+            forms[0xDE, reg] = _sti_op_st0(reg, 1)
+    forms[0xDC, COM], forms[0xDC, COMP] = forms[0xD8, COM], forms[0xD8, COMP]
+    forms[0xDE, COMP] = _fcompp
+    forms[0xD9, 0], forms[0xD9, 1] = _fld_sti, _fxch
+    for reg in range(2, 8):
+        forms[0xD9, reg] = _d9_by_modrm
+    for reg in range(4):
+        forms[0xDA, reg], forms[0xDB, reg] = _fcmov(0xDA, reg), _fcmov(0xDB, reg)
+    forms[0xDA, 5] = _fucompp
+    forms[0xDB, 4] = _legacy_no_op
+    forms[0xDB, 5], forms[0xDB, 6] = _fcomi_form(quiet=True, pops=0), _fcomi_form(quiet=False, pops=0)
+    forms[0xDD, 0], forms[0xDD, 2], forms[0xDD, 3] = _ffree(False), _fst_sti(False), _fst_sti(True)
+    forms[0xDD, 4], forms[0xDD, 5] = _fucom(False), _fucom(True)
+    forms[0xDF, 0] = _ffree(True)
+    forms[0xDF, 5], forms[0xDF, 6] = _fcomi_form(quiet=True, pops=1), _fcomi_form(quiet=False, pops=1)
+    return forms
+
+
+_REGISTER = _register_forms()
 
 
 # --- entry points -------------------------------------------------------------------------------
 def escape(cpu, i: Insn) -> None:
-    """One of D8-DF."""
+    """One of D8-DF: a control form, or a data/register form once the x87 state is entered
+    and the instruction recorded."""
     op = i.op
     if i.is_mem:
-        addr = ea(cpu, i)
-        if _memory_control(cpu, i, addr):
-            return
-        x87 = enter(cpu)
-        record(x87, cpu, i, op, addr)
-        try:
-            _MEMORY[op](cpu, x87, i, addr)
-        except Unmasked:
-            pass
-        return
-    modrm = _modrm(i)
-    if op == 0xDB and modrm in (0xE2, 0xE3):
-        x87 = enter(cpu, waiting=False)
-        if modrm == 0xE3:
-            x87.reset()
-        else:  # fnclex
-            x87.fsw &= ~(FSW_EXCEPTIONS | FSW_SF | FSW_ES | FSW_B)
-        return
-    if op == 0xDF and modrm == 0xE0:  # fnstsw ax
-        set_reg(cpu.s.regs, RAX, 2, enter(cpu, waiting=False).status_word)
+        operand = address = ea(cpu, i)
+        key = (op, i.raw_reg)
+        control = _MEMORY_CONTROL.get(key)
+        form = _MEMORY_DATA.get(key)
+    else:
+        operand, address = _modrm(i), 0
+        control = _REGISTER_CONTROL.get((op, operand))
+        form = _REGISTER.get((op, i.raw_reg))
+    if control is not None:
+        control(cpu, i, address)
         return
     x87 = enter(cpu)
-    record(x87, cpu, i, op, 0)
+    record(x87, cpu, i, op, address)
+    if form is None:
+        raise GuestFault(UD)
     try:
-        _register_form(cpu, x87, op, modrm)
+        form(cpu, x87, operand)
     except Unmasked:
         pass
 
