@@ -13,7 +13,9 @@ from pyhv.accel.base import Platform
 from pyhv.acpi import AcpiConfig, build_acpi, set_boot_params_rsdp
 from pyhv.acpi.dsdt import pc_legacy_devices
 from pyhv.bus import Bus
+from pyhv.chardev import BufferBackend
 from pyhv.devices.acpi_pm import AcpiPm, attach_acpi_pm
+from pyhv.devices.serial import REGISTER_COUNT, Serial
 from pyhv.errors import PyhvError, VmFatalError
 from pyhv.kvm.system import kvm_available
 from pyhv.lifecycle import Lifecycle, Shutdown
@@ -25,30 +27,11 @@ pytestmark = [
     pytest.mark.skipif(kvm_available() is not None, reason=f"KVM unusable: {kvm_available()}"),
 ]
 
-COM1 = 0x3F8
-UART_LCR, UART_LSR = 3, 5
-LCR_DLAB, LSR_TX_IDLE = 0x80, 0x60
+COM1, COM1_IRQ = 0x3F8, 4
 SECONDS = 240
 # The nested kvm_pvm backend of the team's hosts fails to emulate lock cmpxchg16b, xrstor and
 # int3 (shared/README.md), so Linux stops there, after parsing the MADT but before power-off.
 BACKEND_FAILURE = "emulation failure"
-
-
-class CapturingUart:
-    """Enough of a 16550 for polled console output."""
-
-    def __init__(self) -> None:
-        self.output = bytearray()
-        self.lcr = 0
-
-    def read(self, offset: int, size: int) -> int:
-        return {UART_LSR: LSR_TX_IDLE, UART_LCR: self.lcr}.get(offset, 0)
-
-    def write(self, offset: int, size: int, value: int) -> None:
-        if offset == UART_LCR:
-            self.lcr = value
-        elif offset == 0 and not self.lcr & LCR_DLAB:
-            self.output.append(value & 0xFF)
 
 
 @pytest.fixture(scope="module")
@@ -66,11 +49,11 @@ def test_debian_kernel_uses_madt_pm_timer_and_powers_off_through_s5(default_gues
     from pyhv.boot import load_kernel
 
     memory = GuestMemory(256 * MiB)
-    pio, lifecycle, uart = Bus("pio"), Lifecycle(), CapturingUart()
-    pio.attach(COM1, 8, uart)
+    pio, lifecycle, console = Bus("pio"), Lifecycle(), BufferBackend()
     accel = KvmAccelerator(Platform(memory=memory, pio=pio, mmio=Bus("mmio"), lifecycle=lifecycle, cpu_model=None))
+    pio.attach(COM1, REGISTER_COUNT, Serial(accel.irq_line(COM1_IRQ), console))
     pm = AcpiPm(lifecycle, accel.irq_line(9), time.monotonic_ns)
-    config = AcpiConfig(vcpus=1, dsdt_devices=pc_legacy_devices([(COM1, 4)], i8042=False, cmos_rtc=False),
+    config = AcpiConfig(vcpus=1, dsdt_devices=pc_legacy_devices([(COM1, COM1_IRQ)], i8042=False, cmos_rtc=False),
                         i8042=False, cmos_rtc=False)
     attach_acpi_pm(pio, pm, config.ports)
     rsdp = build_acpi(memory, config)
@@ -96,7 +79,7 @@ def test_debian_kernel_uses_madt_pm_timer_and_powers_off_through_s5(default_gues
         done.set()
         thread.join()
         accel.close()
-    log = uart.output.decode(errors="replace")
+    log = console.output.decode(errors="replace")
     (tmp_path / "console.log").write_text(log)
     assert f"ACPI: RSDP 0x{rsdp:016X}" in log, log[-3000:]
     assert "ACPI: PM-Timer IO Port: 0x608" in log

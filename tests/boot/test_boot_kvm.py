@@ -14,6 +14,9 @@ import pytest
 
 from pyhv.accel.base import Platform
 from pyhv.bus import Bus
+from pyhv.chardev import BufferBackend
+from pyhv.devices.debug_exit import DebugExit
+from pyhv.devices.serial import REGISTER_COUNT, Serial
 from pyhv.errors import PyhvError
 from pyhv.kvm.system import kvm_available
 from pyhv.lifecycle import Lifecycle
@@ -26,54 +29,21 @@ pytestmark = [
 
 GUESTS_DIR = Path(__file__).resolve().parents[1] / "guests"
 MiB = 1 << 20
-COM1 = 0x3F8
+COM1, COM1_IRQ = 0x3F8, 4
 DEBUG_EXIT_PORT = 0xF4
-UART_LSR = 5
-LSR_TX_IDLE = 0x60  # THR empty and transmitter empty: a driver may always write
-UART_LCR = 3
-LCR_DLAB = 0x80
-
-
-class CapturingUart:
-    """Just enough of a 16550 for polled output: records bytes written to THR."""
-
-    def __init__(self) -> None:
-        self.output = bytearray()
-        self.lcr = 0
-
-    def read(self, offset: int, size: int) -> int:
-        return {UART_LSR: LSR_TX_IDLE, UART_LCR: self.lcr}.get(offset, 0)
-
-    def write(self, offset: int, size: int, value: int) -> None:
-        if offset == UART_LCR:
-            self.lcr = value
-        elif offset == 0 and not self.lcr & LCR_DLAB:
-            self.output.append(value & 0xFF)
-
-
-class DebugExit:
-    """QEMU's isa-debug-exit: writing V ends the VM with status (V << 1) | 1."""
-
-    def __init__(self, lifecycle: Lifecycle) -> None:
-        self.lifecycle = lifecycle
-
-    def read(self, offset: int, size: int) -> int:
-        return 0
-
-    def write(self, offset: int, size: int, value: int) -> None:
-        self.lifecycle.shutdown((value << 1) | 1, "debug-exit")
 
 
 def run_under_kvm(kernel: Path, initrd: Optional[Path], cmdline: str, ram: int,
-                  seconds: float, until: Optional[bytes] = None) -> CapturingUart:
+                  seconds: float, until: Optional[bytes] = None) -> BufferBackend:
+    """Boot ``kernel`` with a 16550A on COM1 and isa-debug-exit at 0xf4; the console's output."""
     from pyhv.accel.kvm import KvmAccelerator
     from pyhv.boot import load_kernel
 
     memory = GuestMemory(ram)
-    pio, lifecycle, uart = Bus("pio"), Lifecycle(), CapturingUart()
-    pio.attach(COM1, 8, uart)
+    pio, lifecycle, console = Bus("pio"), Lifecycle(), BufferBackend()
     pio.attach(DEBUG_EXIT_PORT, 4, DebugExit(lifecycle))
     accel = KvmAccelerator(Platform(memory=memory, pio=pio, mmio=Bus("mmio"), lifecycle=lifecycle, cpu_model=None))
+    pio.attach(COM1, REGISTER_COUNT, Serial(accel.irq_line(COM1_IRQ), console))
     accel.load_boot_state(load_kernel(memory, kernel, initrd, cmdline))
     done = threading.Event()
 
@@ -81,7 +51,7 @@ def run_under_kvm(kernel: Path, initrd: Optional[Path], cmdline: str, ram: int,
         waited = 0.0
         while not done.wait(0.2) and waited < seconds:
             waited += 0.2
-            if until is not None and until in uart.output:
+            if until is not None and until in console.output:
                 break
         lifecycle.shutdown(0, "test watchdog")
 
@@ -93,7 +63,7 @@ def run_under_kvm(kernel: Path, initrd: Optional[Path], cmdline: str, ram: int,
         done.set()
         thread.join()
         accel.close()
-    return uart
+    return console
 
 
 def build_test_guest(name: str) -> Path:
@@ -111,8 +81,7 @@ def build_test_guest(name: str) -> Path:
 
 def test_multiboot_guest_sees_our_cmdline(tmp_path: Path) -> None:
     kernel = build_test_guest("hello")
-    uart = run_under_kvm(kernel, None, "exit=16", 64 * MiB, seconds=30)
-    text = uart.output.decode(errors="replace")
+    text = run_under_kvm(kernel, None, "exit=16", 64 * MiB, seconds=30).output.decode(errors="replace")
     assert "hello from the pyhv test guest" in text
     assert f"cmdline: {kernel} exit=16" in text
 
@@ -141,9 +110,9 @@ def test_multiboot_guest_output_matches_qemu() -> None:
 def test_debian_kernel_reads_our_cmdline_and_initrd(debian_kernel: Path, tmp_path: Path) -> None:
     initrd = tmp_path / "initrd.img"
     initrd.write_bytes(b"\0" * 100_000)
-    uart = run_under_kvm(debian_kernel, initrd, "console=ttyS0 earlyprintk=serial,ttyS0 panic=-1",
-                         256 * MiB, seconds=240, until=b"RAMDISK:")
-    text = uart.output.decode(errors="replace")
+    console = run_under_kvm(debian_kernel, initrd, "console=ttyS0 earlyprintk=serial,ttyS0 panic=-1",
+                            256 * MiB, seconds=240, until=b"RAMDISK:")
+    text = console.output.decode(errors="replace")
     assert "Command line: console=ttyS0 earlyprintk=serial,ttyS0 panic=-1" in text
     placed = (256 * MiB - 100_000) & ~0xFFF
     assert f"RAMDISK: [mem {placed:#010x}-{256 * MiB - 1:#010x}]" in text
