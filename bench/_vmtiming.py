@@ -9,6 +9,7 @@ each wanted line, the time since the process started at which the line was compl
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import os
 import select
@@ -56,6 +57,34 @@ class WatchedRun(NamedTuple):
             if line.strip():
                 return line
         return ""
+
+
+def add_vmm_arguments(parser: argparse.ArgumentParser, interpreter_note: str = "") -> None:
+    """The options every whole-VM benchmark shares: which VMMs run (--cpython, --pypy,
+    --interpreter, --no-pyhv, --no-qemu, --no-microvm) and --json. ``interpreter_note`` ends
+    the help of --interpreter (what else that benchmark does per interpreter)."""
+    parser.add_argument("--cpython", type=Path, default=DEFAULT_INTERPRETERS["cpython"], help="CPython to run pyhv")
+    parser.add_argument("--pypy", type=Path, default=DEFAULT_INTERPRETERS["pypy"], help="PyPy to run pyhv")
+    parser.add_argument(
+        "--interpreter", action="append", default=[], metavar="PATH",
+        help=f"run pyhv on these interpreters instead of --cpython/--pypy (repeatable{interpreter_note})",
+    )
+    parser.add_argument("--no-pyhv", action="store_true", help="measure QEMU only")
+    parser.add_argument("--no-qemu", action="store_true", help="measure pyhv only")
+    parser.add_argument("--no-microvm", action="store_true", help="skip QEMU -M microvm")
+    parser.add_argument("--json", type=Path, help="also write the results here as JSON")
+
+
+def chosen_interpreters(args: argparse.Namespace) -> List[Path]:
+    """The interpreters to run pyhv on, from the options :func:`add_vmm_arguments` added."""
+    return [Path(p) for p in args.interpreter] or [args.cpython, args.pypy]
+
+
+def ratio_text(value: float, reference: Optional[float], digits: int) -> str:
+    """``value / reference`` for a table cell; "-" without a usable reference (no QEMU run)."""
+    if reference is None or reference <= 0:
+        return "-"
+    return f"{value / reference:.{digits}f}"
 
 
 def load_guest_builder():

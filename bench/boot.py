@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import List, NamedTuple, Optional, Sequence
 
 from _vmtiming import (
-    DEBUG_EXIT_DEVICE, DEFAULT_INTERPRETERS, QEMU_BINARY, BenchError, Vmm, WatchedRun, interpreter_label,
-    watch_run,
+    DEBUG_EXIT_DEVICE, QEMU_BINARY, BenchError, Vmm, WatchedRun, add_vmm_arguments, chosen_interpreters,
+    interpreter_label, watch_run,
 )
 
 MARKER = "PYHV-BOOT-MARKER"
@@ -198,19 +198,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--pyhv-rounds", type=int, default=1, help="pyhv rounds, best kept (default 1)")
     parser.add_argument("--pyhv-timeout", type=float, default=300.0, help="seconds pyhv gets to the marker")
     parser.add_argument("--qemu-timeout", type=float, default=60.0, help="seconds QEMU gets to the marker")
-    parser.add_argument("--cpython", type=Path, default=DEFAULT_INTERPRETERS["cpython"], help="CPython to run pyhv")
-    parser.add_argument("--pypy", type=Path, default=DEFAULT_INTERPRETERS["pypy"], help="PyPy to run pyhv")
-    parser.add_argument(
-        "--interpreter", action="append", default=[], metavar="PATH",
-        help="run pyhv on these interpreters instead of --cpython/--pypy (repeatable)",
-    )
-    parser.add_argument("--no-pyhv", action="store_true", help="measure QEMU only")
-    parser.add_argument("--no-qemu", action="store_true", help="measure pyhv only")
-    parser.add_argument("--no-microvm", action="store_true", help="skip QEMU -M microvm")
+    add_vmm_arguments(parser)
     parser.add_argument("--no-icount", action="store_true", help="skip the QEMU -icount instruction count")
     parser.add_argument("--extra-append", default="", metavar="ARGS",
                         help="kernel arguments added to the default command line (e.g. loglevel=7)")
-    parser.add_argument("--json", type=Path, help="also write the results here as JSON")
     args = parser.parse_args(argv)
     if " -- " in f" {args.extra_append} ":
         parser.error("--extra-append must not contain ' -- ': the guest command follows it")
@@ -240,7 +231,7 @@ def main(argv: Sequence[str]) -> int:
                 # Counting instructions slows QEMU several times over.
                 plan.append((qemu_vmm("pc", files, icount=True), 1, args.qemu_timeout * 5, ICOUNT_COMMAND))
     if not args.no_pyhv:
-        for python in [Path(p) for p in args.interpreter] or [args.cpython, args.pypy]:
+        for python in chosen_interpreters(args):
             try:
                 plan.append((pyhv_vmm(python, files), args.pyhv_rounds, args.pyhv_timeout, GUEST_COMMAND))
             except BenchError as err:

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Sequence
 
 from _vmtiming import (
-    DEFAULT_INTERPRETERS, QEMU_BINARY, BenchError, load_guest_builder, pyhv_guest_vmm, qemu_guest_vmm, Vmm, watch_run,
+    QEMU_BINARY, BenchError, Vmm, add_vmm_arguments, chosen_interpreters, load_guest_builder, pyhv_guest_vmm,
+    qemu_guest_vmm, ratio_text, watch_run,
 )
 
 GUEST_EXIT_OK_STATUS = 33
@@ -90,12 +91,6 @@ def measure(vmm: Vmm, exits: int, rounds: int, timeout_s: float) -> Result:
     )
 
 
-def _ratio(value: float, reference: Optional[float]) -> str:
-    if reference is None or reference <= 0:
-        return "-"
-    return f"{value / reference:.2f}"
-
-
 def format_table(results: Sequence[Result], reference: Optional[Result], exits: int, rounds: int) -> str:
     ref_name = reference.label if reference else "no QEMU run"
     lines = [
@@ -105,8 +100,8 @@ def format_table(results: Sequence[Result], reference: Optional[Result], exits: 
     for result in results:
         lines.append(
             f"{result.label:<36} {result.startup_s:>10.2f} {result.pio_us:>8.2f} {result.mmio_us:>8.2f} "
-            f"{_ratio(result.pio_us, reference.pio_us if reference else None):>10} "
-            f"{_ratio(result.mmio_us, reference.mmio_us if reference else None):>10}"
+            f"{ratio_text(result.pio_us, reference.pio_us if reference else None, 2):>10} "
+            f"{ratio_text(result.mmio_us, reference.mmio_us if reference else None, 2):>10}"
         )
     return "\n".join(lines)
 
@@ -116,16 +111,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--exits", type=int, default=200_000, help="exits per measured run (default 200000)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds; the best time of each run is kept")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds allowed to one VM run")
-    parser.add_argument("--cpython", type=Path, default=DEFAULT_INTERPRETERS["cpython"], help="CPython to run pyhv")
-    parser.add_argument("--pypy", type=Path, default=DEFAULT_INTERPRETERS["pypy"], help="PyPy to run pyhv")
-    parser.add_argument(
-        "--interpreter", action="append", default=[], metavar="PATH",
-        help="run pyhv on these interpreters instead of --cpython/--pypy (repeatable)",
-    )
-    parser.add_argument("--no-pyhv", action="store_true", help="measure QEMU only")
-    parser.add_argument("--no-qemu", action="store_true", help="measure pyhv only")
-    parser.add_argument("--no-microvm", action="store_true", help="skip QEMU -M microvm")
-    parser.add_argument("--json", type=Path, help="also write the results here as JSON")
+    add_vmm_arguments(parser)
     args = parser.parse_args(argv)
     if args.exits <= 0 or args.rounds <= 0:
         parser.error("--exits and --rounds must be positive")
@@ -145,8 +131,7 @@ def main(argv: Sequence[str]) -> int:
             if not args.no_microvm:
                 vmms.append(qemu_vmm("microvm", kernel))
     if not args.no_pyhv:
-        interpreters = [Path(p) for p in args.interpreter] or [args.cpython, args.pypy]
-        for python in interpreters:
+        for python in chosen_interpreters(args):
             try:
                 vmms.append(pyhv_vmm(python, kernel))
             except BenchError as err:

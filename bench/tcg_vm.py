@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from _vmtiming import (
-    DEFAULT_INTERPRETERS, QEMU_BINARY, BenchError, load_guest_builder, pyhv_guest_vmm, qemu_guest_vmm, Vmm, watch_run,
+    QEMU_BINARY, BenchError, Vmm, add_vmm_arguments, chosen_interpreters, load_guest_builder, pyhv_guest_vmm,
+    qemu_guest_vmm, ratio_text, watch_run,
 )
 
 GUEST_EXIT_OK_STATUS = 33
@@ -173,12 +174,6 @@ def checksum_problems(results: Sequence[Result], model_max_iters: int = MODEL_MA
     return problems
 
 
-def _ratio(value: float, reference: Optional[float]) -> str:
-    if reference is None or reference <= 0:
-        return "-"
-    return f"{value / reference:.4f}"
-
-
 def format_table(results: Sequence[Result], reference: Optional[Result], rounds: int) -> str:
     ref_name = reference.label if reference else "no QEMU run"
     lines = [
@@ -189,8 +184,8 @@ def format_table(results: Sequence[Result], reference: Optional[Result], rounds:
     for result in results:
         lines.append(
             f"{result.label:<30} {result.iters:>10} {result.tight_mips:>11.2f} {result.kernel_mips:>12.2f} "
-            f"{_ratio(result.tight_mips, reference.tight_mips if reference else None):>12} "
-            f"{_ratio(result.kernel_mips, reference.kernel_mips if reference else None):>13}"
+            f"{ratio_text(result.tight_mips, reference.tight_mips if reference else None, 4):>12} "
+            f"{ratio_text(result.kernel_mips, reference.kernel_mips if reference else None, 4):>13}"
         )
     return "\n".join(lines)
 
@@ -205,16 +200,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         help="iterations under pyhv on CPython (default 100000)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds; the best time of each loop is kept")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds allowed to one VM run")
-    parser.add_argument("--cpython", type=Path, default=DEFAULT_INTERPRETERS["cpython"], help="CPython to run pyhv")
-    parser.add_argument("--pypy", type=Path, default=DEFAULT_INTERPRETERS["pypy"], help="PyPy to run pyhv")
-    parser.add_argument(
-        "--interpreter", action="append", default=[], metavar="PATH",
-        help="run pyhv on these interpreters instead of --cpython/--pypy (repeatable; PyPy ones get --pypy-iters)",
-    )
-    parser.add_argument("--no-pyhv", action="store_true", help="measure QEMU only")
-    parser.add_argument("--no-qemu", action="store_true", help="measure pyhv only")
-    parser.add_argument("--no-microvm", action="store_true", help="skip QEMU -M microvm")
-    parser.add_argument("--json", type=Path, help="also write the results here as JSON")
+    add_vmm_arguments(parser, "; PyPy ones get --pypy-iters")
     args = parser.parse_args(argv)
     if min(args.iters, args.pypy_iters, args.cpython_iters) <= 0 or args.rounds <= 0:
         parser.error("--iters, --pypy-iters, --cpython-iters and --rounds must be positive")
@@ -234,8 +220,7 @@ def main(argv: Sequence[str]) -> int:
             if not args.no_microvm:
                 plan.append((qemu_vmm("microvm", kernel), args.iters))
     if not args.no_pyhv:
-        interpreters = [Path(p) for p in args.interpreter] or [args.cpython, args.pypy]
-        for python in interpreters:
+        for python in chosen_interpreters(args):
             try:
                 vmm = pyhv_vmm(python, kernel)
             except BenchError as err:
