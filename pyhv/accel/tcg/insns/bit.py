@@ -58,7 +58,9 @@ def bt_imm(cpu, i: Insn) -> None:
     _bit_op(cpu, i, i.raw_reg - 4, i.imm, False)
 
 
-def bsf(cpu, i: Insn) -> None:
+def _bit_scan(cpu, i: Insn, highest: bool) -> None:
+    """ZF when the source is 0 (the destination is left as it was); otherwise the index of
+    its lowest (bsf) or highest (bsr) set bit."""
     s = cpu.s
     value = read_rm(cpu, i, i.opsize)
     materialize(s)
@@ -66,18 +68,15 @@ def bsf(cpu, i: Insn) -> None:
         s.rflags |= ZF
         return
     s.rflags &= ~ZF
-    set_reg(s.regs, i.reg, i.opsize, (value & -value).bit_length() - 1)
+    set_reg(s.regs, i.reg, i.opsize, (value if highest else value & -value).bit_length() - 1)
+
+
+def bsf(cpu, i: Insn) -> None:
+    _bit_scan(cpu, i, highest=False)
 
 
 def bsr(cpu, i: Insn) -> None:
-    s = cpu.s
-    value = read_rm(cpu, i, i.opsize)
-    materialize(s)
-    if value == 0:
-        s.rflags |= ZF
-        return
-    s.rflags &= ~ZF
-    set_reg(s.regs, i.reg, i.opsize, value.bit_length() - 1)
+    _bit_scan(cpu, i, highest=True)
 
 
 def popcnt(cpu, i: Insn) -> None:
