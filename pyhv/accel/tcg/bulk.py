@@ -21,7 +21,7 @@ from .decoder import Insn
 from .insns import string
 from .mmu import ACCESS_READ, ACCESS_WRITE
 from .operands import MASK, get_reg, set_reg
-from .state import DF, ES, RAX, RCX, RDI, RSI
+from .state import DF, RAX, RCX, RDI, RSI
 
 M64 = 0xFFFF_FFFF_FFFF_FFFF
 
@@ -49,7 +49,7 @@ def rep_stos(cpu, i: Insn) -> None:
         return
     regs = s.regs
     adsize, size, mmu = i.adsize, i.opsize, cpu.mmu
-    base = s.segs[ES].base if i.bits != 64 else 0
+    base = string.destination_base(cpu, i)
     value = get_reg(regs, RAX, size)
     pattern = value.to_bytes(size, "little")
     count = get_reg(regs, RCX, adsize)
@@ -75,8 +75,7 @@ def rep_movs(cpu, i: Insn) -> None:
         return
     regs = s.regs
     adsize, size, mmu = i.adsize, i.opsize, cpu.mmu
-    src_base = s.segs[i.seg].base if i.seg >= 0 else 0
-    dst_base = s.segs[ES].base if i.bits != 64 else 0
+    src_base, dst_base = string.source_base(cpu, i), string.destination_base(cpu, i)
     count = get_reg(regs, RCX, adsize)
     while count:
         src_offset = get_reg(regs, RSI, adsize)

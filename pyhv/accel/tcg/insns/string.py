@@ -28,11 +28,14 @@ REPE = 0xF3
 Element = Callable[[object, list, int, int, int, int, int], Optional[bool]]
 
 
-def _seg_base(cpu, i: Insn) -> int:
+def source_base(cpu, i: Insn) -> int:
+    """Base of the segment RSI addresses: DS or the override. In 64-bit mode only an FS or GS
+    override has a base (the decoder leaves ``seg`` negative otherwise)."""
     return cpu.s.segs[i.seg].base if i.seg >= 0 else 0
 
 
-def _es_base(cpu, i: Insn) -> int:
+def destination_base(cpu, i: Insn) -> int:
+    """Base of the segment RDI addresses: always ES, which no prefix overrides; 0 in 64-bit mode."""
     return cpu.s.segs[ES].base if i.bits != 64 else 0
 
 
@@ -111,23 +114,23 @@ def _output(cpu, regs: list, a: int, size: int, delta: int, src_base: int, port:
 
 
 def movs(cpu, i: Insn) -> None:
-    _repeat(cpu, i, i.opsize, _copy, _seg_base(cpu, i), _es_base(cpu, i))
+    _repeat(cpu, i, i.opsize, _copy, source_base(cpu, i), destination_base(cpu, i))
 
 
 def stos(cpu, i: Insn) -> None:
-    _repeat(cpu, i, i.opsize, _store, _es_base(cpu, i), get_reg(cpu.s.regs, RAX, i.opsize))
+    _repeat(cpu, i, i.opsize, _store, destination_base(cpu, i), get_reg(cpu.s.regs, RAX, i.opsize))
 
 
 def lods(cpu, i: Insn) -> None:
-    _repeat(cpu, i, i.opsize, _load, _seg_base(cpu, i), 0)
+    _repeat(cpu, i, i.opsize, _load, source_base(cpu, i), 0)
 
 
 def cmps(cpu, i: Insn) -> None:
-    _repeat(cpu, i, i.opsize, _compare, _seg_base(cpu, i), _es_base(cpu, i))
+    _repeat(cpu, i, i.opsize, _compare, source_base(cpu, i), destination_base(cpu, i))
 
 
 def scas(cpu, i: Insn) -> None:
-    _repeat(cpu, i, i.opsize, _scan, _es_base(cpu, i), get_reg(cpu.s.regs, RAX, i.opsize))
+    _repeat(cpu, i, i.opsize, _scan, destination_base(cpu, i), get_reg(cpu.s.regs, RAX, i.opsize))
 
 
 def _io_port(cpu, i: Insn) -> int:
@@ -143,12 +146,12 @@ def _io_size(i: Insn) -> int:
 
 def ins(cpu, i: Insn) -> None:
     port = _io_port(cpu, i)
-    _repeat(cpu, i, _io_size(i), _input, _es_base(cpu, i), port)
+    _repeat(cpu, i, _io_size(i), _input, destination_base(cpu, i), port)
 
 
 def outs(cpu, i: Insn) -> None:
     port = _io_port(cpu, i)
-    _repeat(cpu, i, _io_size(i), _output, _seg_base(cpu, i), port)
+    _repeat(cpu, i, _io_size(i), _output, source_base(cpu, i), port)
     cpu.after_io()
 
 
