@@ -525,3 +525,35 @@ def test_a_block_through_a_remapped_page_is_rebuilt():
     cpu.set_registers({"rip": CODE, "rsp": 0x80000})  # flushes the TLB, keeps the blocks
     run_to_hlt(cpu)
     assert cpu.registers()["rax"] == 2
+
+
+class _FixedTsc:
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def read(self) -> int:
+        return self.value
+
+
+@pytest.mark.parametrize("translate_after", [None, 0])
+def test_rdtsc_in_a_translated_block_reads_the_machine_tsc(translate_after):
+    memory, cpu = long_mode_cpu(assemble("mov $5, %rbx\nrdtsc\nadd %rax, %rbx\nmov %rdx, %rcx\nhlt"))
+    cpu.translate_after = translate_after
+    cpu.tsc = _FixedTsc(0x1234_5678_9ABC_DEF0)
+    cpu.set_registers({"rax": 0xFFFF_FFFF_FFFF_FFFF, "rdx": 0xFFFF_FFFF_FFFF_FFFF})
+    assert run_to_hlt(cpu).reason == StopReason.HLT
+    regs = cpu.registers()
+    assert (regs["rax"], regs["rdx"], regs["rbx"], regs["rcx"]) == (0x9ABC_DEF0, 0x1234_5678,
+                                                                    0x9ABC_DEF5, 0x1234_5678)
+
+
+@pytest.mark.parametrize("translate_after", [None, 0])
+def test_rdtsc_with_cr4_tsd_outside_ring_0_raises_gp(translate_after):
+    memory, cpu = long_mode_cpu(assemble("mov $5, %rbx\nrdtsc\nmov $7, %rbx\nhlt"))
+    cpu.translate_after = translate_after
+    cpu.tsc = _FixedTsc(1)
+    cpu.s.cr4 |= 1 << 2
+    cpu.s.cpl = 3  # only the check reads it: the code runs on from the flat test map
+    run_to_hlt(cpu)
+    regs = cpu.registers()
+    assert regs["r15"] == 13 and regs["rbx"] == 5  # #GP before rdtsc retired

@@ -17,7 +17,8 @@ from typing import Callable, Dict
 from .decoder import Insn
 from .flags import CC_ADC, CC_ADD, CC_DEC, CC_EAGER, CC_INC, CC_LOGIC, CC_SBB, CC_SUB
 from .insns import alu, control, mov, muldiv, shift, stack, system
-from .state import ARITH_FLAGS, RAX, RF, VM
+from .faults import GP
+from .state import ARITH_FLAGS, RAX, RDX, RF, VM
 from .translate import M64, MASK, SIGN, BlockCodegen, FlagSource, Untranslatable
 
 ADD, OR, ADC, SBB, AND, SUB, XOR, CMP = range(8)
@@ -452,6 +453,19 @@ def pushf(gen: BlockCodegen, i: Insn) -> None:
     gen.push(i.opsize, f"(s.rflags & {keep:#x}) | {arith} | 2")
 
 
+# --- system ------------------------------------------------------------------------------
+def rdtsc(gen: BlockCodegen, i: Insn) -> None:
+    # The kernel's delay and clock loops run rdtsc millions of times in a boot; through the
+    # interpreter each one stored and reloaded the whole block state.
+    gen.may_fault()
+    gen.emit(f"if s.cr4 & {system.CR4_TSD:#x} and s.cpl != 0:")
+    gen.emit(f"    raise GuestFault({GP}, 0)")
+    tsc = gen.temp()
+    gen.emit(f"{tsc} = {gen.const('read_tsc', system.read_tsc)}(cpu)")
+    gen.set_reg(RAX, 8, f"{tsc} & 0xffffffff")
+    gen.set_reg(RDX, 8, f"{tsc} >> 32")
+
+
 # --- control transfer (always the block's last instruction) -------------------------------
 def _end(gen: BlockCodegen, rip: str) -> None:
     gen.exit(rip, gen.index + 1)
@@ -507,7 +521,7 @@ EMITTERS: Dict[Callable, Callable[[BlockCodegen, Insn], None]] = {
     mov.mov_moffs_acc: mov_moffs_acc, mov.lea: lea, mov.movzx8: movzx8, mov.movzx16: movzx16,
     mov.movsx8: movsx8, mov.movsx16: movsx16, mov.movsxd: movsxd,
     mov.xchg_acc_reg: xchg_acc_reg, mov.xchg_rm_r: xchg_rm_r, mov.nop: nop,
-    system.nop_modrm: nop, mov.setcc: setcc, mov.cmovcc: cmovcc, mov.cbw: cbw, mov.cwd: cwd,
+    system.nop_modrm: nop, system.rdtsc: rdtsc, mov.setcc: setcc, mov.cmovcc: cmovcc, mov.cbw: cbw, mov.cwd: cwd,
     shift.shift_rm: shift_rm, muldiv.imul2: imul2, muldiv.imul3: imul3,
     stack.push_reg: push_reg, stack.pop_reg: pop_reg, stack.push_imm: push_imm,
     stack.push_rm: push_rm, stack.pushf: pushf,

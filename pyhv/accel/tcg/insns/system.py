@@ -145,6 +145,9 @@ def cpuid(cpu, i: Insn) -> None:
     regs[RAX], regs[RBX], regs[RCX], regs[RDX] = eax, ebx, ecx, edx
 
 
+CR4_TSD = 1 << 2  # time stamp disable: rdtsc faults outside CPL 0
+
+
 def read_tsc(cpu) -> int:
     if cpu.tsc is not None:  # the machine's TSC, which its timers share
         return cpu.tsc.read()
@@ -153,7 +156,7 @@ def read_tsc(cpu) -> int:
 
 def rdtsc(cpu, i: Insn) -> None:
     s = cpu.s
-    if s.cr4 & (1 << 2) and s.cpl != 0:
+    if s.cr4 & CR4_TSD and s.cpl != 0:
         raise GuestFault(GP, 0)
     tsc = read_tsc(cpu)
     s.regs[RAX] = tsc & 0xFFFF_FFFF
