@@ -557,3 +557,26 @@ def test_rdtsc_with_cr4_tsd_outside_ring_0_raises_gp(translate_after):
     run_to_hlt(cpu)
     regs = cpu.registers()
     assert regs["r15"] == 13 and regs["rbx"] == 5  # #GP before rdtsc retired
+
+
+def test_bswap_and_fences_translate_like_the_interpreter():
+    # bswap at 64 and 32 bits (and the 16-bit form: .byte 0x66, 0x0f, 0xc8 + r, undefined,
+    # zero on current CPUs), lfence/mfence/sfence as no-ops; clflush stays with its handler.
+    code = assemble("""
+        bswap %rax
+        bswap %r9d
+        .byte 0x66, 0x0f, 0xcb
+        lfence
+        mfence
+        sfence
+        clflush 8(%rbp)
+        bswap %rdx
+        hlt""")
+    regs = {"rax": 0x0102_0304_0506_0708, "r9": 0xAABB_CCDD_1122_3344, "rbx": 0x1111_2222_3333_4444,
+            "rdx": 0x8000_0000_0000_00FF, "rbp": DATA}
+    interpreted = _state(*_run(code, regs, None))
+    translated = _state(*_run(code, regs, 0))
+    assert translated == interpreted
+    out = interpreted[2]
+    assert out["rax"] == 0x0807_0605_0403_0201 and out["r9"] == 0x4433_2211
+    assert out["rbx"] == 0x1111_2222_3333_0000 and out["rdx"] == 0xFF00_0000_0000_0080

@@ -16,7 +16,7 @@ from typing import Callable, Dict
 
 from .decoder import Insn
 from .flags import CC_ADC, CC_ADD, CC_DEC, CC_EAGER, CC_INC, CC_LOGIC, CC_SBB, CC_SUB
-from .insns import alu, control, mov, muldiv, shift, stack, system
+from .insns import alu, control, mov, muldiv, shift, stack, system, sysregs
 from .faults import GP
 from .state import ARITH_FLAGS, RAX, RDX, RF, VM
 from .translate import M64, MASK, SIGN, BlockCodegen, FlagSource, Untranslatable
@@ -259,6 +259,20 @@ def xchg_rm_r(gen: BlockCodegen, i: Insn) -> None:
 
 def nop(gen: BlockCodegen, i: Insn) -> None:
     pass
+
+
+def fence(gen: BlockCodegen, i: Insn) -> None:
+    if i.is_mem:
+        raise Untranslatable("clflush (and the xsave forms) through the handler")
+    # lfence/mfence/sfence: one CPU with sequential memory has nothing to wait for.
+
+
+def bswap(gen: BlockCodegen, i: Insn) -> None:
+    size = i.opsize
+    if size == 2:
+        gen.set_reg(i.reg, 2, "0")  # undefined; what current CPUs do (as the handler)
+        return
+    gen.set_reg(i.reg, size, f"int.from_bytes({gen.reg(i.reg, size)}.to_bytes({size}, 'little'), 'big')")
 
 
 def setcc(gen: BlockCodegen, i: Insn) -> None:
@@ -521,7 +535,7 @@ EMITTERS: Dict[Callable, Callable[[BlockCodegen, Insn], None]] = {
     mov.mov_moffs_acc: mov_moffs_acc, mov.lea: lea, mov.movzx8: movzx8, mov.movzx16: movzx16,
     mov.movsx8: movsx8, mov.movsx16: movsx16, mov.movsxd: movsxd,
     mov.xchg_acc_reg: xchg_acc_reg, mov.xchg_rm_r: xchg_rm_r, mov.nop: nop,
-    system.nop_modrm: nop, system.rdtsc: rdtsc, mov.setcc: setcc, mov.cmovcc: cmovcc, mov.cbw: cbw, mov.cwd: cwd,
+    system.nop_modrm: nop, system.rdtsc: rdtsc, sysregs.fence_or_clflush: fence, mov.bswap: bswap, mov.setcc: setcc, mov.cmovcc: cmovcc, mov.cbw: cbw, mov.cwd: cwd,
     shift.shift_rm: shift_rm, muldiv.imul2: imul2, muldiv.imul3: imul3,
     stack.push_reg: push_reg, stack.pop_reg: pop_reg, stack.push_imm: push_imm,
     stack.push_rm: push_rm, stack.pushf: pushf,
