@@ -47,6 +47,9 @@ class VmControl(Protocol):
 
     def reset(self) -> None: ...
 
+    def reboot(self) -> None:
+        """Ask the guest to reboot: press the power button and restart it once it powers off."""
+
     def quit(self) -> None: ...
 
     def registers(self) -> Dict[str, int]: ...
@@ -135,6 +138,16 @@ def system_reset(m: Monitor, arguments: Dict[str, Any]) -> Any:
     return {}
 
 
+def guest_reboot(m: Monitor, arguments: Dict[str, Any]) -> Any:
+    """x-guest-reboot (pyhv's): libvirt's ACPI reboot in one command. libvirt does it on
+    QEMU with -no-shutdown, system_powerdown, then system_reset and cont on the SHUTDOWN
+    event; here the domain process restarts the machine itself when the guest powers off."""
+    _no_arguments(arguments)
+    m.control.reboot()
+    m.emit("POWERDOWN", {})
+    return {}
+
+
 def quit_(m: Monitor, arguments: Dict[str, Any]) -> Any:
     _no_arguments(arguments)
     m.control.quit()
@@ -190,6 +203,7 @@ COMMANDS: Dict[str, Command] = {
     "cont": cont,
     "system_powerdown": system_powerdown,
     "system_reset": system_reset,
+    "x-guest-reboot": guest_reboot,
     "quit": quit_,
     "human-monitor-command": human_monitor_command,
 }

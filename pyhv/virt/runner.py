@@ -64,6 +64,8 @@ class DomainRunner:
         self._pause_lock = threading.Lock()
         self.server: Optional[QmpServer] = None
         self.interfaces: Optional[DomainInterfaces] = None  # TAP devices, passt: made in run()
+        # Set by reboot(): the guest's next power-off boots the machine again (virsh reboot).
+        self.reboot_on_poweroff = False
 
     # --- VmControl ---------------------------------------------------------------------------
     def status(self) -> str:
@@ -87,6 +89,14 @@ class DomainRunner:
 
     def reset(self) -> None:
         self._require_machine().lifecycle.reset(QMP_RESET_REASON)
+
+    def reboot(self) -> None:
+        self.reboot_on_poweroff = True
+        try:
+            self.powerdown()
+        except QmpError:
+            self.reboot_on_poweroff = False
+            raise
 
     def quit(self) -> None:
         self._require_machine().lifecycle.shutdown(0, QUIT_REASON)
@@ -200,6 +210,10 @@ class DomainRunner:
                 self._emit("SHUTDOWN", {"guest": False, "reason": stop.reason})
                 return "stop", "destroyed"
             self._emit("SHUTDOWN", {"guest": True, "reason": "guest-shutdown"})
+            if self.reboot_on_poweroff:
+                self.reboot_on_poweroff = False
+                self._emit("RESET", {"guest": False, "reason": "host-qmp-system-reset"})
+                return "restart", "booted"
             return ("restart" if self.dom.on_poweroff == "restart" else "stop"), "shutdown"
         assert isinstance(stop, Reset)
         if stop.reason == QMP_RESET_REASON:

@@ -221,7 +221,8 @@ COMMANDS: Dict[str, Handler] = {
     "start": cmd_start,
     "shutdown": _simple("shutdown", "system_powerdown", "Domain '{name}' is being shutdown"),
     "destroy": cmd_destroy,
-    "reboot": _simple("reboot", "system_reset", "Domain '{name}' is being rebooted"),
+    # As libvirt's default (ACPI) mode: the guest shuts down and is started again.
+    "reboot": _simple("reboot", "x-guest-reboot", "Domain '{name}' is being rebooted"),
     "reset": _simple("reset", "system_reset", "Domain '{name}' was reset"),
     "suspend": _simple("suspend", "stop", "Domain '{name}' suspended"),
     "resume": _simple("resume", "cont", "Domain '{name}' resumed"),

@@ -44,6 +44,10 @@ class FakeVm:
     def reset(self) -> None:
         self.calls.append("reset")
 
+    def reboot(self) -> None:
+        self.powerdown()
+        self.calls.append("reboot")
+
     def quit(self) -> None:
         self.calls.append("quit")
 
@@ -141,6 +145,19 @@ def test_powerdown_without_acpi_is_a_qmp_error(tmp_path):
     finally:
         client.close()
         srv.close()
+
+
+def test_guest_reboot_presses_the_button_and_says_powerdown(server):
+    srv, vm = server
+    client = _legacy(srv.path)
+    try:
+        assert client.cmd_raw("x-guest-reboot") == {"return": {}}
+        assert client.pull_event(wait=5.0)["event"] == "POWERDOWN"
+        assert vm.calls == ["powerdown", "reboot"]
+        names = {entry["name"] for entry in client.cmd_raw("query-commands")["return"]}
+        assert "x-guest-reboot" in names
+    finally:
+        client.close()
 
 
 def _raw(path: str) -> socket.socket:

@@ -64,3 +64,30 @@ def test_powerdown_without_a_machine_is_a_clear_error(store_env, make_domain, lo
     idle = DomainRunner(Store.open(None), dom, 1)
     with pytest.raises(QmpError, match="the machine is being rebuilt"):
         idle.powerdown()
+
+
+def test_reboot_presses_the_button_and_boots_again_after_the_guest_powers_off(runner) -> None:
+    from pyhv.lifecycle import Shutdown
+
+    events = []
+    runner._emit = lambda event, data: events.append(event)
+    runner.reboot()  # what virsh reboot asks through QMP x-guest-reboot
+    assert runner.machine.pio.read(PM1_STS_PORT, 2) & PWRBTN_STS
+    # The guest acts on the button and powers off: the domain boots again.
+    assert runner._after(Shutdown(0, "ACPI power-off")) == ("restart", "booted")
+    assert events == ["SHUTDOWN", "RESET"]
+    # Only once: the next power-off follows on_poweroff (destroy by default).
+    assert runner._after(Shutdown(0, "ACPI power-off")) == ("stop", "shutdown")
+
+
+def test_reboot_without_a_power_button_fails_and_leaves_power_off_alone(runner, monkeypatch) -> None:
+    from pyhv.lifecycle import Shutdown
+
+    def no_button():
+        raise QmpError("GenericError", "this machine has no ACPI power button")
+
+    monkeypatch.setattr(runner, "powerdown", no_button)
+    with pytest.raises(QmpError):
+        runner.reboot()
+    runner._emit = lambda event, data: None
+    assert runner._after(Shutdown(0, "ACPI power-off")) == ("stop", "shutdown")
