@@ -308,8 +308,13 @@ class Cpu:
         block.links = tuple(links)
         self.blocks[phys] = block
         for ppn in pages:
-            self.page_blocks.setdefault(ppn, []).append(phys)
-            self.mmu.protect_code_page(ppn)
+            keys = self.page_blocks.get(ppn)
+            if keys is None:
+                # A page's first block: drop its write-TLB entries (a scan of the whole TLB).
+                # Later ones need not: the MMU never maps a code page for writing again.
+                self.page_blocks[ppn] = keys = []
+                self.mmu.protect_code_page(ppn)
+            keys.append(phys)
         return block
 
     def _links_hold(self, block: Block) -> bool:
