@@ -267,20 +267,26 @@ def test_legacy_modes_match_interpreter(bits):
     assert result.reason == StopReason.HLT
 
 
+def _pend_interrupt(cpu, vector: int) -> List[int]:
+    """Make ``vector`` pending on ``cpu``; the list returned gets the RIP where it is taken."""
+    taken: List[int] = []
+
+    def acknowledge():
+        taken.append(cpu.s.rip)
+        cpu.interrupt_request = False
+        return vector
+
+    cpu.interrupt_request = True
+    cpu.acknowledge_interrupt = acknowledge
+    return taken
+
+
 def test_interrupt_waits_for_block_boundary_and_sti_shadow():
     # sti; nop; <hot loop>: the interrupt is taken after the nop, never inside sti's shadow.
     code = assemble("sti\nnop\n1: inc %rax\ncmp $50, %rax\njne 1b\nhlt")
     memory, cpu = long_mode_cpu(code)
     cpu.translate_after = 0
-    cpu.interrupt_request = True
-    taken = []
-
-    def acknowledge():
-        taken.append(cpu.s.rip)
-        cpu.interrupt_request = False
-        return 0x40
-
-    cpu.acknowledge_interrupt = acknowledge
+    taken = _pend_interrupt(cpu, 0x40)
     result = cpu.run(1000)
     assert result.reason == StopReason.HLT
     assert taken == [CODE + 2]  # after sti and nop, before the loop
@@ -302,7 +308,7 @@ def test_a_pending_interrupt_with_if_clear_keeps_the_chains_and_popf_lets_it_in(
            hlt""")
     memory, cpu = long_mode_cpu(code)
     cpu.translate_after = 0
-    cpu.interrupt_request = True
+    taken = _pend_interrupt(cpu, 0x41)
     links = []
     original_link = Block.link
 
@@ -310,14 +316,6 @@ def test_a_pending_interrupt_with_if_clear_keeps_the_chains_and_popf_lets_it_in(
         links.append(rip)
         original_link(block, rip, successor, epoch)
 
-    taken = []
-
-    def acknowledge():
-        taken.append(cpu.s.rip)
-        cpu.interrupt_request = False
-        return 0x41
-
-    cpu.acknowledge_interrupt = acknowledge
     Block.link = counting_link
     try:
         result = cpu.run(10_000)
