@@ -13,6 +13,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 from . import __version__
 from .devices.pvpanic import PANIC_REASON as GUEST_PANIC_REASON
 from .errors import ConfigError, PyhvError, VmFatalError
+from .chardev import CharBackend
 from .devices.debug_exit import SHUTDOWN_REASON_PREFIX as DEBUG_EXIT_REASON
 from .lifecycle import Reset, Shutdown, StopRequest
 
@@ -33,6 +34,15 @@ def run_command(argv: List[str]) -> int:
 
 def run_config(config) -> Tuple[int, Optional[StopRequest]]:
     """Run the machine ``config`` describes; its exit status and the request that ended it."""
+    kept_chardevs: Dict[str, CharBackend] = {}  # file and socket back-ends live across resets
+    try:
+        return _run_until_stop(config, kept_chardevs)
+    finally:
+        for backend in kept_chardevs.values():
+            backend.close()
+
+
+def _run_until_stop(config, kept_chardevs) -> Tuple[int, Optional[StopRequest]]:
     from .machine import Machine
 
     while True:
@@ -41,7 +51,7 @@ def run_config(config) -> Tuple[int, Optional[StopRequest]]:
         blocked = {*TERMINATING_SIGNALS, signal.SIGUSR1}
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
         try:
-            machine = Machine(config)
+            machine = Machine(config, kept_chardevs=kept_chardevs)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         previous = _on_terminating_signals(

@@ -91,10 +91,15 @@ def _is_linux_kernel(kernel) -> bool:
 class Machine:
     """One VM: memory, buses, devices, boot state and an accelerator."""
 
-    def __init__(self, config: MachineConfig, notice: Callable[[str], None] = lambda m: print(m, file=sys.stderr)):
+    def __init__(self, config: MachineConfig, notice: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
+                 kept_chardevs: Optional[Dict[str, CharBackend]] = None):
+        """``kept_chardevs``: file and unix-socket back-ends by spec, owned by the caller, which
+        passes the same dict to the machine it builds after a reset so that, as in QEMU, a
+        reset neither truncates a log file nor drops a connected console client."""
         self.config = config
         self.lifecycle = Lifecycle()
-        self.backends: List[CharBackend] = []
+        self.backends: List[CharBackend] = []  # opened here, closed by close()
+        self.kept_chardevs = kept_chardevs
         self.memory = GuestMemory(config.ram_size)
         self.pio = Bus("pio")
         self.mmio = Bus("mmio")
@@ -129,9 +134,19 @@ class Machine:
     def _open_chardevs(self) -> None:
         self.chardevs: Dict[str, CharBackend] = {}
         for chardev_id, spec in self.config.chardevs.items():
-            backend = open_chardev(spec, self.lifecycle)
-            self.backends.append(backend)
-            self.chardevs[chardev_id] = backend
+            self.chardevs[chardev_id] = self._open_backend(spec)
+
+    def _open_backend(self, spec: str) -> CharBackend:
+        kept = self.kept_chardevs
+        # Only back-ends that do not hold this machine's lifecycle (stdio's Ctrl-A x does).
+        if kept is not None and spec.startswith(("file:", "unix:")):
+            backend = kept.get(spec)
+            if backend is None:
+                backend = kept[spec] = open_chardev(spec, self.lifecycle)
+            return backend
+        backend = open_chardev(spec, self.lifecycle)
+        self.backends.append(backend)
+        return backend
 
     def _serial_backend(self, spec: str) -> CharBackend:
         if spec.startswith("chardev:"):
@@ -139,9 +154,7 @@ class Machine:
             if name not in self.chardevs:
                 raise ConfigError(f"-serial {spec}: no -chardev with id '{name}'")
             return self.chardevs[name]
-        backend = open_chardev(spec, self.lifecycle)
-        self.backends.append(backend)
-        return backend
+        return self._open_backend(spec)
 
     def _attach_serial_ports(self) -> None:
         from .devices.serial import Serial

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from ..chardev import CharBackend
 from ..errors import PyhvError, VmFatalError
 from ..lifecycle import Reset, Shutdown, StopRequest
 from ..qmp.commands import GENERIC_ERROR, QmpError
@@ -66,6 +67,8 @@ class DomainRunner:
         self.interfaces: Optional[DomainInterfaces] = None  # TAP devices, passt: made in run()
         # Set by reboot(): the guest's next power-off boots the machine again (virsh reboot).
         self.reboot_on_poweroff = False
+        # The console sockets and log files, kept across reboots: a console stays attached.
+        self.kept_chardevs: Dict[str, CharBackend] = {}
 
     # --- VmControl ---------------------------------------------------------------------------
     def status(self) -> str:
@@ -141,7 +144,7 @@ class DomainRunner:
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, BLOCKED_WHILE_BUILDING)
         try:
             self.config.netdevs = self.interfaces.netdevs() if self.interfaces is not None else []
-            return Machine(self.config)
+            return Machine(self.config, kept_chardevs=self.kept_chardevs)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
@@ -174,6 +177,8 @@ class DomainRunner:
             machine, self.machine = self.machine, None
             if machine is not None:
                 machine.close()
+            for backend in self.kept_chardevs.values():
+                backend.close()
             if self.interfaces is not None:
                 self.interfaces.close()
             self._write_status("shutoff", final_reason)
