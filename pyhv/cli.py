@@ -11,10 +11,10 @@ import sys
 from typing import Callable, Dict, List, Optional, Tuple
 
 from . import __version__
-from .devices.pvpanic import PANIC_REASON as GUEST_PANIC_REASON
-from .errors import ConfigError, PyhvError, VmFatalError
 from .chardev import CharBackend
 from .devices.debug_exit import SHUTDOWN_REASON_PREFIX as DEBUG_EXIT_REASON
+from .devices.pvpanic import PANIC_REASON as GUEST_PANIC_REASON
+from .errors import ConfigError, PyhvError, VmFatalError
 from .lifecycle import Reset, Shutdown, StopRequest
 
 EXIT_ERROR = 1
@@ -93,8 +93,6 @@ def guest_command(argv: List[str]) -> int:
 # What `pyhv guest run` gives the default guest before the user's own options (which win).
 GUEST_RUN_DEFAULTS = ["-accel", "kvm:tcg", "-m", "256", "-nographic", "-no-reboot",
                       "-device", "isa-debug-exit,iobase=0xf4,iosize=4"]
-
-
 # The kernel passes each word after `--` to init as an argument and panics past this many.
 MAX_INIT_ARGS = 32
 
@@ -103,8 +101,9 @@ def _init_command(text: str) -> str:
     """``text`` as the default guest's /init reads it: in double quotes, one init argument."""
     if '"' not in text:
         return f'"{text}"'
-    if len(text.split()) >= MAX_INIT_ARGS:
-        raise ConfigError(f"the guest command has {len(text.split())} words and double quotes; the kernel "
+    words = len(text.split())
+    if words >= MAX_INIT_ARGS:
+        raise ConfigError(f"the guest command has {words} words and double quotes; the kernel "
                           f"refuses more than {MAX_INIT_ARGS} init arguments: drop the quotes or "
                           "put the command in a script")
     return text
