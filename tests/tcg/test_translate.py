@@ -578,3 +578,32 @@ def test_bswap_and_fences_translate_like_the_interpreter():
     out = interpreted[2]
     assert out["rax"] == 0x0807_0605_0403_0201 and out["r9"] == 0x4433_2211
     assert out["rbx"] == 0x1111_2222_3333_0000 and out["rdx"] == 0xFF00_0000_0000_0080
+
+
+@pytest.mark.parametrize("suffix, acc", [("b", "al"), ("w", "ax"), ("l", "eax"), ("q", "rax")])
+@pytest.mark.parametrize("matches", [True, False])
+def test_lock_cmpxchg_on_memory_translates_like_the_interpreter(suffix, acc, matches):
+    # Success: the source goes to memory, the accumulator (and its upper half) is left alone;
+    # failure: memory keeps its value, the accumulator gets it (a 32-bit one zero-extended).
+    # The jne and the pushf read the flags of cmp accumulator, destination.
+    code = assemble(f"""
+        mov (%rbp), %rbx
+        lock cmpxchg{suffix} %{ {'b': 'cl', 'w': 'cx', 'l': 'ecx', 'q': 'rcx'}[suffix]}, 8(%rbp)
+        jne 1f
+        inc %rsi
+    1:  pushf
+        pop %rdi
+        hlt""")
+    data = (0x1111_2222_3333_4444).to_bytes(8, "little") + (0x8877_6655_4433_2211).to_bytes(8, "little")
+    rax = 0xFFFF_FFFF_0000_0000 | (0x4433_2211 if matches else 0x1234)
+    if matches and suffix == "q":
+        rax = 0x8877_6655_4433_2211
+    elif matches:
+        rax = (rax & ~{"b": 0xFF, "w": 0xFFFF, "l": 0xFFFF_FFFF}[suffix]) | (
+            0x8877_6655_4433_2211 & {"b": 0xFF, "w": 0xFFFF, "l": 0xFFFF_FFFF}[suffix])
+    regs = {"rax": rax, "rcx": 0xCAFE_F00D_DEAD_BEEF, "rbp": DATA}
+    interpreted = _state(*_run(code, regs, None, data=data))
+    translated = _state(*_run(code, regs, 0, data=data))
+    assert translated == interpreted
+    assert interpreted[2]["rsi"] == (1 if matches else 0)
+    assert (interpreted[3][8:16] != data[8:16]) == matches

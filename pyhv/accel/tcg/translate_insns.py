@@ -261,6 +261,29 @@ def nop(gen: BlockCodegen, i: Insn) -> None:
     pass
 
 
+def cmpxchg(gen: BlockCodegen, i: Insn) -> None:
+    """Memory form (lock cmpxchg: the kernel's spinlocks and atomics); the register form
+    goes through the handler. The flags are those of cmp accumulator, destination; the
+    destination is always written (the locked cycle), the accumulator only on a mismatch."""
+    if not i.is_mem:
+        raise Untranslatable("register cmpxchg through the handler")
+    size = i.opsize
+    k = gen.index
+    dest = gen.load(gen.address(i), size, update=True)
+    acc = gen.reg(RAX, size)
+    if size == 8:
+        gen.add64(acc, dest, True)
+        gen.set_flags(CC_SUB, size, acc, dest, "")
+    else:
+        gen.set_flags(CC_SUB, size, acc, dest, f"({acc} - {dest}) & {MASK[size]:#x}")
+    gen.emit(f"x{k} = {gen.reg(i.reg, size)} if fa{k} == fb{k} else {dest}")
+    gen.store("a", size, f"x{k}")
+    gen.emit(f"if fa{k} != fb{k}:")
+    gen.indent += 1
+    gen.set_reg(RAX, size, dest)
+    gen.indent -= 1
+
+
 def fence(gen: BlockCodegen, i: Insn) -> None:
     if i.is_mem:
         raise Untranslatable("clflush (and the xsave forms) through the handler")
@@ -535,7 +558,8 @@ EMITTERS: Dict[Callable, Callable[[BlockCodegen, Insn], None]] = {
     mov.mov_moffs_acc: mov_moffs_acc, mov.lea: lea, mov.movzx8: movzx8, mov.movzx16: movzx16,
     mov.movsx8: movsx8, mov.movsx16: movsx16, mov.movsxd: movsxd,
     mov.xchg_acc_reg: xchg_acc_reg, mov.xchg_rm_r: xchg_rm_r, mov.nop: nop,
-    system.nop_modrm: nop, system.rdtsc: rdtsc, sysregs.fence_or_clflush: fence, mov.bswap: bswap, mov.setcc: setcc, mov.cmovcc: cmovcc, mov.cbw: cbw, mov.cwd: cwd,
+    system.nop_modrm: nop, system.rdtsc: rdtsc, sysregs.fence_or_clflush: fence, mov.bswap: bswap,
+    mov.cmpxchg: cmpxchg, mov.setcc: setcc, mov.cmovcc: cmovcc, mov.cbw: cbw, mov.cwd: cwd,
     shift.shift_rm: shift_rm, muldiv.imul2: imul2, muldiv.imul3: imul3,
     stack.push_reg: push_reg, stack.pop_reg: pop_reg, stack.push_imm: push_imm,
     stack.push_rm: push_rm, stack.pushf: pushf,
