@@ -607,3 +607,31 @@ def test_lock_cmpxchg_on_memory_translates_like_the_interpreter(suffix, acc, mat
     assert translated == interpreted
     assert interpreted[2]["rsi"] == (1 if matches else 0)
     assert (interpreted[3][8:16] != data[8:16]) == matches
+
+
+@pytest.mark.parametrize("op", ["bt", "bts", "btr", "btc"])
+@pytest.mark.parametrize("suffix, reg, offset_reg", [("w", "dx", "cx"), ("l", "edx", "ecx"), ("q", "rdx", "rcx")])
+def test_bit_test_family_translates_like_the_interpreter(op, suffix, reg, offset_reg):
+    # CF gets the bit, the other flags stay those of the cmp before (read back by pushf and
+    # by a jc/jz); immediate offsets on a register and on memory, a register offset (taken
+    # modulo the operand size) on a register. Register offsets into memory keep the handler.
+    code = assemble(f"""
+        cmp %rax, %rbx
+        {op}{suffix} $35, %{reg}
+        setc %r8b
+        {op}{suffix} $6, 8(%rbp)
+        setc %r9b
+        {op}{suffix} %{offset_reg}, %{reg}
+        jc 1f
+        inc %rsi
+    1:  jz 2f
+        inc %rdi
+    2:  pushf
+        pop %r10
+        hlt""")
+    data = bytes(8) + (0x5A5A_5A5A_5A5A_5A5A).to_bytes(8, "little")
+    for rax, rcx in ((5, 0x47), (7, 0x31)):
+        regs = {"rax": rax, "rbx": 5, "rcx": rcx, "rdx": 0x8000_0008_F0F0_00FF, "rbp": DATA}
+        interpreted = _state(*_run(code, regs, None, data=data))
+        translated = _state(*_run(code, regs, 0, data=data))
+        assert translated == interpreted

@@ -17,8 +17,9 @@ from typing import Callable, Dict
 from .decoder import Insn
 from .flags import CC_ADC, CC_ADD, CC_DEC, CC_EAGER, CC_INC, CC_LOGIC, CC_SBB, CC_SUB
 from .insns import alu, control, mov, muldiv, shift, stack, system, sysregs
+from .insns import bit as bit_insns
 from .faults import GP
-from .state import ARITH_FLAGS, RAX, RDX, RF, VM
+from .state import ARITH_FLAGS, CF, RAX, RDX, RF, VM
 from .translate import M64, MASK, SIGN, BlockCodegen, FlagSource, Untranslatable
 
 ADD, OR, ADC, SBB, AND, SUB, XOR, CMP = range(8)
@@ -282,6 +283,38 @@ def cmpxchg(gen: BlockCodegen, i: Insn) -> None:
     gen.indent += 1
     gen.set_reg(RAX, size, dest)
     gen.indent -= 1
+
+
+def _bit_op(gen: BlockCodegen, i: Insn, kind: int, bit: str) -> None:
+    """bt/bts/btr/btc of bit ``bit`` (an expression already reduced to the operand size): CF
+    gets the bit, the other flags stay as they were."""
+    size = i.opsize
+    if i.is_mem:
+        value = gen.load(gen.address(i), size, update=kind != bit_insns.BT)
+    else:
+        value = gen.reg(i.rm, size)
+    arith = gen.arith_flags()
+    k = gen.index
+    gen.emit(f"fl{k} = ({arith} & {ARITH_FLAGS & ~CF:#x}) | (({value} >> {bit}) & 1)")
+    gen.flags = FlagSource(k, CC_EAGER, size)
+    if kind == bit_insns.BT:
+        return
+    new = {bit_insns.BTS: f"{value} | (1 << {bit})", bit_insns.BTR: f"{value} & ~(1 << {bit})",
+           bit_insns.BTC: f"{value} ^ (1 << {bit})"}[kind]
+    if i.is_mem:
+        gen.store("a", size, new)
+    else:
+        gen.set_reg(i.rm, size, new)
+
+
+def bt_imm(gen: BlockCodegen, i: Insn) -> None:
+    _bit_op(gen, i, i.raw_reg - 4, f"{i.imm & (8 * i.opsize - 1)}")
+
+
+def bt_reg(gen: BlockCodegen, i: Insn) -> None:
+    if i.is_mem:
+        raise Untranslatable("a register bit offset into memory reaches outside the operand")
+    _bit_op(gen, i, bit_insns.KIND_BY_OP[i.op], f"({gen.reg(i.reg, i.opsize)} & {8 * i.opsize - 1})")
 
 
 def fence(gen: BlockCodegen, i: Insn) -> None:
@@ -559,7 +592,7 @@ EMITTERS: Dict[Callable, Callable[[BlockCodegen, Insn], None]] = {
     mov.movsx8: movsx8, mov.movsx16: movsx16, mov.movsxd: movsxd,
     mov.xchg_acc_reg: xchg_acc_reg, mov.xchg_rm_r: xchg_rm_r, mov.nop: nop,
     system.nop_modrm: nop, system.rdtsc: rdtsc, sysregs.fence_or_clflush: fence, mov.bswap: bswap,
-    mov.cmpxchg: cmpxchg, mov.setcc: setcc, mov.cmovcc: cmovcc, mov.cbw: cbw, mov.cwd: cwd,
+    mov.cmpxchg: cmpxchg, bit_insns.bt_imm: bt_imm, bit_insns.bt_reg: bt_reg, mov.setcc: setcc, mov.cmovcc: cmovcc, mov.cbw: cbw, mov.cwd: cwd,
     shift.shift_rm: shift_rm, muldiv.imul2: imul2, muldiv.imul3: imul3,
     stack.push_reg: push_reg, stack.pop_reg: pop_reg, stack.push_imm: push_imm,
     stack.push_rm: push_rm, stack.pushf: pushf,

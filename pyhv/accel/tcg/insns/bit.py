@@ -14,7 +14,7 @@ from ..state import CF, ZF
 from .rmw import read_for_update
 
 BT, BTS, BTR, BTC = range(4)
-_KIND_BY_OP = {0x1A3: BT, 0x1AB: BTS, 0x1B3: BTR, 0x1BB: BTC}
+KIND_BY_OP = {0x1A3: BT, 0x1AB: BTS, 0x1B3: BTR, 0x1BB: BTC}
 
 
 def _bit_op(cpu, i: Insn, kind: int, offset: int, offset_is_reg: bool) -> None:
@@ -51,7 +51,7 @@ def _bit_op(cpu, i: Insn, kind: int, offset: int, offset_is_reg: bool) -> None:
 
 
 def bt_reg(cpu, i: Insn) -> None:
-    _bit_op(cpu, i, _KIND_BY_OP[i.op], get_reg(cpu.s.regs, i.reg, i.opsize), True)
+    _bit_op(cpu, i, KIND_BY_OP[i.op], get_reg(cpu.s.regs, i.reg, i.opsize), True)
 
 
 def bt_imm(cpu, i: Insn) -> None:
