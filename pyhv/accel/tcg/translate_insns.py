@@ -16,11 +16,10 @@ from typing import Callable, Dict
 
 from .decoder import Insn
 from .flags import CC_ADC, CC_ADD, CC_DEC, CC_EAGER, CC_INC, CC_LOGIC, CC_SBB, CC_SUB
-from .insns import alu, control, mov, muldiv, shift, stack, system, sysregs
-from .insns import bit as bit_insns
-from .faults import GP
-from .state import ARITH_FLAGS, CF, RAX, RDX, RF, VM
+from .insns import alu, control, mov, muldiv, shift, stack, system
+from .state import ARITH_FLAGS, RAX, RF, VM
 from .translate import M64, MASK, SIGN, BlockCodegen, FlagSource, Untranslatable
+from .translate_system import SYSTEM_EMITTERS
 
 ADD, OR, ADC, SBB, AND, SUB, XOR, CMP = range(8)
 
@@ -262,75 +261,6 @@ def nop(gen: BlockCodegen, i: Insn) -> None:
     pass
 
 
-def cmpxchg(gen: BlockCodegen, i: Insn) -> None:
-    """Memory form (lock cmpxchg: the kernel's spinlocks and atomics); the register form
-    goes through the handler. The flags are those of cmp accumulator, destination; the
-    destination is always written (the locked cycle), the accumulator only on a mismatch."""
-    if not i.is_mem:
-        raise Untranslatable("register cmpxchg through the handler")
-    size = i.opsize
-    k = gen.index
-    dest = gen.load(gen.address(i), size, update=True)
-    acc = gen.reg(RAX, size)
-    if size == 8:
-        gen.add64(acc, dest, True)
-        gen.set_flags(CC_SUB, size, acc, dest, "")
-    else:
-        gen.set_flags(CC_SUB, size, acc, dest, f"({acc} - {dest}) & {MASK[size]:#x}")
-    gen.emit(f"x{k} = {gen.reg(i.reg, size)} if fa{k} == fb{k} else {dest}")
-    gen.store("a", size, f"x{k}")
-    gen.emit(f"if fa{k} != fb{k}:")
-    gen.indent += 1
-    gen.set_reg(RAX, size, dest)
-    gen.indent -= 1
-
-
-def _bit_op(gen: BlockCodegen, i: Insn, kind: int, bit: str) -> None:
-    """bt/bts/btr/btc of bit ``bit`` (an expression already reduced to the operand size): CF
-    gets the bit, the other flags stay as they were."""
-    size = i.opsize
-    if i.is_mem:
-        value = gen.load(gen.address(i), size, update=kind != bit_insns.BT)
-    else:
-        value = gen.reg(i.rm, size)
-    arith = gen.arith_flags()
-    k = gen.index
-    gen.emit(f"fl{k} = ({arith} & {ARITH_FLAGS & ~CF:#x}) | (({value} >> {bit}) & 1)")
-    gen.flags = FlagSource(k, CC_EAGER, size)
-    if kind == bit_insns.BT:
-        return
-    new = {bit_insns.BTS: f"{value} | (1 << {bit})", bit_insns.BTR: f"{value} & ~(1 << {bit})",
-           bit_insns.BTC: f"{value} ^ (1 << {bit})"}[kind]
-    if i.is_mem:
-        gen.store("a", size, new)
-    else:
-        gen.set_reg(i.rm, size, new)
-
-
-def bt_imm(gen: BlockCodegen, i: Insn) -> None:
-    _bit_op(gen, i, i.raw_reg - 4, f"{i.imm & (8 * i.opsize - 1)}")
-
-
-def bt_reg(gen: BlockCodegen, i: Insn) -> None:
-    if i.is_mem:
-        raise Untranslatable("a register bit offset into memory reaches outside the operand")
-    _bit_op(gen, i, bit_insns.KIND_BY_OP[i.op], f"({gen.reg(i.reg, i.opsize)} & {8 * i.opsize - 1})")
-
-
-def fence(gen: BlockCodegen, i: Insn) -> None:
-    if i.is_mem:
-        raise Untranslatable("clflush (and the xsave forms) through the handler")
-    # lfence/mfence/sfence: one CPU with sequential memory has nothing to wait for.
-
-
-def bswap(gen: BlockCodegen, i: Insn) -> None:
-    size = i.opsize
-    if size == 2:
-        gen.set_reg(i.reg, 2, "0")  # undefined; what current CPUs do (as the handler)
-        return
-    gen.set_reg(i.reg, size, f"int.from_bytes({gen.reg(i.reg, size)}.to_bytes({size}, 'little'), 'big')")
-
-
 def setcc(gen: BlockCodegen, i: Insn) -> None:
     value = gen.temp()
     gen.emit(f"{value} = 1 if {gen.condition(i.op & 0xF)} else 0")
@@ -523,19 +453,6 @@ def pushf(gen: BlockCodegen, i: Insn) -> None:
     gen.push(i.opsize, f"(s.rflags & {keep:#x}) | {arith} | 2")
 
 
-# --- system ------------------------------------------------------------------------------
-def rdtsc(gen: BlockCodegen, i: Insn) -> None:
-    # The kernel's delay and clock loops run rdtsc millions of times in a boot; through the
-    # interpreter each one stored and reloaded the whole block state.
-    gen.may_fault()
-    gen.emit(f"if s.cr4 & {system.CR4_TSD:#x} and s.cpl != 0:")
-    gen.emit(f"    raise GuestFault({GP}, 0)")
-    tsc = gen.temp()
-    gen.emit(f"{tsc} = {gen.const('read_tsc', system.read_tsc)}(cpu)")
-    gen.set_reg(RAX, 8, f"{tsc} & 0xffffffff")
-    gen.set_reg(RDX, 8, f"{tsc} >> 32")
-
-
 # --- control transfer (always the block's last instruction) -------------------------------
 def _end(gen: BlockCodegen, rip: str) -> None:
     gen.exit(rip, gen.index + 1)
@@ -591,11 +508,11 @@ EMITTERS: Dict[Callable, Callable[[BlockCodegen, Insn], None]] = {
     mov.mov_moffs_acc: mov_moffs_acc, mov.lea: lea, mov.movzx8: movzx8, mov.movzx16: movzx16,
     mov.movsx8: movsx8, mov.movsx16: movsx16, mov.movsxd: movsxd,
     mov.xchg_acc_reg: xchg_acc_reg, mov.xchg_rm_r: xchg_rm_r, mov.nop: nop,
-    system.nop_modrm: nop, system.rdtsc: rdtsc, sysregs.fence_or_clflush: fence, mov.bswap: bswap,
-    mov.cmpxchg: cmpxchg, bit_insns.bt_imm: bt_imm, bit_insns.bt_reg: bt_reg, mov.setcc: setcc, mov.cmovcc: cmovcc, mov.cbw: cbw, mov.cwd: cwd,
+    system.nop_modrm: nop, mov.setcc: setcc, mov.cmovcc: cmovcc, mov.cbw: cbw, mov.cwd: cwd,
     shift.shift_rm: shift_rm, muldiv.imul2: imul2, muldiv.imul3: imul3,
     stack.push_reg: push_reg, stack.pop_reg: pop_reg, stack.push_imm: push_imm,
     stack.push_rm: push_rm, stack.pushf: pushf,
     control.jmp_rel: jmp_rel, control.jcc: jcc, control.call_rel: call_rel,
     control.jmp_rm: jmp_rm, control.call_rm: call_rm, control.ret_near: ret_near,
 }
+EMITTERS.update(SYSTEM_EMITTERS)

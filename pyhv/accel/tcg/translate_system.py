@@ -1,0 +1,105 @@
+"""Instruction translators for the bit-test family, lock cmpxchg, bswap, fences and rdtsc.
+
+The instructions the Linux kernel runs millions of times in a boot that are neither plain
+arithmetic nor moves (its spinlocks, atomics, bitmaps, delay loops). The rules of
+:mod:`.translate_insns` hold: loads and stores before register writes; flag locals at will.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict
+
+from .decoder import Insn
+from .faults import GP
+from .flags import CC_EAGER, CC_SUB
+from .insns import bit as bit_insns
+from .insns import mov, system, sysregs
+from .state import ARITH_FLAGS, CF, RAX, RDX
+from .translate import MASK, BlockCodegen, FlagSource, Untranslatable
+
+
+def cmpxchg(gen: BlockCodegen, i: Insn) -> None:
+    """Memory form (lock cmpxchg: the kernel's spinlocks and atomics); the register form
+    goes through the handler. The flags are those of cmp accumulator, destination; the
+    destination is always written (the locked cycle), the accumulator only on a mismatch."""
+    if not i.is_mem:
+        raise Untranslatable("register cmpxchg through the handler")
+    size = i.opsize
+    k = gen.index
+    dest = gen.load(gen.address(i), size, update=True)
+    acc = gen.reg(RAX, size)
+    if size == 8:
+        gen.add64(acc, dest, True)
+        gen.set_flags(CC_SUB, size, acc, dest, "")
+    else:
+        gen.set_flags(CC_SUB, size, acc, dest, f"({acc} - {dest}) & {MASK[size]:#x}")
+    gen.emit(f"x{k} = {gen.reg(i.reg, size)} if fa{k} == fb{k} else {dest}")
+    gen.store("a", size, f"x{k}")
+    gen.emit(f"if fa{k} != fb{k}:")
+    gen.indent += 1
+    gen.set_reg(RAX, size, dest)
+    gen.indent -= 1
+
+
+def _bit_op(gen: BlockCodegen, i: Insn, kind: int, bit: str) -> None:
+    """bt/bts/btr/btc of bit ``bit`` (an expression already reduced to the operand size): CF
+    gets the bit, the other flags stay as they were."""
+    size = i.opsize
+    if i.is_mem:
+        value = gen.load(gen.address(i), size, update=kind != bit_insns.BT)
+    else:
+        value = gen.reg(i.rm, size)
+    arith = gen.arith_flags()
+    k = gen.index
+    gen.emit(f"fl{k} = ({arith} & {ARITH_FLAGS & ~CF:#x}) | (({value} >> {bit}) & 1)")
+    gen.flags = FlagSource(k, CC_EAGER, size)
+    if kind == bit_insns.BT:
+        return
+    new = {bit_insns.BTS: f"{value} | (1 << {bit})", bit_insns.BTR: f"{value} & ~(1 << {bit})",
+           bit_insns.BTC: f"{value} ^ (1 << {bit})"}[kind]
+    if i.is_mem:
+        gen.store("a", size, new)
+    else:
+        gen.set_reg(i.rm, size, new)
+
+
+def bt_imm(gen: BlockCodegen, i: Insn) -> None:
+    _bit_op(gen, i, i.raw_reg - 4, f"{i.imm & (8 * i.opsize - 1)}")
+
+
+def bt_reg(gen: BlockCodegen, i: Insn) -> None:
+    if i.is_mem:
+        raise Untranslatable("a register bit offset into memory reaches outside the operand")
+    _bit_op(gen, i, bit_insns.KIND_BY_OP[i.op], f"({gen.reg(i.reg, i.opsize)} & {8 * i.opsize - 1})")
+
+
+def fence(gen: BlockCodegen, i: Insn) -> None:
+    if i.is_mem:
+        raise Untranslatable("clflush (and the xsave forms) through the handler")
+    # lfence/mfence/sfence: one CPU with sequential memory has nothing to wait for.
+
+
+def bswap(gen: BlockCodegen, i: Insn) -> None:
+    size = i.opsize
+    if size == 2:
+        gen.set_reg(i.reg, 2, "0")  # undefined; what current CPUs do (as the handler)
+        return
+    gen.set_reg(i.reg, size, f"int.from_bytes({gen.reg(i.reg, size)}.to_bytes({size}, 'little'), 'big')")
+
+
+def rdtsc(gen: BlockCodegen, i: Insn) -> None:
+    # The kernel's delay and clock loops run rdtsc millions of times in a boot; through the
+    # interpreter each one stored and reloaded the whole block state.
+    gen.may_fault()
+    gen.emit(f"if s.cr4 & {system.CR4_TSD:#x} and s.cpl != 0:")
+    gen.emit(f"    raise GuestFault({GP}, 0)")
+    tsc = gen.temp()
+    gen.emit(f"{tsc} = {gen.const('read_tsc', system.read_tsc)}(cpu)")
+    gen.set_reg(RAX, 8, f"{tsc} & 0xffffffff")
+    gen.set_reg(RDX, 8, f"{tsc} >> 32")
+
+
+SYSTEM_EMITTERS: Dict[Callable, Callable[[BlockCodegen, Insn], None]] = {
+    system.rdtsc: rdtsc, sysregs.fence_or_clflush: fence, mov.bswap: bswap, mov.cmpxchg: cmpxchg,
+    bit_insns.bt_imm: bt_imm, bit_insns.bt_reg: bt_reg,
+}
