@@ -23,7 +23,6 @@ TERMINATING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def run_command(argv: List[str]) -> int:
-    from .machine import Machine
     from .qemu_args import parse_run_args, usage
 
     if any(a in ("-h", "-help", "--help") for a in argv):

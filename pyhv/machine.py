@@ -285,10 +285,6 @@ class Machine:
                             reserved=ACPI_RESERVED_RANGES, acpi_rsdp_addr=rsdp)
         self.accel.load_boot_state(state)
 
-    def request_powerdown(self) -> None:
-        """Press the ACPI power button (virsh shutdown, QMP system_powerdown)."""
-        self.acpi_pm.press_power_button()
-
     # --- running -------------------------------------------------------------------------
     def run(self) -> StopRequest:
         self.pci.start()  # network back-ends' reader threads
