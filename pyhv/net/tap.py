@@ -12,7 +12,7 @@ import errno
 import fcntl
 import os
 import struct
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from .backend import MAX_FRAME_SIZE, NetBackend, NetdevError, NetdevSpec
 
@@ -21,6 +21,25 @@ TUNSETIFF = 0x400454CA
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
 IFNAMSIZ = 16
+
+
+def open_tap_fd(ifname: str) -> Tuple[int, str]:
+    """Open ``/dev/net/tun`` and create or attach to TAP interface ``ifname`` (the kernel names
+    it if empty; ``%d`` in it lets the kernel pick a number): (descriptor, actual name)."""
+    if len(ifname.encode()) >= IFNAMSIZ:
+        raise NetdevError(f"tap: interface name '{ifname}' is longer than {IFNAMSIZ - 1} bytes")
+    try:
+        fd = os.open(TUN_DEVICE, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as err:
+        raise NetdevError(f"tap: cannot open {TUN_DEVICE}: {err.strerror}") from err
+    request = struct.pack("16sH22x", ifname.encode(), IFF_TAP | IFF_NO_PI)
+    try:
+        answer = fcntl.ioctl(fd, TUNSETIFF, request)
+    except OSError as err:
+        os.close(fd)
+        hint = " (creating a TAP interface needs CAP_NET_ADMIN)" if err.errno == errno.EPERM else ""
+        raise NetdevError(f"tap: cannot attach to interface '{ifname}': {err.strerror}{hint}") from err
+    return fd, answer[:IFNAMSIZ].split(b"\0", 1)[0].decode()
 
 
 class TapBackend(NetBackend):
@@ -34,21 +53,7 @@ class TapBackend(NetBackend):
     @classmethod
     def open(cls, ifname: str = "") -> "TapBackend":
         """Create or attach to TAP interface ``ifname`` (the kernel names it if empty)."""
-        if len(ifname.encode()) >= IFNAMSIZ:
-            raise NetdevError(f"tap: interface name '{ifname}' is longer than {IFNAMSIZ - 1} bytes")
-        try:
-            fd = os.open(TUN_DEVICE, os.O_RDWR | os.O_CLOEXEC)
-        except OSError as err:
-            raise NetdevError(f"tap: cannot open {TUN_DEVICE}: {err.strerror}") from err
-        request = struct.pack("16sH22x", ifname.encode(), IFF_TAP | IFF_NO_PI)
-        try:
-            answer = fcntl.ioctl(fd, TUNSETIFF, request)
-        except OSError as err:
-            os.close(fd)
-            hint = " (creating a TAP interface needs CAP_NET_ADMIN)" if err.errno == errno.EPERM else ""
-            raise NetdevError(f"tap: cannot attach to interface '{ifname}': {err.strerror}{hint}") from err
-        name = answer[:IFNAMSIZ].split(b"\0", 1)[0].decode()
-        return cls(fd, name)
+        return cls(*open_tap_fd(ifname))
 
     def fileno(self) -> int:
         return self.fd

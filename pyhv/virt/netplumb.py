@@ -23,7 +23,8 @@ import time
 from typing import Dict, List, Optional
 
 from ..errors import PyhvError
-from ..net.tap import IFF_NO_PI, IFF_TAP, IFNAMSIZ, TUN_DEVICE, TUNSETIFF
+from ..net.backend import NetdevError
+from ..net.tap import IFNAMSIZ, open_tap_fd
 from .network import NetworkConfig
 
 # _IOW('T', 204/206, int): who may open a persistent TAP device again.
@@ -121,21 +122,16 @@ class TapDevice:
 
 def create_tap(name: str, uid: int, gid: int) -> TapDevice:
     """A TAP device named ``name`` (``%d`` in it lets the kernel pick a number), owned by uid:gid."""
-    if len(name.encode()) >= IFNAMSIZ:
-        raise NetPlumbError(f"TAP device name '{name}' is longer than {IFNAMSIZ - 1} bytes")
     try:
-        fd = os.open(TUN_DEVICE, os.O_RDWR | os.O_CLOEXEC)
-    except OSError as err:
-        raise NetPlumbError(f"cannot open {TUN_DEVICE} to create TAP device '{name}': {err.strerror}") from err
+        fd, actual = open_tap_fd(name)
+    except NetdevError as err:
+        raise NetPlumbError(str(err)) from err
     try:
-        answer = fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), IFF_TAP | IFF_NO_PI))
-        actual = answer[:IFNAMSIZ].split(b"\0", 1)[0].decode()
         fcntl.ioctl(fd, TUNSETOWNER, uid)
         fcntl.ioctl(fd, TUNSETGROUP, gid)
     except OSError as err:
         os.close(fd)
-        raise NetPlumbError(f"cannot create TAP device '{name}': {err.strerror} "
-                            "(creating TAP devices needs CAP_NET_ADMIN)") from err
+        raise NetPlumbError(f"cannot give TAP device '{actual}' to {uid}:{gid}: {err.strerror}") from err
     return TapDevice(fd, actual)
 
 
