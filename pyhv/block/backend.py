@@ -38,6 +38,9 @@ class BlockBackend(abc.ABC):
     """A virtual disk; offsets and lengths are in bytes and must stay inside ``size``."""
 
     format_name = ""
+    # True where requests may run on several threads at once (positional I/O on one fd and
+    # no shared metadata, as raw); a device then serves large requests from a worker pool.
+    thread_safe = False
 
     def __init__(self, filename: str, size: int, read_only: bool) -> None:
         self.filename = filename

@@ -2,7 +2,8 @@
 
 CPython has ``os.preadv``/``os.pwritev``; PyPy 3.9 has neither, nor ``SEEK_DATA``, so the
 libc calls are reached through ctypes there. Reading into a caller's memoryview keeps guest
-RAM transfers free of intermediate copies.
+RAM transfers free of intermediate copies, and a request's scatter-gather list goes to the
+kernel in one ``preadv``/``pwritev`` instead of one call per buffer.
 """
 
 from __future__ import annotations
@@ -10,11 +11,15 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-from typing import Optional
+from typing import List, Optional, Sequence
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.pread.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_longlong]
 _libc.pread.restype = ctypes.c_ssize_t
+_libc.preadv.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_longlong]
+_libc.preadv.restype = ctypes.c_ssize_t
+_libc.pwritev.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_longlong]
+_libc.pwritev.restype = ctypes.c_ssize_t
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
 _libc.fallocate.restype = ctypes.c_int
 _libc.lseek.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_int]
@@ -27,6 +32,12 @@ SEEK_DATA = 3
 SEEK_HOLE = 4
 
 _HAVE_PREADV = hasattr(os, "preadv")
+# Linux's UIO_MAXIOV: a longer vector is refused with EINVAL, so it goes in several calls.
+IOV_MAX = 1024
+
+
+class _IoVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("length", ctypes.c_size_t)]
 
 
 def byte_view(data) -> memoryview:
@@ -69,6 +80,10 @@ def _pread_ctypes(fd: int, view: memoryview, offset: int) -> int:
 def pwrite_all(fd: int, data, offset: int) -> None:
     """Write all of ``data`` (any bytes-like object) at ``offset``."""
     view = byte_view(data)
+    if not _HAVE_PREADV and not view.readonly:
+        # PyPy's os.pwrite copies its argument first (about 3x slower for 1 MiB).
+        pwritev_all(fd, [view], offset)
+        return
     done = 0
     while done < len(view):
         done += os.pwrite(fd, view[done:], offset + done)
@@ -90,3 +105,85 @@ def seek_data(fd: int, offset: int, whence: int) -> Optional[int]:
     if result < 0:
         return None
     return result
+
+
+def _advance(views: List[memoryview], count: int) -> List[memoryview]:
+    """What is left of ``views`` once their first ``count`` bytes have been transferred."""
+    index = 0
+    while index < len(views) and count >= len(views[index]):
+        count -= len(views[index])
+        index += 1
+    rest = views[index:]
+    if rest and count:
+        rest[0] = rest[0][count:]
+    return rest
+
+
+def _iovec_ctypes(views: Sequence[memoryview]):
+    vector = (_IoVec * len(views))()
+    for slot, view in zip(vector, views):
+        slot.base = ctypes.addressof(ctypes.c_char.from_buffer(view))
+        slot.length = len(view)
+    return vector
+
+
+def _vector_call(function, fd: int, views: Sequence[memoryview], offset: int) -> int:
+    vector = _iovec_ctypes(views)
+    done = function(fd, vector, len(views), offset)
+    if done < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return done
+
+
+def preadv_into(fd: int, buffers: Sequence[memoryview], offset: int) -> int:
+    """Fill ``buffers`` in order from ``offset``; bytes past end of file read as zero.
+
+    The buffers must be writable flat byte views. Returns the bytes read from the file."""
+    total = 0
+    if _HAVE_PREADV and len(buffers) <= IOV_MAX:
+        # One call fills the whole list unless it crosses the end of the file.
+        total = os.preadv(fd, buffers, offset)
+        if total == sum(map(len, buffers)):
+            return total
+    pending = _advance([view for view in buffers if len(view)], total)
+    while pending:
+        batch = pending[:IOV_MAX]
+        if _HAVE_PREADV:
+            got = os.preadv(fd, batch, offset + total)
+        else:
+            got = _vector_call(_libc.preadv, fd, batch, offset + total)
+        if got == 0:
+            for view in pending:
+                view[:] = bytes(len(view))
+            break
+        total += got
+        pending = _advance(pending, got)
+    return total
+
+
+def pwritev_all(fd: int, buffers: Sequence[memoryview], offset: int) -> None:
+    """Write ``buffers`` (flat byte views) in order at ``offset``, all of them."""
+    if _HAVE_PREADV and len(buffers) <= IOV_MAX:
+        done = os.pwritev(fd, buffers, offset)
+        if done == sum(map(len, buffers)):
+            return
+        pending = _advance(list(buffers), done)
+        offset += done
+    else:
+        pending = [view for view in buffers if len(view)]
+    if not _HAVE_PREADV and any(view.readonly for view in pending):
+        # ctypes takes the address of writable buffers only (bytes objects in tools).
+        for view in pending:
+            pwrite_all(fd, view, offset)
+            offset += len(view)
+        return
+    done = 0
+    while pending:
+        batch = pending[:IOV_MAX]
+        if _HAVE_PREADV:
+            wrote = os.pwritev(fd, batch, offset + done)
+        else:
+            wrote = _vector_call(_libc.pwritev, fd, batch, offset + done)
+        done += wrote
+        pending = _advance(pending, wrote)

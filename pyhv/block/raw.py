@@ -7,7 +7,7 @@ FALLOC_FL_ZERO_RANGE where the file system has it, writing zeros only as a fallb
 from __future__ import annotations
 
 import os
-from typing import List
+from typing import List, Sequence
 
 from . import fileio
 from .backend import BlockBackend, Extent
@@ -18,6 +18,7 @@ _ZERO_CHUNK = 1 << 20
 
 class RawImage(BlockBackend):
     format_name = "raw"
+    thread_safe = True  # pread/pwrite at explicit offsets share no file position
 
     def __init__(self, path: str, read_only: bool = False) -> None:
         flags = os.O_RDONLY if read_only else os.O_RDWR
@@ -35,6 +36,14 @@ class RawImage(BlockBackend):
         length = memoryview(data).nbytes
         self._check_request(offset, length, True)
         fileio.pwrite_all(self._fd, data, offset)
+
+    def readv(self, offset: int, buffers: Sequence[memoryview]) -> None:
+        self._check_request(offset, sum(map(len, buffers)), False)
+        fileio.preadv_into(self._fd, buffers, offset)
+
+    def writev(self, offset: int, buffers: Sequence[memoryview]) -> None:
+        self._check_request(offset, sum(map(len, buffers)), True)
+        fileio.pwritev_all(self._fd, buffers, offset)
 
     def flush(self) -> None:
         if not self.read_only:

@@ -1,0 +1,109 @@
+"""Vectored positional I/O: one call per scatter-gather list, on both the os and ctypes paths."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from pyhv.block import fileio
+
+FILE_SIZE = 10_000
+
+
+@pytest.fixture(params=["os", "ctypes"])
+def path(request, tmp_path, monkeypatch):
+    """A file of FILE_SIZE patterned bytes; ``ctypes`` runs PyPy's libc path on any runtime."""
+    if request.param == "ctypes":
+        monkeypatch.setattr(fileio, "_HAVE_PREADV", False)
+    elif not fileio._HAVE_PREADV:
+        pytest.skip("this runtime has no os.preadv (PyPy): the ctypes case covers it")
+    target = tmp_path / "data"
+    target.write_bytes(bytes(i * 7 % 251 for i in range(FILE_SIZE)))
+    return str(target)
+
+
+def pattern(start: int, length: int) -> bytes:
+    return bytes(i * 7 % 251 for i in range(start, start + length))
+
+
+def views(*sizes: int):
+    return [memoryview(bytearray(b"\xaa" * size)) for size in sizes]
+
+
+def test_preadv_scatters_in_order(path):
+    buffers = views(3, 0, 4096, 5)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert fileio.preadv_into(fd, buffers, 100) == 3 + 4096 + 5
+    finally:
+        os.close(fd)
+    assert b"".join(bytes(b) for b in buffers) == pattern(100, 3 + 4096 + 5)
+
+
+def test_preadv_past_end_of_file_reads_zeros(path):
+    buffers = views(10, 20, 30)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert fileio.preadv_into(fd, buffers, FILE_SIZE - 15) == 15
+    finally:
+        os.close(fd)
+    assert b"".join(bytes(b) for b in buffers) == pattern(FILE_SIZE - 15, 15) + bytes(45)
+
+
+def test_preadv_more_buffers_than_iov_max(path):
+    buffers = views(*[3] * (fileio.IOV_MAX + 7))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert fileio.preadv_into(fd, buffers, 1) == 3 * len(buffers)
+    finally:
+        os.close(fd)
+    assert b"".join(bytes(b) for b in buffers) == pattern(1, 3 * len(buffers))
+
+
+@pytest.mark.parametrize("count", [1, 3, fileio.IOV_MAX + 2])
+def test_pwritev_gathers_in_order(path, count):
+    data = [os.urandom(2 + i % 5) for i in range(count)]
+    buffers = [memoryview(bytearray(chunk)) for chunk in data]
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fileio.pwritev_all(fd, buffers, 50)
+    finally:
+        os.close(fd)
+    written = b"".join(data)
+    with open(path, "rb") as f:
+        content = f.read()
+    assert content[:50] == pattern(0, 50)
+    assert content[50:50 + len(written)] == written
+    assert content[50 + len(written):] == pattern(50 + len(written), FILE_SIZE - 50 - len(written))
+
+
+def test_pwritev_of_read_only_buffers(path):
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fileio.pwritev_all(fd, [memoryview(b"abc"), memoryview(b""), memoryview(b"de")], FILE_SIZE - 2)
+        fileio.pwrite_all(fd, b"xyz", 0)
+    finally:
+        os.close(fd)
+    with open(path, "rb") as f:
+        content = f.read()
+    assert content[:3] == b"xyz" and content[FILE_SIZE - 2:] == b"abcde"
+
+
+def test_pwrite_all_from_a_writable_buffer(path):
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fileio.pwrite_all(fd, bytearray(b"\x01\x02"), 9)
+    finally:
+        os.close(fd)
+    with open(path, "rb") as f:
+        assert f.read()[8:12] == pattern(8, 1) + b"\x01\x02" + pattern(11, 1)
+
+
+def test_errors_are_os_errors(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(OSError):
+            fileio.pwritev_all(fd, views(8), 0)  # the file is open read-only: EBADF
+    finally:
+        os.close(fd)
