@@ -18,9 +18,13 @@ Measured 2026-11-25 on the shared 2-core machine (CPU seconds; the same determin
                                      57.3 s (2.62 MIPS) after (bulk rep stos/movs, threshold 32,
                                      jump cache, blocks through direct jmp/call, more emitters)
     first 30M instructions, CPython: 11.4 s (2.62 MIPS) before, 6.95 s (4.32 MIPS) after
-What is left, from the profiles: on PyPy every kernel address is a long integer (a TLB
-lookup on one costs ~230 ns against ~20 ns for a small int) and a call among thousands of
-block functions costs 0.6-0.9 us (a megamorphic call site); kernel blocks are short.
+    first 60M instructions, later that day: PyPy 19.1 s -> 13.1 s (residual calls, chains
+                                     kept with IF clear), CPython 13.0 s -> 11.15 s
+    registers in the signed form (kernel addresses stay machine integers on PyPy) and block
+    globals in a module dict: first 60M, PyPy 13.1 s -> 10.1 s (5.9 MIPS)
+What is left, from the profiles: a call among thousands of block functions costs about
+0.3 us on PyPy (each enters its own JIT entry bridge), and kernel blocks are short (6
+instructions a run).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import time
 from collections import Counter
 from typing import Dict, List, Tuple
 
+from pyhv.accel.tcg.state import unsigned64
 from pyhv.accel.tcg.translate import BlockProfile
 from pyhv.guestimage.default import build_default_guest
 from pyhv.machine import Machine
@@ -129,7 +134,7 @@ def report(profiles: List[BlockProfile], retired: int, hot: int) -> None:
         first = p.insns[0]
         names = " ; ".join(i.spec.name if i.spec is not None else "?" for i in p.insns[:8])
         more = " ..." if len(p.insns) > 8 else ""
-        print(f"  {p.runs:>10,} x {len(p.insns):>2}  {first.addr:#x}  "
+        print(f"  {p.runs:>10,} x {len(p.insns):>2}  {unsigned64(first.addr):#x}  "
               f"fallbacks={len(p.fallbacks)}  {names}{more}")
 
 

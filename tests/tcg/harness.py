@@ -1,7 +1,8 @@
 """Shared set-up for software-CPU tests: assemble code, build a small machine, run it.
 
 ``long_mode_cpu`` builds a 4 MiB guest already in 64-bit mode: identity-mapped with 2 MiB
-pages (PML4 0x1000, PDPT 0x2000, PD 0x3000), a GDT at 0x500, an IDT at 0x4000 whose vector
+pages (PML4 0x1000, PDPT 0x2000, PD 0x3000) and mapped a second time at ``KERNEL_BASE``
+(0xffffffff80000000, where Linux puts its text; PDPT 0x7000), a GDT at 0x500, an IDT at 0x4000 whose vector
 ``v`` handler at 0x5000 + 16*v does ``mov $v, %r15d; hlt``, code at 0x10000 and the stack
 top at 0x80000. ``protected_mode_cpu`` and ``real_mode_cpu`` do the same for 32-bit flat
 protected mode without paging and for real mode.
@@ -29,6 +30,8 @@ IDT = 0x4000
 GDT = 0x500
 HANDLERS = 0x5000
 PML4, PDPT, PD = 0x1000, 0x2000, 0x3000
+KERNEL_PDPT = 0x7000
+KERNEL_BASE = 0xFFFF_FFFF_8000_0000
 
 needs_as = pytest.mark.skipif(shutil.which("as") is None or shutil.which("objcopy") is None,
                               reason="GNU as and objcopy (binutils) are needed to assemble test code")
@@ -83,6 +86,8 @@ def long_mode_cpu(code: bytes, regs: Optional[dict] = None, ram: int = 4 * MiB):
     memory.write_u64(PDPT, PD | 0x7)
     for n in range(ram // (2 * MiB)):
         memory.write_u64(PD + 8 * n, (n * 2 * MiB) | 0x87)
+    memory.write_u64(PML4 + 8 * 511, KERNEL_PDPT | 0x7)
+    memory.write_u64(KERNEL_PDPT + 8 * 510, PD | 0x7)
     for n, entry in enumerate(GDT_ENTRIES):
         memory.write_u64(GDT + 8 * n, entry)
     # 64-bit TSS descriptor at 0x30: RSP0 = 0x70000, IST1 = 0x60000.

@@ -21,7 +21,7 @@ from .decoder import Insn
 from .insns import string
 from .mmu import ACCESS_READ, ACCESS_WRITE
 from .operands import MASK, get_reg, set_reg
-from .state import DF, RAX, RCX, RDI, RSI
+from .state import DF, RAX, RCX, RDI, RSI, signed64
 
 M64 = 0xFFFF_FFFF_FFFF_FFFF
 
@@ -37,7 +37,7 @@ def _ram_page(mmu, fast: Dict[int, int], linear: int, access: int, nbytes: int):
     """Physical address of ``linear`` when [linear, +nbytes) is plain low RAM for ``access``
     (for a write: no translated code there); None otherwise. May raise the access's fault."""
     phys = mmu.translate(linear, access)
-    if fast.get(linear >> 12) is None or phys + nbytes > mmu.low_end:
+    if fast.get(signed64(linear) >> 12) is None or phys + nbytes > mmu.low_end:
         return None
     return phys
 

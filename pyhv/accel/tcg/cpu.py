@@ -25,7 +25,7 @@ from .faults import GuestFault, PF
 from .insns.control import call_rel, jmp_rel
 from .interrupts import TripleFault, raise_exception, raise_interrupt
 from .mmu import ACCESS_FETCH, Mmu
-from .state import CS, IF, SS, CpuState
+from .state import CS, IF, SS, WRAP64, CpuState, signed64
 from .translate import Translator
 from .translate_insns import EMITTERS
 
@@ -65,6 +65,11 @@ class RunResult(NamedTuple):
     detail: str = ""
 
 
+# An empty chain slot: a RIP no code runs at (non-canonical, and above 32-bit IPs). Not -1,
+# which is a 64-bit RIP in the signed form, and not 2**64, a long integer on PyPy.
+NO_LINK = 0x7FFF_FFFF_FFFF_FFFF
+
+
 class Block:
     """A decoded basic block; ``fn`` is its translated function once it ran ``heat`` times."""
 
@@ -86,17 +91,17 @@ class Block:
         self.links: Tuple[Tuple[int, int], ...] = ()
         # Chain: up to two successors (by RIP), valid while the MMU epoch is unchanged.
         self.epoch = -1
-        self.rip0 = -1
+        self.rip0 = NO_LINK
         self.next0: Optional[Block] = None
-        self.rip1 = -1
+        self.rip1 = NO_LINK
         self.next1: Optional[Block] = None
 
     def link(self, rip: int, successor: "Block", epoch: int) -> None:
         if self.epoch != epoch:
             self.epoch = epoch
-            self.rip1 = -1
+            self.rip1 = NO_LINK
             self.next1 = None
-        elif self.rip0 != -1:
+        elif self.rip0 != NO_LINK:
             self.rip1 = rip
             self.next1 = successor
             return
@@ -268,7 +273,7 @@ class Cpu:
                 insn.handler = BULK_HANDLERS[insn.handler]
             insns.append(insn)
             pos += insn.length
-            cur = (cur + insn.length) & ipmask
+            cur = insn.next_rip
             if insn.handler is jmp_rel or insn.handler is call_rel:
                 # A direct jump or call goes on in the same block at its target: one dispatch
                 # fewer. Inside this page only forward (no loop is unrolled); into another
@@ -298,7 +303,7 @@ class Cpu:
                 linear = target_linear - pos
                 if target_phys >> 12 not in pages:
                     pages.append(target_phys >> 12)
-                links.append((target_linear >> 12, target_phys & ~0xFFF))
+                links.append((signed64(target_linear) >> 12, target_phys & ~0xFFF))
                 continue
             if insn.spec.flags & END or insn.handler is None:
                 break
@@ -367,6 +372,8 @@ class Cpu:
             if budget <= 0:
                 return RunResult(StopReason.BUDGET, executed)
             rip = s.rip
+            if rip >> 63 == 1:  # an unsigned 64-bit RIP (an iret, an interrupt): see .state
+                rip = s.rip = rip - WRAP64
             insn = None
             fn = None
             try:
@@ -432,7 +439,7 @@ class Cpu:
                                 if successor is None:
                                     chain_from, chain_epoch = block, epoch
                                     break
-                                if block.epoch != epoch or block.rip0 == -1 or block.rip1 == -1:
+                                if block.epoch != epoch or block.rip0 == NO_LINK or block.rip1 == NO_LINK:
                                     block.link(rip, successor, epoch)
                                 block = successor
                             if block.size > max_instructions - executed:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Callable, List, Optional
 
 from .faults import GP, UD, GuestFault
+from .state import signed64
 
 # Immediate kinds.
 IMM_NONE = 0
@@ -363,12 +364,14 @@ def decode(buf: bytes, pos: int, rip: int, bits: int) -> Insn:
     if length > MAX_INSN_LENGTH:
         raise GuestFault(GP, 0)
     i.length = length
-    ipmask = 0xFFFF_FFFF_FFFF_FFFF if bits == 64 else (0xFFFF_FFFF if bits == 32 else 0xFFFF)
-    next_rip = (rip + length) & ipmask
+    if bits == 64:
+        # 64-bit code addresses are in the signed register form (see .state).
+        next_rip = signed64(rip + length)
+    else:
+        next_rip = (rip + length) & (0xFFFF_FFFF if bits == 32 else 0xFFFF)
     i.next_rip = next_rip
     if kind == IMM_REL8 or kind == IMM_RELZ:
-        target_mask = MASKS[opsize] if opsize != 8 else ipmask
-        i.imm = (next_rip + i.imm) & target_mask
+        i.imm = signed64(next_rip + i.imm) if opsize == 8 else (next_rip + i.imm) & MASKS[opsize]
     if rip_relative:
         i.disp = (next_rip + i.disp) & MASKS[adsize]
     elif i.is_mem:

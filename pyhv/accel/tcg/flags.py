@@ -5,11 +5,15 @@ and result; CF/PF/AF/ZF/SF/OF are computed when something reads them (a jcc, pus
 Most results are never looked at, so most instructions pay for one tuple of stores.
 Operations whose flags do not fit one of the lazy kinds (shifts, rotates, mul, bit ops)
 compute all six flags at once and store them with ``CC_EAGER``.
+
+64-bit operands and results come in either form: unsigned from the interpreter, signed
+(the register form, see :mod:`.state`) from the translated blocks. Bit tests read both
+alike; the unsigned comparisons fold them first.
 """
 
 from __future__ import annotations
 
-from .state import AF, ARITH_FLAGS, CF, OF, PF, RFLAGS_FIXED, SF, ZF, CpuState
+from .state import AF, ARITH_FLAGS, CF, MASK64, OF, PF, RFLAGS_FIXED, SF, ZF, CpuState
 
 CC_EAGER = 0  # arithmetic flags live in state.rflags
 CC_ADD = 1  # res = a + b
@@ -26,22 +30,29 @@ SIGN_BIT = {1: 0x80, 2: 0x8000, 4: 0x8000_0000, 8: 0x8000_0000_0000_0000}
 PARITY = tuple(PF if bin(i).count("1") % 2 == 0 else 0 for i in range(256))
 
 
+def _unsigned_operands(s: CpuState):
+    if s.cc_size == 8:
+        return s.cc_a & MASK64, s.cc_b & MASK64, s.cc_res & MASK64
+    return s.cc_a, s.cc_b, s.cc_res
+
+
 def get_cf(s: CpuState) -> int:
     op = s.cc_op
-    if op == CC_SUB:
-        return 1 if s.cc_a < s.cc_b else 0
-    if op == CC_ADD:
-        return 1 if s.cc_res < s.cc_a else 0
     if op == CC_LOGIC:
         return 0
     if op == CC_EAGER:
         return s.rflags & CF
     if op == CC_INC or op == CC_DEC:
         return s.cc_cf
+    a, b, res = _unsigned_operands(s)
+    if op == CC_SUB:
+        return 1 if a < b else 0
+    if op == CC_ADD:
+        return 1 if res < a else 0
     if op == CC_ADC:
-        return 1 if (s.cc_res < s.cc_a or (s.cc_cf and s.cc_res == s.cc_a)) else 0
+        return 1 if (res < a or (s.cc_cf and res == a)) else 0
     # CC_SBB
-    return 1 if (s.cc_a < s.cc_b or (s.cc_cf and s.cc_a == s.cc_b)) else 0
+    return 1 if (a < b or (s.cc_cf and a == b)) else 0
 
 
 def get_zf(s: CpuState) -> int:
@@ -73,9 +84,9 @@ def get_of(s: CpuState) -> int:
     if op == CC_ADD or op == CC_ADC:
         return 1 if (a ^ res) & (b ^ res) & sign else 0
     if op == CC_INC:
-        return 1 if res == sign else 0
+        return 1 if res & SIZE_MASK[s.cc_size] == sign else 0
     if op == CC_DEC:
-        return 1 if res == sign - 1 else 0
+        return 1 if res & SIZE_MASK[s.cc_size] == sign - 1 else 0
     return 0
 
 
@@ -146,6 +157,9 @@ def condition(s: CpuState, cc: int) -> bool:
     if op == CC_SUB:
         # The common cmp/jcc pair, straight from the operands.
         a, b = s.cc_a, s.cc_b
+        if s.cc_size == 8:
+            a &= MASK64
+            b &= MASK64
         base = cc >> 1
         if base == 2:  # e / ne
             r = a == b

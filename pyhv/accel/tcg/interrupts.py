@@ -12,9 +12,9 @@ from typing import Optional
 
 from .faults import CONTRIBUTORY, DF, ERROR_CODE_VECTORS, GP, NP, PF, SS_VEC, TS, GuestFault
 from .flags import read_rflags, write_rflags
-from .operands import MASK64
+from .operands import MASK64, set_stack_pointer
 from .segments import load_code_descriptor, set_cs
-from .state import AC, CS, IF, NT, RF, RSP, SS, TF, VM, SegmentCache
+from .state import AC, CS, IF, NT, RF, RSP, SS, TF, VM, SegmentCache, signed64
 
 
 class TripleFault(Exception):
@@ -146,7 +146,7 @@ def _deliver_long(cpu, vector: int, error_code: Optional[int], software: bool, e
         cpu.mmu.write_system((new_rsp - 8 * (k + 1)) & MASK64, 8, value)
     if new_cpl < s.cpl:
         s.segs[SS] = SegmentCache(new_cpl, 0, 0, 0, 1, new_cpl, 0)
-    s.regs[RSP] = (new_rsp - 8 * len(frame)) & MASK64
+    s.regs[RSP] = signed64(new_rsp - 8 * len(frame))
     set_cs(cpu, code, new_cpl)
     s.rip = offset
     flags = old_flags & ~(TF | NT | RF | VM)
@@ -202,7 +202,7 @@ def _deliver_protected(cpu, vector: int, error_code: Optional[int], software: bo
     sp = (new_sp - width * len(frame)) & sp_mask
     if ss_cache is not None:
         s.segs[SS] = ss_cache
-    s.regs[RSP] = (s.regs[RSP] & ~sp_mask) | sp
+    set_stack_pointer(s, sp_mask, sp)
     set_cs(cpu, code, new_cpl)
     s.rip = offset
     flags = old_flags & ~(TF | NT | RF | VM)

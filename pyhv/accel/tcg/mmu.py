@@ -12,6 +12,11 @@ takes the slow path and invalidates its blocks (the way QEMU marks code pages "n
 
 The TLB is flushed when the architecture says: a CR3 write (all but global pages), INVLPG
 (one page), CR0.PG/WP and CR4.PGE/PAE/PSE changes, and EFER.NXE changes (everything).
+
+Virtual page numbers are those of the *signed* linear address (the register form of
+:mod:`.state`: a kernel page at 0xffffffff81000000 has vpn -0x7f000), so the translated
+blocks look up their addresses without leaving machine integers on PyPy. Every entry point
+here takes a linear address in either form (and wrapped past 2**64) and folds it first.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 from ...bus import Bus
 from ...memory import GuestMemory
 from .faults import GP, PF, PF_FETCH, PF_PRESENT, PF_RSVD, PF_USER, PF_WRITE, GuestFault
+from .state import signed64
 
 ACCESS_READ = 0
 ACCESS_WRITE = 1
@@ -86,7 +92,7 @@ class Mmu:
         self.epoch += 1
 
     def flush_page(self, linear: int) -> None:
-        vpn = linear >> 12
+        vpn = signed64(linear) >> 12
         self.entries.pop(vpn, None)
         self.r.pop(vpn, None)
         self.w.pop(vpn, None)
@@ -115,11 +121,13 @@ class Mmu:
         ``system`` marks the CPU's implicit supervisor accesses (descriptor tables, TSS),
         which are allowed to supervisor pages even at CPL 3.
         """
-        if linear >> 64:
-            # Offset + segment base wraps around the linear space (static glibc reads its
-            # thread-locals at fs:-0x90). Such an address misses the TLB keyed by the unwrapped
-            # page, so wrapping here keeps the hot path free of a mask.
-            linear &= 0xFFFF_FFFF_FFFF_FFFF
+        top = linear >> 63
+        if top != 0 and top != -1:
+            # An unsigned address from the interpreter, or offset + segment base wrapped
+            # around the linear space (static glibc reads its thread-locals at fs:-0x90).
+            # Either misses the TLB keyed by the signed page, so folding here keeps the hot
+            # path free of a mask.
+            linear = signed64(linear)
         vpn = linear >> 12
         entry = self.entries.get(vpn)
         user = self.user and not system
@@ -184,7 +192,7 @@ class Mmu:
         long_mode = s.efer & (1 << 10)
         if long_mode:
             top = linear >> 47
-            if top != 0 and top != 0x1FFFF:
+            if top != 0 and top != -1:
                 raise GuestFault(GP, 0)  # non-canonical address
         if not s.cr0 & (1 << 31):
             phys = linear & (0xFFFF_F000 if not long_mode else ADDR_MASK)
@@ -338,6 +346,9 @@ class Mmu:
 
     # --- linear access (the hot path) ---------------------------------------------------
     def read(self, linear: int, size: int) -> int:
+        top = linear >> 63
+        if top != 0 and top != -1:
+            linear = signed64(linear)
         off = linear & 0xFFF
         if off + size <= 0x1000:
             base = self.r.get(linear >> 12)
@@ -353,6 +364,9 @@ class Mmu:
         return self._read_split(linear, size)
 
     def write(self, linear: int, size: int, value: int) -> None:
+        top = linear >> 63
+        if top != 0 and top != -1:
+            linear = signed64(linear)
         off = linear & 0xFFF
         if off + size <= 0x1000:
             base = self.w.get(linear >> 12)

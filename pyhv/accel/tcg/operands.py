@@ -3,12 +3,15 @@
 Byte registers 16-19 are AH, CH, DH, BH (the decoder maps them when no REX prefix is
 present). A 32-bit register write zero-extends to 64 bits; 8- and 16-bit writes keep the
 rest of the register, as the architecture says.
+
+``CpuState.regs`` holds signed 64-bit values (see :mod:`.state`); these accessors are where
+the interpreter's handlers, which compute on unsigned values, cross into that form.
 """
 
 from __future__ import annotations
 
 from .decoder import Insn
-from .state import RSP, SS
+from .state import RSP, SS, WRAP64, signed64
 
 MASK = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFF_FFFF, 8: 0xFFFF_FFFF_FFFF_FFFF}
 SIGN = {1: 0x80, 2: 0x8000, 4: 0x8000_0000, 8: 0x8000_0000_0000_0000}
@@ -23,7 +26,8 @@ def sext(value: int, size: int) -> int:
 
 def get_reg(regs: list, r: int, size: int) -> int:
     if size == 8:
-        return regs[r]
+        value = regs[r]
+        return value + WRAP64 if value < 0 else value
     if size == 4:
         return regs[r] & 0xFFFF_FFFF
     if size == 2:
@@ -34,16 +38,18 @@ def get_reg(regs: list, r: int, size: int) -> int:
 
 
 def set_reg(regs: list, r: int, size: int, value: int) -> None:
+    # The merge masks are negative (~0xFFFF, not 0xFFFF_FFFF_FFFF_0000) so that they keep
+    # the register's signed form.
     if size == 8:
-        regs[r] = value & MASK64
+        regs[r] = signed64(value)
     elif size == 4:
         regs[r] = value & 0xFFFF_FFFF
     elif size == 2:
-        regs[r] = (regs[r] & 0xFFFF_FFFF_FFFF_0000) | (value & 0xFFFF)
+        regs[r] = (regs[r] & ~0xFFFF) | (value & 0xFFFF)
     elif r >= 16:
-        regs[r - 16] = (regs[r - 16] & 0xFFFF_FFFF_FFFF_00FF) | ((value & 0xFF) << 8)
+        regs[r - 16] = (regs[r - 16] & ~0xFF00) | ((value & 0xFF) << 8)
     else:
-        regs[r] = (regs[r] & 0xFFFF_FFFF_FFFF_FF00) | (value & 0xFF)
+        regs[r] = (regs[r] & ~0xFF) | (value & 0xFF)
 
 
 def ea(cpu, i: Insn) -> int:
@@ -83,12 +89,17 @@ def write_rm(cpu, i: Insn, size: int, value: int) -> None:
         set_reg(cpu.s.regs, i.rm, size, value)
 
 
+def set_stack_pointer(s, smask: int, sp: int) -> None:
+    """Write ``sp`` (already masked by ``smask``) into RSP's low bits, keeping the rest."""
+    s.regs[RSP] = signed64(sp) if smask == MASK64 else (s.regs[RSP] & ~smask) | sp
+
+
 def push(cpu, size: int, value: int) -> None:
     s = cpu.s
     smask = cpu.stack_mask
     sp = (s.regs[RSP] - size) & smask
     cpu.mmu.write(s.segs[SS].base + sp if smask != MASK64 else sp, size, value)
-    s.regs[RSP] = (s.regs[RSP] & ~smask) | sp
+    set_stack_pointer(s, smask, sp)
 
 
 def pop(cpu, size: int) -> int:
@@ -96,7 +107,7 @@ def pop(cpu, size: int) -> int:
     smask = cpu.stack_mask
     sp = s.regs[RSP] & smask
     value = cpu.mmu.read(s.segs[SS].base + sp if smask != MASK64 else sp, size)
-    s.regs[RSP] = (s.regs[RSP] & ~smask) | ((sp + size) & smask)
+    set_stack_pointer(s, smask, (sp + size) & smask)
     return value
 
 

@@ -8,7 +8,7 @@ selector as error code.
 from __future__ import annotations
 
 from .faults import GP, NP, SS_VEC, TS, GuestFault
-from .state import CS, SS, SegmentCache
+from .state import CS, SS, SegmentCache, signed64
 
 
 def descriptor_address(cpu, selector: int, fault_vector: int = GP) -> int:
@@ -35,7 +35,7 @@ def cache_from_descriptor(selector: int, desc: int, high: int = 0) -> SegmentCac
     g = (desc >> 55) & 1
     if g:
         limit = (limit << 12) | 0xFFF
-    return SegmentCache(selector=selector, base=base, limit=limit, type=(desc >> 40) & 0xF,
+    return SegmentCache(selector=selector, base=signed64(base), limit=limit, type=(desc >> 40) & 0xF,
                         s=(desc >> 44) & 1, dpl=(desc >> 45) & 3, present=(desc >> 47) & 1,
                         db=(desc >> 54) & 1, l=(desc >> 53) & 1, g=g)
 

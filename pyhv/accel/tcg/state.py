@@ -2,7 +2,18 @@
 
 Plain attributes, no behaviour beyond (de)serialisation: the decoder, MMU and instruction
 families all read and write this object. :meth:`CpuState.to_dict` / :meth:`CpuState.from_dict`
-use plain register names so that a differential harness against KVM can compare states.
+use plain register names and unsigned values so that a differential harness against KVM can
+compare states.
+
+The general-purpose registers and the segment bases are held as *signed* 64-bit integers
+(-2**63 <= v < 2**63, the same 64 bits read as two's complement), not as 0..2**64-1. The
+Linux kernel lives at addresses of 2**63 and above, and on PyPy an integer that large is a
+heap-allocated long whose every operation is a call: with unsigned registers nearly every
+pointer operation of a kernel was one. The interpreter's operand accessors
+(:mod:`.operands`) hand out unsigned values and store signed ones; the translated blocks
+work in the signed form directly. RIP may be held in either form (the run loop folds it to
+the signed one); anything that reports or compares registers outside the CPU takes them
+through :func:`unsigned64`.
 """
 
 from __future__ import annotations
@@ -60,6 +71,22 @@ MSR_KERNEL_GS_BASE = 0xC000_0102
 MSR_TSC_AUX = 0xC000_0103
 
 MASK64 = 0xFFFF_FFFF_FFFF_FFFF
+WRAP64 = 1 << 64
+
+
+def signed64(value: int) -> int:
+    """The signed 64-bit integer with the same low 64 bits as ``value`` (the register form)."""
+    top = value >> 63
+    if top == 0 or top == -1:  # already in range: no long-integer mask on PyPy
+        return value
+    value &= MASK64
+    return value - WRAP64 if value >> 63 else value
+
+
+def unsigned64(value: int) -> int:
+    """A register-form (or already unsigned) 64-bit ``value`` as 0..2**64-1: how registers
+    are reported and compared outside the CPU."""
+    return value + WRAP64 if value < 0 else value
 
 
 class SegmentCache:
@@ -83,18 +110,23 @@ class SegmentCache:
 
     @classmethod
     def from_boot(cls, seg: Segment) -> "SegmentCache":
-        return cls(seg.selector, seg.base, seg.limit, seg.type, seg.s, seg.dpl, seg.present,
-                   seg.db, seg.l, seg.g)
+        return cls(seg.selector, signed64(seg.base), seg.limit, seg.type, seg.s, seg.dpl,
+                   seg.present, seg.db, seg.l, seg.g)
 
     def to_dict(self) -> Dict[str, int]:
-        return {name: getattr(self, name) for name in self.__slots__}
+        out = {name: getattr(self, name) for name in self.__slots__}
+        out["base"] = unsigned64(self.base)
+        return out
 
     @classmethod
     def from_dict(cls, values: Dict[str, int]) -> "SegmentCache":
-        return cls(**values)
+        segment = cls(**values)
+        segment.base = signed64(segment.base)
+        return segment
 
     def __repr__(self) -> str:
-        return (f"SegmentCache(sel={self.selector:#x}, base={self.base:#x}, limit={self.limit:#x}, "
+        return (f"SegmentCache(sel={self.selector:#x}, base={unsigned64(self.base):#x}, "
+                f"limit={self.limit:#x}, "
                 f"type={self.type:#x}, dpl={self.dpl}, db={self.db}, l={self.l})")
 
 
@@ -144,9 +176,9 @@ class CpuState:
     # --- plain-dict import/export, for tests and a differential harness against KVM -------
     def to_dict(self) -> Dict[str, Any]:
         from .flags import read_rflags
-        out: Dict[str, Any] = {name: self.regs[i] for i, name in enumerate(GPR_NAMES)}
-        out.update(rip=self.rip, rflags=read_rflags(self), cr0=self.cr0, cr2=self.cr2, cr3=self.cr3,
-                   cr4=self.cr4, cr8=self.cr8, efer=self.efer, cpl=self.cpl,
+        out: Dict[str, Any] = {name: unsigned64(self.regs[i]) for i, name in enumerate(GPR_NAMES)}
+        out.update(rip=unsigned64(self.rip), rflags=read_rflags(self), cr0=self.cr0, cr2=self.cr2,
+                   cr3=self.cr3, cr4=self.cr4, cr8=self.cr8, efer=self.efer, cpl=self.cpl,
                    gdt=(self.gdtr_base, self.gdtr_limit), idt=(self.idtr_base, self.idtr_limit),
                    ldtr=self.ldtr.to_dict(), tr=self.tr.to_dict(), msrs=dict(self.msrs),
                    xmm=list(self.xmm), mxcsr=self.mxcsr)
@@ -159,7 +191,7 @@ class CpuState:
         from .flags import write_rflags
         for i, name in enumerate(GPR_NAMES):
             if name in values:
-                self.regs[i] = values[name] & MASK64
+                self.regs[i] = signed64(values[name])
         for name in ("rip", "cr0", "cr2", "cr3", "cr4", "cr8", "efer", "cpl", "mxcsr"):
             if name in values:
                 setattr(self, name, values[name])
@@ -193,8 +225,8 @@ class CpuState:
         for name, value in boot.gprs.items():
             if name not in GPR_NAMES:
                 raise ValueError(f"CpuBootState.gprs names an unknown register {name!r}")
-            self.regs[GPR_NAMES.index(name)] = value & MASK64
-        self.regs[RSP] = boot.rsp & MASK64
+            self.regs[GPR_NAMES.index(name)] = signed64(value)
+        self.regs[RSP] = signed64(boot.rsp)
         self.rip = boot.rip
         write_rflags(self, boot.rflags)
         self.cr0, self.cr3, self.cr4, self.efer = boot.cr0, boot.cr3, boot.cr4, boot.efer

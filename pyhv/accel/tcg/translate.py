@@ -9,6 +9,12 @@ that operation and size (``cmp; jne`` becomes ``fa3 != fb3``). Only at an exit a
 lazy flags written to ``CpuState.cc_*`` (see :mod:`.flags`). Immediates, displacements
 and RIP-relative addresses are folded into the source as constants.
 
+64-bit values are in the signed register form of :mod:`.state` throughout (locals,
+constants, memory loads), so that the kernel's pointers stay machine integers on PyPy. A
+64-bit result that may leave that range is folded back: on PyPy with ``__pypy__.intop``'s
+wrapping operations, on CPython with a range test (:meth:`BlockCodegen.arith64`); unsigned
+comparisons flip the sign bit first (:meth:`BlockCodegen.below`).
+
 Memory goes through a fast path: the MMU's per-access-kind TLB dicts (``mmu.r``/``mmu.w``)
 give a physical page base; a hit inside low RAM reads or writes the RAM memoryview directly,
 anything else calls ``mmu.read``/``mmu.write`` (page walk, page-crossing, MMIO, writes to
@@ -29,6 +35,7 @@ from __future__ import annotations
 import re
 import struct
 import time
+import types
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from .decoder import Insn
@@ -36,12 +43,20 @@ from .faults import GuestFault
 from .flags import (CC_ADC, CC_ADD, CC_DEC, CC_EAGER, CC_INC, CC_LOGIC, CC_SBB, CC_SUB, PARITY,
                     condition, get_cf, materialize)
 from .insns.rmw import read_for_update
-from .state import ARITH_FLAGS, GPR_NAMES
+from .state import ARITH_FLAGS, GPR_NAMES, signed64
+
+try:  # PyPy: machine-word arithmetic that wraps instead of growing a long integer
+    from __pypy__ import intop as _intop
+except ImportError:
+    _intop = None
 
 MASK = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFF_FFFF, 8: 0xFFFF_FFFF_FFFF_FFFF}
 SIGN = {1: 0x80, 2: 0x8000, 4: 0x8000_0000, 8: 0x8000_0000_0000_0000}
 M64 = 0xFFFF_FFFF_FFFF_FFFF
+MIN64 = -0x8000_0000_0000_0000
+MAX64 = 0x7FFF_FFFF_FFFF_FFFF
 NUM_GPRS = len(GPR_NAMES)
+_WRAPPING = {"+": "int_add", "-": "int_sub", "<<": "int_lshift", "*": "int_mul"}
 
 BlockFunction = Callable[..., int]
 
@@ -55,9 +70,13 @@ _SHARED_GLOBALS = {
     "GuestFault": GuestFault, "PARITY": PARITY, "condition": condition, "get_cf": get_cf,
     "read_for_update": read_for_update, "materialize": materialize,
     "U2": struct.Struct("<H").unpack_from, "U4": struct.Struct("<I").unpack_from,
-    "U8": struct.Struct("<Q").unpack_from, "P2": struct.Struct("<H").pack_into,
-    "P4": struct.Struct("<I").pack_into, "P8": struct.Struct("<Q").pack_into,
+    "U8": struct.Struct("<q").unpack_from, "P2": struct.Struct("<H").pack_into,
+    "P4": struct.Struct("<I").pack_into, "P8": struct.Struct("<q").pack_into,
 }
+if _intop is not None:
+    _SHARED_GLOBALS.update(int_add=_intop.int_add, int_sub=_intop.int_sub,
+                           int_lshift=_intop.int_lshift, int_mul=_intop.int_mul,
+                           uint_rshift=_intop.uint_rshift)
 
 
 class FlagSource:
@@ -125,40 +144,91 @@ class BlockCodegen:
         return f"(r{r} & {MASK[size]:#x})"
 
     def merged(self, r: int, size: int, value: str) -> str:
-        """The whole 64-bit register after writing ``value`` (masked) at ``size`` bytes."""
+        """The whole 64-bit register after writing ``value`` (masked) at ``size`` bytes.
+
+        The merge masks are negative (``~0xFFFF``) so that they keep the signed form."""
         base = r - 16 if r >= 16 else r
         self.used.add(base)
         if size == 8 or size == 4:
             return value
         if size == 2:
-            return f"(r{r} & 0xFFFFFFFFFFFF0000) | ({value})"
+            return f"(r{r} & -0x10000) | ({value})"
         if r >= 16:
-            return f"(r{base} & 0xFFFFFFFFFFFF00FF) | (({value}) << 8)"
-        return f"(r{r} & 0xFFFFFFFFFFFFFF00) | ({value})"
+            return f"(r{base} & -0xff01) | (({value}) << 8)"
+        return f"(r{r} & -0x100) | ({value})"
 
     def set_reg(self, r: int, size: int, value: str) -> None:
-        """Store ``value`` (already masked to ``size``) with the architecture's merge rules."""
+        """Store ``value`` (masked to ``size``; signed form at 8) with the merge rules."""
         base = r - 16 if r >= 16 else r
         self.dirty.add(base)
         self.ever_dirty.add(base)
         self.emit(f"r{base} = {self.merged(r, size, value)}")
 
-    # --- addresses and memory -----------------------------------------------------------
-    def wrap64(self, name: str, low: bool = True, high: bool = True) -> None:
-        """Bring local ``name`` back into 0..2**64-1 after a 64-bit add (high) or sub (low).
+    # --- 64-bit arithmetic in the signed form -------------------------------------------
+    @staticmethod
+    def imm(value: int, size: int) -> str:
+        """A constant operand of ``size`` bytes as source (signed form at 8 bytes)."""
+        return f"{signed64(value) if size == 8 else value & MASK[size]:#x}"
 
-        A test and a rare correction instead of ``& 0xFFFF_FFFF_FFFF_FFFF``: on PyPy that
-        mask is a long integer and would turn every 64-bit operation into a bigint one.
-        """
-        if low and high:
-            self.emit(f"if {name} < 0 or {name} >> 64: {name} &= {M64:#x}")
-        elif low:
-            self.emit(f"if {name} < 0: {name} += {M64 + 1:#x}")
+    def fold64(self, name: str) -> None:
+        """Bring local ``name`` back into the signed 64-bit range (a test, rarely a fold).
+
+        Written ``if name < …`` so that :func:`_prune_flag_locals` sees a flag local's
+        definition, not a use, and drops the test with the dead local."""
+        self.emit(f"if {name} < {MIN64:#x} or {name} > {MAX64:#x}: "
+                  f"{name} = (({name} - {MIN64:#x}) & {M64:#x}) + {MIN64:#x}")
+
+    def arith64(self, name: str, a: str, op: str, b: str) -> str:
+        """Emit ``name = a op b`` (op: + - << *) as a 64-bit operation; returns ``name``."""
+        if _intop is not None:
+            self.emit(f"{name} = {_WRAPPING[op]}({a}, {b})")
         else:
-            self.emit(f"if {name} >> 64: {name} &= {M64:#x}")
+            self.emit(f"{name} = {a} {op} {b}")
+            self.fold64(name)
+        return name
 
-    def offset(self, i: Insn) -> str:
-        """Expression for the offset of ``i``'s memory operand in its segment."""
+    def logical_shift_right(self, value: str, count: str, size: int) -> str:
+        """Expression for the logical right shift of an operand of ``size`` bytes."""
+        if size != 8:
+            return f"({value} >> {count})"
+        if _intop is not None:
+            return f"uint_rshift({value}, {count})"
+        return f"(({value} & {M64:#x}) >> {count})"
+
+    @staticmethod
+    def negative(value: str, size: int) -> str:
+        """Truth expression: the sign bit of ``value`` (an operand of ``size`` bytes)."""
+        return f"{value} < 0" if size == 8 else f"{value} >= {SIGN[size]:#x}"
+
+    @staticmethod
+    def below(a: str, b: str, size: int, equal: bool = False) -> str:
+        """Truth expression: ``a < b`` (``<=`` with ``equal``) as unsigned operands."""
+        op = "<=" if equal else "<"
+        if size == 8:
+            return f"({a} ^ {MIN64:#x}) {op} ({b} ^ {MIN64:#x})"
+        return f"{a} {op} {b}"
+
+    @staticmethod
+    def less(a: str, b: str, size: int, equal: bool = False) -> str:
+        """Truth expression: ``a < b`` (``<=`` with ``equal``) as signed operands."""
+        op = "<=" if equal else "<"
+        if size == 8:
+            return f"{a} {op} {b}"
+        sign = SIGN[size]
+        return f"({a} ^ {sign:#x}) {op} ({b} ^ {sign:#x})"
+
+    @staticmethod
+    def sign_of(expr: str, size: int) -> str:
+        """Truth expression: bit 8*size-1 of ``expr`` (a bitwise combination) is set."""
+        return f"({expr}) < 0" if size == 8 else f"({expr}) & {SIGN[size]:#x}"
+
+    # --- addresses and memory -----------------------------------------------------------
+    def offset(self, i: Insn, fold: bool = False) -> str:
+        """Expression for the offset of ``i``'s memory operand in its segment.
+
+        A 64-bit address is left unfolded (the MMU folds the rare one out of range, which
+        misses the TLB); ``fold``: lea, whose result is a register value.
+        """
         mask = MASK[i.adsize]
         terms = []
         if i.base >= 0:
@@ -167,19 +237,22 @@ class BlockCodegen:
         if i.index >= 0:
             self.used.add(i.index)
             terms.append(f"(r{i.index} << {i.scale})" if i.scale else f"r{i.index}")
-        if not terms:
-            return f"{i.disp & mask:#x}"
         if i.adsize != 8:
+            if not terms:
+                return f"{i.disp & mask:#x}"
             if i.disp:
                 terms.append(f"{i.disp:#x}")
             return f"(({' + '.join(terms)}) & {mask:#x})"
-        disp = i.disp - (1 << 64) if i.disp >> 63 else i.disp
+        disp = signed64(i.disp)
+        if not terms:
+            return f"{disp:#x}"
         if len(terms) == 1 and not disp:
             return terms[0]
         if disp:
             terms.append(f"{disp:#x}" if disp > 0 else f"- {-disp:#x}")
         self.emit(f"o = {' + '.join(terms)}".replace("+ -", "-"))
-        self.wrap64("o", low=disp < 0, high=disp >= 0 or len(terms) > 2)
+        if fold:
+            self.fold64("o")
         return "o"
 
     def address(self, i: Insn) -> str:
@@ -215,10 +288,12 @@ class BlockCodegen:
             self.emit(f"    {value} = read_for_update(cpu, a, {size})")
         else:
             self.emit(f"    {value} = mmu.read(a, {size})")
+        if size == 8:  # the MMU reads unsigned
+            self.emit(f"    if {value} >> 63: {value} -= {M64 + 1:#x}")
         return value
 
     def store(self, addr: str, size: int, value: str) -> None:
-        """Emit a write of ``value`` (masked to ``size``) at linear ``addr``."""
+        """Emit a write of ``value`` (masked to ``size``; signed form at 8) at ``addr``."""
         self.uses_memory = True
         self.may_fault()
         if addr != "a":
@@ -247,8 +322,7 @@ class BlockCodegen:
         self.uses_stack = True
         self.used.add(4)
         if self.bits == 64:
-            self.emit(f"sp = r4 - {size}")
-            self.wrap64("sp", high=False)
+            self.arith64("sp", "r4", "-", str(size))
             self.store("sp", size, value)
             self.set_reg(4, 8, "sp")
         else:
@@ -262,8 +336,7 @@ class BlockCodegen:
         self.used.add(4)
         if self.bits == 64:
             value = self.load("r4", size)
-            self.emit(f"sp = r4 + {size}")
-            self.wrap64("sp", low=False)
+            self.arith64("sp", "r4", "+", str(size))
             self.set_reg(4, 8, "sp")
         else:
             self.emit("sp = r4 & smask")
@@ -284,22 +357,16 @@ class BlockCodegen:
         self.flags = FlagSource(k, op, size)
 
     def add64(self, a: str, b: str, subtract: bool) -> str:
-        """Emit ``fr<k> = a ± b`` mod 2**64 without long-integer masks; returns ``fr<k>``."""
-        name = f"fr{self.index}"
-        if b.startswith("0x") and int(b, 16) >> 63:
-            # A negative immediate: add its two's complement the other way round.
-            b = f"{(1 << 64) - int(b, 16):#x}"
-            subtract = not subtract
-        self.emit(f"{name} = {a} {'-' if subtract else '+'} {b}")
-        self.wrap64(name, low=subtract, high=not subtract)
-        return name
+        """Emit ``fr<k> = a ± b`` as a 64-bit operation; returns ``fr<k>``."""
+        return self.arith64(f"fr{self.index}", a, "-" if subtract else "+", b)
 
     def set_eager(self, size: int, res: str, cf: str, of: str) -> None:
         """Flags computed now (shifts): ZF/SF/PF from ``res``, CF and OF given as 0/1."""
         k = self.index
-        self.emit(f"fr{k} = {res}")
+        if res != f"fr{k}":
+            self.emit(f"fr{k} = {res}")
         self.emit(f"fl{k} = PARITY[fr{k} & 255] | (64 if fr{k} == 0 else 0) | "
-                  f"(128 if fr{k} >= {SIGN[size]:#x} else 0) | ({cf}) | (({of}) << 11)")
+                  f"(128 if {self.negative(f'fr{k}', size)} else 0) | ({cf}) | (({of}) << 11)")
         self.flags = FlagSource(k, CC_EAGER, size)
 
     def carry(self) -> str:
@@ -307,19 +374,21 @@ class BlockCodegen:
         src = self.flags
         if src is None:
             return "get_cf(s)"
-        k = src.index
+        k, size = src.index, src.size
         if src.op == CC_ADD:
-            return f"(1 if fr{k} < fa{k} else 0)"
+            return f"(1 if {self.below(f'fr{k}', f'fa{k}', size)} else 0)"
         if src.op == CC_SUB:
-            return f"(1 if fa{k} < fb{k} else 0)"
+            return f"(1 if {self.below(f'fa{k}', f'fb{k}', size)} else 0)"
         if src.op == CC_LOGIC:
             return "0"
         if src.op == CC_EAGER:
             return f"(fl{k} & 1)"
         if src.op == CC_ADC:
-            return f"(1 if fr{k} < fa{k} or (fc{k} and fr{k} == fa{k}) else 0)"
+            return (f"(1 if {self.below(f'fr{k}', f'fa{k}', size)} or (fc{k} and fr{k} == fa{k})"
+                    " else 0)")
         if src.op == CC_SBB:
-            return f"(1 if fa{k} < fb{k} or (fc{k} and fa{k} == fb{k}) else 0)"
+            return (f"(1 if {self.below(f'fa{k}', f'fb{k}', size)} or (fc{k} and fa{k} == fb{k})"
+                    " else 0)")
         return f"fc{k}"
 
     def arith_flags(self) -> str:
@@ -348,22 +417,22 @@ class BlockCodegen:
             return f"condition(s, {cc})"
         if src is None:
             return f"condition(s, {cc})"
-        k, op, sign = src.index, src.op, SIGN[src.size]
+        k, op, size, sign = src.index, src.op, src.size, SIGN[src.size]
         a, b, r = f"fa{k}", f"fb{k}", f"fr{k}"
         zf = f"{r} == 0"
-        sf = f"{r} >= {sign:#x}"
+        sf = self.negative(r, size)
         pf = f"PARITY[{r} & 255]"
         if op == CC_SUB:
-            table = (f"({a} ^ {b}) & ({a} ^ {r}) & {sign:#x}", f"{a} < {b}", f"{a} == {b}",
-                     f"{a} <= {b}", sf, pf, f"({a} ^ {sign:#x}) < ({b} ^ {sign:#x})",
-                     f"({a} ^ {sign:#x}) <= ({b} ^ {sign:#x})")
+            table = (self.sign_of(f"({a} ^ {b}) & ({a} ^ {r})", size), self.below(a, b, size),
+                     f"{a} == {b}", self.below(a, b, size, equal=True), sf, pf,
+                     self.less(a, b, size), self.less(a, b, size, equal=True))
         else:
             if op == CC_ADD:
-                cf, of = f"{r} < {a}", f"({a} ^ {r}) & ({b} ^ {r}) & {sign:#x}"
+                cf, of = self.below(r, a, size), self.sign_of(f"({a} ^ {r}) & ({b} ^ {r})", size)
             elif op == CC_LOGIC:
                 cf, of = "", ""
             elif op == CC_INC:
-                cf, of = f"fc{k}", f"{r} == {sign:#x}"
+                cf, of = f"fc{k}", f"{r} == {MIN64 if size == 8 else sign:#x}"
             elif op == CC_DEC:
                 cf, of = f"fc{k}", f"{r} == {sign - 1:#x}"
             else:
@@ -381,7 +450,7 @@ class BlockCodegen:
             return []
         k = src.index
         if src.op == CC_EAGER:
-            return [f"s.rflags = (s.rflags & {~ARITH_FLAGS & M64:#x}) | fl{k}", "s.cc_op = 0"]
+            return [f"s.rflags = (s.rflags & {~ARITH_FLAGS:#x}) | fl{k}", "s.cc_op = 0"]
         out = [f"s.cc_op = {src.op}", f"s.cc_size = {src.size}", f"s.cc_a = fa{k}",
                f"s.cc_b = fb{k}", f"s.cc_res = fr{k}"]
         if src.op in (CC_INC, CC_DEC, CC_ADC, CC_SBB):
@@ -543,7 +612,11 @@ class Translator:
             gen.exit(f"{insns[last].next_rip:#x}", last + 1)
         gen.consts["ADDR"] = tuple(insn.addr for insn in insns)
         source = _prune_flag_locals(_source(gen, gen.lines))
-        namespace = dict(_SHARED_GLOBALS)
+        # A module's dict, not a plain one: PyPy's JIT folds a global read from a module
+        # dict into a constant, but looks each one up by name in a plain dict, which cost
+        # several dict lookups per block run.
+        namespace = types.ModuleType("tcg_block").__dict__
+        namespace.update(_SHARED_GLOBALS)
         namespace.update(gen.consts)
         code = compile(source, f"<tcg block {insns[0].addr:#x}>", "exec")
         exec(code, namespace)

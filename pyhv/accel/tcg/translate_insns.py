@@ -7,7 +7,9 @@ for a form it does not cover) makes the translator call the handler itself.
 
 Each emitter does every load and store before it writes a register, so a fault leaves the
 registers as they were before the instruction; flag locals may be written at any time,
-since a fault restores the flags recorded before the instruction.
+since a fault restores the flags recorded before the instruction. 64-bit operands are in
+the signed register form (see :mod:`.translate`): immediates go through ``gen.imm``,
+results that may overflow through ``gen.arith64``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from .decoder import Insn
 from .flags import CC_ADC, CC_ADD, CC_DEC, CC_EAGER, CC_INC, CC_LOGIC, CC_SBB, CC_SUB
 from .insns import alu, control, mov, muldiv, shift, stack, system
 from .state import ARITH_FLAGS, RAX, RF, VM
-from .translate import M64, MASK, SIGN, BlockCodegen, FlagSource, Untranslatable
+from .translate import MASK, SIGN, BlockCodegen, FlagSource, Untranslatable
 from .translate_system import SYSTEM_EMITTERS
 
 ADD, OR, ADC, SBB, AND, SUB, XOR, CMP = range(8)
@@ -39,8 +41,8 @@ def _alu(gen: BlockCodegen, i: Insn, kind: int, dest: int, dest_is_rm: bool, src
         sign = "+" if kind == ADC else "-"
         gen.emit(f"fc{k} = {carry}")
         if size == 8:
-            gen.emit(f"fr{k} = {value} {sign} {src} {sign} fc{k}")
-            gen.wrap64(f"fr{k}")
+            gen.arith64(f"fr{k}", value, sign, src)
+            gen.arith64(f"fr{k}", f"fr{k}", sign, f"fc{k}")
             res = ""
         else:
             res = f"({value} {sign} {src} {sign} fc{k}) & {mask:#x}"
@@ -50,7 +52,7 @@ def _alu(gen: BlockCodegen, i: Insn, kind: int, dest: int, dest_is_rm: bool, src
         else:
             gen.set_reg(dest, size, f"fr{k}")
         return
-    if size == 8 and (kind == ADD or kind == SUB or kind == CMP) and src != value:
+    if size == 8 and (kind == ADD or ((kind == SUB or kind == CMP) and src != value)):
         gen.add64(value, src, kind != ADD)
         res, op = "", (CC_ADD if kind == ADD else CC_SUB)
     elif kind == ADD:
@@ -85,11 +87,11 @@ def alu_r_rm(gen: BlockCodegen, i: Insn) -> None:
 
 
 def alu_acc_imm(gen: BlockCodegen, i: Insn) -> None:
-    _alu(gen, i, (i.op >> 3) & 7, RAX, False, f"{i.imm:#x}")
+    _alu(gen, i, (i.op >> 3) & 7, RAX, False, gen.imm(i.imm, i.opsize))
 
 
 def alu_rm_imm(gen: BlockCodegen, i: Insn) -> None:
-    _alu(gen, i, i.raw_reg, i.rm, True, f"{i.imm:#x}")
+    _alu(gen, i, i.raw_reg, i.rm, True, gen.imm(i.imm, i.opsize))
 
 
 def _test(gen: BlockCodegen, i: Insn, a: str, b: str) -> None:
@@ -101,11 +103,11 @@ def test_rm_r(gen: BlockCodegen, i: Insn) -> None:
 
 
 def test_rm_imm(gen: BlockCodegen, i: Insn) -> None:
-    _test(gen, i, gen.read_operand(i, i.opsize), f"{i.imm:#x}")
+    _test(gen, i, gen.read_operand(i, i.opsize), gen.imm(i.imm, i.opsize))
 
 
 def test_acc_imm(gen: BlockCodegen, i: Insn) -> None:
-    _test(gen, i, gen.reg(RAX, i.opsize), f"{i.imm:#x}")
+    _test(gen, i, gen.reg(RAX, i.opsize), gen.imm(i.imm, i.opsize))
 
 
 def _unary(gen: BlockCodegen, i: Insn, reg: int, on_rm: bool, result) -> None:
@@ -152,7 +154,11 @@ def neg_rm(gen: BlockCodegen, i: Insn) -> None:
     mask = MASK[i.opsize]
 
     def result(value: str, k: int) -> str:
-        gen.set_flags(CC_SUB, i.opsize, "0", value, f"(-{value}) & {mask:#x}")
+        if i.opsize == 8:
+            gen.add64("0", value, True)
+            gen.set_flags(CC_SUB, 8, "0", value, "")
+        else:
+            gen.set_flags(CC_SUB, i.opsize, "0", value, f"(-{value}) & {mask:#x}")
         return f"fr{k}"
 
     _unary(gen, i, i.rm, True, result)
@@ -160,7 +166,8 @@ def neg_rm(gen: BlockCodegen, i: Insn) -> None:
 
 def not_rm(gen: BlockCodegen, i: Insn) -> None:
     mask = MASK[i.opsize]
-    _unary(gen, i, i.rm, True, lambda value, k: f"{value} ^ {mask:#x}")
+    _unary(gen, i, i.rm, True,
+           lambda value, k: f"~{value}" if i.opsize == 8 else f"{value} ^ {mask:#x}")
 
 
 # --- data movement -----------------------------------------------------------------------
@@ -180,11 +187,11 @@ def mov_r_rm(gen: BlockCodegen, i: Insn) -> None:
 
 
 def mov_rm_imm(gen: BlockCodegen, i: Insn) -> None:
-    _write_rm(gen, i, i.opsize, f"{i.imm:#x}")
+    _write_rm(gen, i, i.opsize, gen.imm(i.imm, i.opsize))
 
 
 def mov_reg_imm(gen: BlockCodegen, i: Insn) -> None:
-    gen.set_reg(i.reg, i.opsize, f"{i.imm:#x}")
+    gen.set_reg(i.reg, i.opsize, gen.imm(i.imm, i.opsize))
 
 
 def mov_acc_moffs(gen: BlockCodegen, i: Insn) -> None:
@@ -196,7 +203,7 @@ def mov_moffs_acc(gen: BlockCodegen, i: Insn) -> None:
 
 
 def lea(gen: BlockCodegen, i: Insn) -> None:
-    value = gen.offset(i)
+    value = gen.offset(i, fold=True)
     if i.opsize < i.adsize:
         value = f"({value}) & {MASK[i.opsize]:#x}"
     gen.set_reg(i.reg, i.opsize, value)
@@ -206,7 +213,9 @@ def _extend(gen: BlockCodegen, i: Insn, from_size: int, signed: bool) -> None:
     value = gen.read_operand(i, from_size)
     if signed:
         sign = SIGN[from_size]
-        value = f"(({value} ^ {sign:#x}) - {sign:#x}) & {MASK[i.opsize]:#x}"
+        value = f"(({value} ^ {sign:#x}) - {sign:#x})"
+        if i.opsize != 8:
+            value += f" & {MASK[i.opsize]:#x}"
     gen.set_reg(i.reg, i.opsize, value)
 
 
@@ -279,9 +288,15 @@ def _imul(gen: BlockCodegen, i: Insn, a: str, b: str) -> None:
     """imul r, r/m[, imm]: the low half to the register, CF=OF when it lost bits."""
     size = i.opsize
     sign, mask = SIGN[size], MASK[size]
-    gen.emit(f"p = ((({a}) ^ {sign:#x}) - {sign:#x}) * ((({b}) ^ {sign:#x}) - {sign:#x})")
-    gen.emit(f"y = p & {mask:#x}")
-    gen.emit(f"w = 1 if ((y ^ {sign:#x}) - {sign:#x}) != p else 0")
+    if size == 8:  # signed already
+        gen.emit(f"p = ({a}) * ({b})")
+        gen.emit("y = p")
+        gen.fold64("y")
+        gen.emit("w = 1 if y != p else 0")
+    else:
+        gen.emit(f"p = ((({a}) ^ {sign:#x}) - {sign:#x}) * ((({b}) ^ {sign:#x}) - {sign:#x})")
+        gen.emit(f"y = p & {mask:#x}")
+        gen.emit(f"w = 1 if ((y ^ {sign:#x}) - {sign:#x}) != p else 0")
     gen.set_eager(size, "y", "w", "w")
     gen.set_reg(i.reg, size, f"fr{gen.index}")
 
@@ -292,18 +307,20 @@ def imul2(gen: BlockCodegen, i: Insn) -> None:
 
 
 def imul3(gen: BlockCodegen, i: Insn) -> None:
-    _imul(gen, i, gen.read_operand(i, i.opsize), f"{i.imm & MASK[i.opsize]:#x}")
+    _imul(gen, i, gen.read_operand(i, i.opsize), gen.imm(i.imm, i.opsize))
 
 
 def cbw(gen: BlockCodegen, i: Insn) -> None:
     half = i.opsize // 2
     sign = SIGN[half]
-    gen.set_reg(RAX, i.opsize, f"(({gen.reg(RAX, half)} ^ {sign:#x}) - {sign:#x}) & {MASK[i.opsize]:#x}")
+    value = f"(({gen.reg(RAX, half)} ^ {sign:#x}) - {sign:#x})"
+    gen.set_reg(RAX, i.opsize, value if i.opsize == 8 else f"{value} & {MASK[i.opsize]:#x}")
 
 
 def cwd(gen: BlockCodegen, i: Insn) -> None:
     size = i.opsize
-    gen.set_reg(2, size, f"{MASK[size]:#x} if {gen.reg(RAX, size)} >= {SIGN[size]:#x} else 0")
+    ones = -1 if size == 8 else MASK[size]
+    gen.set_reg(2, size, f"{ones:#x} if {gen.negative(gen.reg(RAX, size), size)} else 0")
 
 
 # --- shifts and rotates: flags computed eagerly into one local ------------------------------
@@ -319,22 +336,31 @@ def _shift_by_cl(gen: BlockCodegen, i: Insn, kind: int) -> None:
     gen.emit(f"n = {gen.reg(1, 1)} & {0x3F if size == 8 else 0x1F}")
     gen.emit(f"x = {value}")
     gen.emit("if n:")
+    gen.indent += 1
     if kind == shift.SHR:
-        gen.emit("    y = x >> n")
-        gen.emit("    cf = (x >> (n - 1)) & 1")
-        gen.emit(f"    of = x >> {bits - 1}")
+        gen.emit(f"y = {gen.logical_shift_right('x', 'n', size)}")
+        gen.emit("cf = (x >> (n - 1)) & 1")
+        gen.emit(f"of = (x >> {bits - 1}) & 1")
     elif kind == shift.SAR:
         sign = SIGN[size]
-        gen.emit(f"    w = (x ^ {sign:#x}) - {sign:#x}")
-        gen.emit(f"    y = (w >> n) & {mask:#x}")
-        gen.emit("    cf = (w >> (n - 1)) & 1")
-        gen.emit("    of = 0")
+        if size == 8:
+            gen.emit("y = x >> n")
+            gen.emit("cf = (x >> (n - 1)) & 1")
+        else:
+            gen.emit(f"w = (x ^ {sign:#x}) - {sign:#x}")
+            gen.emit(f"y = (w >> n) & {mask:#x}")
+            gen.emit("cf = (w >> (n - 1)) & 1")
+        gen.emit("of = 0")
     else:
-        gen.emit(f"    y = (x << n) & {mask:#x}")
-        gen.emit(f"    cf = (x >> ({bits} - n)) & 1 if n <= {bits} else 0")
-        gen.emit(f"    of = (y >> {bits - 1}) ^ cf")
-    gen.emit(f"    fl{k} = PARITY[y & 255] | (64 if y == 0 else 0) | "
-             f"(128 if y >= {SIGN[size]:#x} else 0) | cf | (of << 11)")
+        if size == 8:
+            gen.arith64("y", "x", "<<", "n")
+        else:
+            gen.emit(f"y = (x << n) & {mask:#x}")
+        gen.emit(f"cf = (x >> ({bits} - n)) & 1 if n <= {bits} else 0")
+        gen.emit(f"of = ((y >> {bits - 1}) & 1) ^ cf")
+    gen.emit(f"fl{k} = PARITY[y & 255] | (64 if y == 0 else 0) | "
+             f"(128 if {gen.negative('y', size)} else 0) | cf | (of << 11)")
+    gen.indent -= 1
     gen.emit("else:")
     gen.emit("    y = x")
     gen.emit(f"    fl{k} = {previous}")
@@ -364,15 +390,20 @@ def _rotate(gen: BlockCodegen, i: Insn, kind: int, count: int) -> None:
     gen.emit(f"x = {value}")
     if n == 0:
         gen.emit("y = x")
+    elif size == 8:
+        # The wrapped left part is in the signed form; the right part only fills its low bits.
+        left = n if kind == shift.ROL else bits - n
+        gen.arith64("y", "x", "<<", str(left))
+        gen.emit(f"y |= {gen.logical_shift_right('x', str(bits - left), size)}")
     elif kind == shift.ROL:
         gen.emit(f"y = ((x << {n}) | (x >> {bits - n})) & {mask:#x}")
     else:
         gen.emit(f"y = ((x >> {n}) | (x << {bits - n})) & {mask:#x}")
     if kind == shift.ROL:
         gen.emit("cf = y & 1")
-        gen.emit(f"of = (y >> {bits - 1}) ^ cf")
+        gen.emit(f"of = ((y >> {bits - 1}) & 1) ^ cf")
     else:
-        gen.emit(f"cf = y >> {bits - 1}")
+        gen.emit(f"cf = (y >> {bits - 1}) & 1")
         gen.emit(f"of = cf ^ ((y >> {bits - 2}) & 1)")
     gen.emit(f"fl{k} = ({previous} & {~0x801 & 0xFFF:#x}) | cf | (of << 11)")
     gen.flags = FlagSource(k, CC_EAGER, size)
@@ -409,16 +440,22 @@ def shift_rm(gen: BlockCodegen, i: Insn) -> None:
     mask = MASK[size]
     k = gen.index
     if kind == shift.SHL or kind == shift.SAL:
-        res = f"({value} << {count}) & {mask:#x}"
+        if size == 8:
+            res = gen.arith64(f"fr{k}", value, "<<", str(count))
+        else:
+            res = f"({value} << {count}) & {mask:#x}"
         cf = f"({value} >> {bits - count}) & 1"
         of = f"((fr{k} >> {bits - 1}) ^ ({value} >> {bits - count})) & 1"
     elif kind == shift.SHR:
-        res = f"{value} >> {count}"
+        res = gen.logical_shift_right(value, str(count), size)
         cf = f"({value} >> {count - 1}) & 1"
-        of = f"{value} >> {bits - 1}"
+        of = f"({value} >> {bits - 1}) & 1"
     else:
         sign = SIGN[size]
-        res = f"((({value} ^ {sign:#x}) - {sign:#x}) >> {count}) & {mask:#x}"
+        if size == 8:
+            res = f"{value} >> {count}"
+        else:
+            res = f"((({value} ^ {sign:#x}) - {sign:#x}) >> {count}) & {mask:#x}"
         cf = f"({value} >> {count - 1}) & 1"
         of = "0"
     gen.set_eager(size, res, cf, of)
@@ -438,7 +475,7 @@ def pop_reg(gen: BlockCodegen, i: Insn) -> None:
 
 
 def push_imm(gen: BlockCodegen, i: Insn) -> None:
-    gen.push(i.opsize, f"{i.imm:#x}")
+    gen.push(i.opsize, gen.imm(i.imm, i.opsize))
 
 
 def push_rm(gen: BlockCodegen, i: Insn) -> None:
@@ -449,7 +486,9 @@ def pushf(gen: BlockCodegen, i: Insn) -> None:
     if gen.bits != 64:
         raise Untranslatable("pushf where virtual-8086 mode may apply")
     arith = gen.arith_flags()
-    keep = ~(ARITH_FLAGS | VM | RF) & MASK[i.opsize]
+    keep = ~(ARITH_FLAGS | VM | RF)
+    if i.opsize != 8:
+        keep &= MASK[i.opsize]
     gen.push(i.opsize, f"(s.rflags & {keep:#x}) | {arith} | 2")
 
 
@@ -471,7 +510,7 @@ def jcc(gen: BlockCodegen, i: Insn) -> None:
 
 
 def call_rel(gen: BlockCodegen, i: Insn) -> None:
-    gen.push(i.opsize, f"{i.next_rip:#x}")
+    gen.push(i.opsize, gen.imm(i.next_rip, i.opsize))
     if gen.index < len(gen.insns) - 1:
         return  # the block goes on at the target (see Cpu._build_block)
     _end(gen, f"{i.imm:#x}")
@@ -484,7 +523,7 @@ def jmp_rm(gen: BlockCodegen, i: Insn) -> None:
 
 def call_rm(gen: BlockCodegen, i: Insn) -> None:
     target = gen.read_operand(i, i.opsize)
-    gen.push(i.opsize, f"{i.next_rip:#x}")
+    gen.push(i.opsize, gen.imm(i.next_rip, i.opsize))
     _end(gen, target)
 
 
@@ -492,7 +531,7 @@ def ret_near(gen: BlockCodegen, i: Insn) -> None:
     target = gen.pop(i.opsize)
     if i.op == 0xC2:
         if gen.bits == 64:
-            gen.set_reg(4, 8, f"(r4 + {i.imm:#x}) & {M64:#x}")
+            gen.set_reg(4, 8, gen.arith64("sp", "r4", "+", f"{i.imm:#x}"))
         else:
             gen.set_reg(4, 8, f"(r4 & ~smask) | ((r4 + {i.imm:#x}) & smask)")
     _end(gen, target)

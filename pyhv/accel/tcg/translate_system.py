@@ -57,6 +57,10 @@ def _bit_op(gen: BlockCodegen, i: Insn, kind: int, bit: str) -> None:
         return
     new = {bit_insns.BTS: f"{value} | (1 << {bit})", bit_insns.BTR: f"{value} & ~(1 << {bit})",
            bit_insns.BTC: f"{value} ^ (1 << {bit})"}[kind]
+    if size == 8:  # bit 63 takes the value out of the signed form
+        gen.emit(f"x{k} = {new}")
+        gen.fold64(f"x{k}")
+        new = f"x{k}"
     if i.is_mem:
         gen.store("a", size, new)
     else:
@@ -84,7 +88,9 @@ def bswap(gen: BlockCodegen, i: Insn) -> None:
     if size == 2:
         gen.set_reg(i.reg, 2, "0")  # undefined; what current CPUs do (as the handler)
         return
-    gen.set_reg(i.reg, size, f"int.from_bytes({gen.reg(i.reg, size)}.to_bytes({size}, 'little'), 'big')")
+    signed = ", signed=True" if size == 8 else ""
+    gen.set_reg(i.reg, size, f"int.from_bytes({gen.reg(i.reg, size)}.to_bytes({size}, 'little'"
+                             f"{signed}), 'big'{signed})")
 
 
 def rdtsc(gen: BlockCodegen, i: Insn) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from ..decoder import D64, END, F64, I64, IMM_B, IMM_FAR, IMM_REL8, IMM_RELZ, IMM_W, MEM_ONLY, Insn, register
 from ..faults import BP, GP, OF_VEC, GuestFault
 from ..flags import condition, get_of, read_rflags, write_rflags
-from ..operands import MASK, ea, get_reg, pop, push, set_reg
+from ..operands import MASK, ea, get_reg, pop, push, set_reg, set_stack_pointer
 from ..segments import cache_from_descriptor, load_code_descriptor, read_descriptor, set_cs
-from ..state import AC, CS, ID, IF, IOPL, NT, RCX, RF, RSP, SS, TF, VIF, VIP, VM, SegmentCache
+from ..state import AC, CS, ID, IF, IOPL, NT, RCX, RF, RSP, SS, TF, VIF, VIP, VM, SegmentCache, signed64
 
 
 def _ip_mask(cpu, size: int) -> int:
@@ -50,7 +50,7 @@ def ret_near(cpu, i: Insn) -> None:
     target = pop(cpu, i.opsize)
     if i.op == 0xC2:
         smask = cpu.stack_mask
-        s.regs[RSP] = (s.regs[RSP] & ~smask) | ((s.regs[RSP] + i.imm) & smask)
+        set_stack_pointer(s, smask, (s.regs[RSP] + i.imm) & smask)
     s.rip = target & _ip_mask(cpu, i.opsize)
 
 
@@ -144,7 +144,7 @@ def ret_far(cpu, i: Insn) -> None:
     selector = pop(cpu, size) & 0xFFFF
     smask = cpu.stack_mask
     if i.op == 0xCA:
-        s.regs[RSP] = (s.regs[RSP] & ~smask) | ((s.regs[RSP] + i.imm) & smask)
+        set_stack_pointer(s, smask, (s.regs[RSP] + i.imm) & smask)
     if not s.cr0 & 1 or s.rflags & VM:
         _far_jump_to(cpu, selector, offset, size)
         return
@@ -180,7 +180,7 @@ def _return_outer(cpu, code: SegmentCache, rpl: int, offset: int, new_ss: int, n
             raise GuestFault(GP, new_ss & 0xFFFC)
     s.segs[SS] = ss_cache
     set_cs(cpu, code, rpl)
-    s.regs[RSP] = new_rsp & (MASK[8] if cpu.bits == 64 else MASK[size])
+    s.regs[RSP] = signed64(new_rsp & (MASK[8] if cpu.bits == 64 else MASK[size]))
     s.rip = offset & (MASK[8] if cpu.bits == 64 else MASK[size])
     # Data segments the outer level may not use become null.
     for seg in (0, 3, 4, 5):
@@ -254,7 +254,7 @@ def _iret(cpu, size: int) -> None:
                 ss_cache = SegmentCache(new_ss, 0, 0, 0, 1, rpl, 0)
             s.segs[SS] = ss_cache
             set_cs(cpu, code, rpl)
-            s.regs[RSP] = new_rsp
+            s.regs[RSP] = signed64(new_rsp)
             s.rip = offset
         else:
             _return_outer(cpu, code, rpl, offset, new_ss, new_rsp, size)

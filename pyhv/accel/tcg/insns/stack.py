@@ -6,7 +6,7 @@ from __future__ import annotations
 from ..decoder import D64, END, I64, IMM_BS, IMM_W_B, IMM_Z, REG_OP, Insn, register
 from ..faults import GP, GuestFault
 from ..flags import read_rflags, write_rflags
-from ..operands import MASK, ea, get_reg, pop, push, set_reg, write_rm
+from ..operands import MASK, ea, get_reg, pop, push, set_reg, set_stack_pointer, write_rm
 from ..segments import load_segment
 from ..state import AC, DF, ID, IF, IOPL, NT, RBP, RSP, SS, TF, VIF, VIP, VM
 from ..state import AF, CF, OF, PF, SF, ZF
@@ -110,7 +110,7 @@ def popa(cpu, i: Insn) -> None:
 def leave(cpu, i: Insn) -> None:
     s = cpu.s
     smask = cpu.stack_mask
-    s.regs[RSP] = (s.regs[RSP] & ~smask) | (s.regs[RBP] & smask)
+    set_stack_pointer(s, smask, s.regs[RBP] & smask)
     set_reg(s.regs, RBP, i.opsize, pop(cpu, i.opsize))
 
 
@@ -129,7 +129,7 @@ def enter(cpu, i: Insn) -> None:
         push(cpu, size, frame)
     set_reg(s.regs, RBP, size, frame)
     smask = cpu.stack_mask
-    s.regs[RSP] = (s.regs[RSP] & ~smask) | ((s.regs[RSP] - i.imm) & smask)
+    set_stack_pointer(s, smask, (s.regs[RSP] - i.imm) & smask)
 
 
 def _register() -> None:

@@ -16,8 +16,8 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 from ..decoder import BYTE, Insn, register
-from ..operands import MASK64, get_reg, set_reg
-from ..state import DF, ES, RAX, RCX, RDI, RDX, RSI
+from ..operands import get_reg, set_reg
+from ..state import DF, ES, RAX, RCX, RDI, RDX, RSI, signed64
 from .alu import CMP, alu
 from .system import check_io
 
@@ -41,7 +41,7 @@ def destination_base(cpu, i: Insn) -> int:
 
 def _advance(regs: list, reg: int, adsize: int, delta: int) -> None:
     if adsize == 8:
-        regs[reg] = (regs[reg] + delta) & MASK64
+        regs[reg] = signed64(regs[reg] + delta)
     else:
         set_reg(regs, reg, adsize, get_reg(regs, reg, adsize) + delta)
 

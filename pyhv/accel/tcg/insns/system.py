@@ -16,7 +16,7 @@ from ..state import (CF, CS, DF, FS, GS, IF, IOPL, MSR_APIC_BASE, MSR_CSTAR, MSR
                      MSR_FMASK, MSR_FS_BASE, MSR_GS_BASE, MSR_KERNEL_GS_BASE, MSR_LSTAR,
                      MSR_PAT, MSR_STAR, MSR_SYSENTER_CS, MSR_SYSENTER_EIP, MSR_SYSENTER_ESP,
                      MSR_TSC, MSR_TSC_AUX, RAX, RBX, RCX, RDX, RF, SS, VM, SegmentCache)
-from ..state import AF, PF, SF, ZF
+from ..state import AF, PF, SF, ZF, signed64, unsigned64
 
 EFER_SCE = 1 << 0
 EFER_LME = 1 << 8
@@ -185,9 +185,9 @@ def read_msr(cpu, index: int) -> int:
     if index == MSR_EFER:
         return s.efer
     if index == MSR_FS_BASE:
-        return s.segs[FS].base
+        return unsigned64(s.segs[FS].base)
     if index == MSR_GS_BASE:
-        return s.segs[GS].base
+        return unsigned64(s.segs[GS].base)
     if index == MSR_TSC:
         return read_tsc(cpu)
     if index in _PLAIN_MSRS:
@@ -215,9 +215,9 @@ def write_msr(cpu, index: int, value: int) -> None:
         s.efer = new
         cpu.update_mode()
     elif index == MSR_FS_BASE:
-        s.segs[FS].base = value
+        s.segs[FS].base = signed64(value)
     elif index == MSR_GS_BASE:
-        s.segs[GS].base = value
+        s.segs[GS].base = signed64(value)
     elif index == MSR_TSC:
         if cpu.tsc is not None:
             cpu.tsc.write(value)
@@ -289,7 +289,9 @@ def swapgs(cpu, i: Insn) -> None:
         raise GuestFault(UD)
     require_cpl0(cpu)
     gs = s.segs[GS]
-    gs.base, s.msrs[MSR_KERNEL_GS_BASE] = s.msrs.get(MSR_KERNEL_GS_BASE, 0), gs.base
+    # The MSR keeps the architectural (unsigned) value, the segment base the register form.
+    gs.base, s.msrs[MSR_KERNEL_GS_BASE] = (signed64(s.msrs.get(MSR_KERNEL_GS_BASE, 0)),
+                                           unsigned64(gs.base))
 
 
 def nop_modrm(cpu, i: Insn) -> None:

@@ -1,0 +1,81 @@
+"""Code, stack and data in the upper half of the address space, where the Linux kernel runs.
+
+The software CPU keeps 64-bit registers in a signed form (see pyhv.accel.tcg.state), so
+addresses of 2**63 and above take different paths than low ones: negative TLB page numbers,
+signed loads and stores of 64-bit values, signed RIPs in the block chains. The interpreter
+computes on unsigned values and the translated blocks on signed ones, so running the same
+random programs both ways at kernel addresses checks the two against each other.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from tests.tcg.harness import CODE, KERNEL_BASE, STACK_TOP, assemble, long_mode_cpu, needs_as
+from tests.tcg.test_translate import _REGS64, DATA, _random_program, _random_value, _run, _state
+
+pytestmark = needs_as
+
+
+def kernel_half_cpu(code: bytes, regs: dict):
+    """long_mode_cpu with RIP, RSP and ``regs`` given in the upper-half alias."""
+    memory, cpu = long_mode_cpu(code, regs)
+    cpu.set_registers({"rip": KERNEL_BASE + CODE, "rsp": KERNEL_BASE + STACK_TOP})
+    return memory, cpu
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_random_programs_at_kernel_addresses_agree(seed):
+    rng = random.Random(1000 + seed)
+    code = _random_program(rng)
+    regs = {name: _random_value(rng) for name in _REGS64}
+    regs.update(rbp=KERNEL_BASE + DATA, rflags=0x2 | (rng.getrandbits(12) & 0x8D5))
+    data = bytes(rng.getrandbits(8) for _ in range(256))
+    interpreted = _state(*_run(code, regs, None, data=data, builder=kernel_half_cpu))
+    translated = _state(*_run(code, regs, 0, data=data, builder=kernel_half_cpu))
+    assert interpreted[0] == "hlt"
+    assert translated == interpreted
+
+
+KERNEL_PROGRAM = """
+    lea data(%rip), %rbx          # a kernel pointer (rip-relative)
+    mov %rbx, (%rsp)              # stored and loaded as a 64-bit value
+    mov (%rsp), %rcx
+    push %rbx
+    pop %rdx
+    call 1f                       # the return address is a kernel address
+    jmp 2f
+1:  mov (%rsp), %rsi
+    ret
+2:  mov $0x1122334455667788, %rax
+    mov %rax, 8(%rbx)             # through the pointer
+    add $16, %rbx
+    cmp %rcx, %rbx                # unsigned compare of kernel pointers
+    seta %r8b
+    shr $60, %rcx                 # logical shift of a negative register form
+    sar $60, %rdx                 # arithmetic shift
+    hlt
+    .align 16
+data: .quad 0, 0
+"""
+
+
+@pytest.mark.parametrize("translate_after", [None, 0])
+def test_kernel_pointers_through_registers_memory_and_stack(translate_after):
+    code = assemble(KERNEL_PROGRAM)
+    memory, cpu, result = _run(code, {}, translate_after, builder=kernel_half_cpu)
+    regs = cpu.registers()
+    data = KERNEL_BASE + CODE + len(code) - 16
+    hlt_at = code.rindex(b"\xf4", 0, len(code) - 16)
+    assert result.reason == "hlt"
+    assert regs["rip"] == KERNEL_BASE + CODE + hlt_at + 1  # reported unsigned
+    assert regs["rbx"] == data + 16
+    assert regs["rcx"] == data >> 60 == 0xF
+    assert regs["rdx"] == 0xFFFF_FFFF_FFFF_FFFF  # sar of a negative value
+    assert regs["r8"] & 0xFF == 1
+    call_site = code.index(b"\xe8")
+    assert regs["rsi"] == KERNEL_BASE + CODE + call_site + 5
+    assert regs["rsp"] == KERNEL_BASE + STACK_TOP
+    assert memory.read_u64(data - KERNEL_BASE + 8) == 0x1122334455667788
