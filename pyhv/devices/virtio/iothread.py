@@ -11,22 +11,28 @@ from the vCPU thread takes the same lock, so it waits for the batch in flight to
 
 eventfd(2) comes through ctypes: ``os.eventfd`` is Python 3.10+ and PyPy 3.9 lacks it, and
 KVM_IOEVENTFD accepts nothing but an eventfd (a pipe is refused).
+
+A device may hand long requests on to a :class:`WorkerPool` (QEMU's ``aio=threads``): the
+I/O thread parses the queue and goes back to polling while the workers run the file I/O,
+which releases the GIL, in parallel.
 """
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import ctypes.util
 import logging
 import os
 import select
 import threading
-from typing import Callable, Dict, List, NamedTuple, Optional
+from typing import Callable, Deque, Dict, List, NamedTuple, Optional
 
 from ...errors import PyhvError
 
 log = logging.getLogger("pyhv.virtio.iothread")
 
+EFD_SEMAPHORE = 0o1
 EFD_CLOEXEC = 0o2000000
 EFD_NONBLOCK = 0o4000
 _ONE = (1).to_bytes(8, "little")
@@ -47,10 +53,14 @@ class IoThreadError(PyhvError):
 
 
 class EventFd:
-    """A non-blocking eventfd: ``signal()`` adds one, ``drain()`` reads the count back to 0."""
+    """A non-blocking eventfd: ``signal()`` adds one, ``drain()`` reads the count back to 0.
 
-    def __init__(self) -> None:
-        fd = _eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)
+    ``semaphore=True`` makes a blocking semaphore instead: each :meth:`take` waits for and
+    consumes one signal, so each signal wakes one of the threads waiting in ``take``.
+    """
+
+    def __init__(self, semaphore: bool = False) -> None:
+        fd = _eventfd(0, EFD_CLOEXEC | (EFD_SEMAPHORE if semaphore else EFD_NONBLOCK))
         if fd < 0:
             err = ctypes.get_errno()
             raise IoThreadError(f"eventfd: {os.strerror(err)}")
@@ -68,6 +78,10 @@ class EventFd:
             return int.from_bytes(os.read(self.fd, 8), "little")
         except BlockingIOError:
             return 0
+
+    def take(self) -> None:
+        """Wait for one signal of a semaphore eventfd and consume it."""
+        os.read(self.fd, 8)
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -184,3 +198,97 @@ class IoThread:
                 except Exception:  # a device bug must not end every queue's service
                     self.failures += 1
                     log.exception("%s: queue %s failed", self.name, kick.name)
+
+
+class WorkerPool:
+    """``workers`` threads running submitted jobs in parallel, each to its end, in any order.
+
+    Threads start on the first :meth:`submit`, so a device that never submits costs none.
+    :meth:`drain` waits for every job submitted before it; :meth:`close` drains, then ends
+    and joins the threads. A job that raises is logged and counted in ``failures``; it must
+    report its own outcome (the device completes the request in the job itself).
+
+    Idle workers sleep in read(2) on a semaphore eventfd, one signal per job. Measured on the
+    development machine (two threads handing a token back and forth), a thread woken that
+    way runs 2.5 µs after the signal on CPython and PyPy alike, against 6 µs (CPython) and
+    160 µs (PyPy 3.9) for a thread blocked on a ``threading`` lock, which ``queue`` and
+    ``threading.Event`` are built on: so the jobs wait in a deque, not a ``queue.Queue``.
+    """
+
+    def __init__(self, name: str, workers: int) -> None:
+        if workers < 1:
+            raise IoThreadError(f"{name}: a worker pool needs at least one thread, not {workers}")
+        self.name = name
+        self.workers = workers
+        self._jobs: Deque[Optional[Callable[[], None]]] = collections.deque()
+        self._ready: Optional[EventFd] = None  # one signal per entry of _jobs
+        self._idle = threading.Condition(threading.Lock())
+        self._in_flight = 0
+        self._threads: List[threading.Thread] = []
+        self._closed = False
+        self.failures = 0
+
+    @property
+    def in_flight(self) -> int:
+        """Jobs submitted and not yet ended."""
+        return self._in_flight
+
+    @property
+    def threads(self) -> List[threading.Thread]:
+        return list(self._threads)
+
+    def submit(self, job: Callable[[], None]) -> None:
+        with self._idle:
+            if self._closed:
+                raise IoThreadError(f"{self.name}: the worker pool is closed")
+            self._in_flight += 1
+            if self._ready is None:
+                self._ready = EventFd(semaphore=True)
+                self._threads = [threading.Thread(target=self._loop, args=(self._ready,),
+                                                  name=f"{self.name}-{i}", daemon=True)
+                                 for i in range(self.workers)]
+                for thread in self._threads:
+                    thread.start()
+            ready = self._ready
+            self._jobs.append(job)  # under the lock: never behind close()'s stop marks
+        ready.signal()
+
+    def drain(self) -> None:
+        """Return once every job submitted so far has ended."""
+        with self._idle:
+            while self._in_flight:
+                self._idle.wait()
+
+    def close(self) -> None:
+        """Finish every submitted job, then end the threads (idempotent)."""
+        with self._idle:
+            self._closed = True
+            threads, self._threads = self._threads, []
+            ready, self._ready = self._ready, None
+        if ready is None:
+            return
+        for _ in threads:
+            self._jobs.append(None)  # one stop mark per thread, queued behind the jobs
+            ready.signal()
+        for thread in threads:
+            thread.join()
+        ready.close()
+
+    def _loop(self, ready: EventFd) -> None:
+        jobs = self._jobs
+        while True:
+            ready.take()
+            job = jobs.popleft()
+            if job is None:
+                return
+            failed = False
+            try:
+                job()
+            except Exception:
+                failed = True
+                log.exception("%s: a job failed", self.name)
+            with self._idle:
+                self.failures += failed
+                self._in_flight -= 1
+                if not self._in_flight:
+                    self._idle.notify_all()

@@ -19,7 +19,7 @@ def descriptor_views(memory: GuestMemory, descriptors: Iterable[Descriptor]) -> 
 
 
 def total_length(views: Sequence[memoryview]) -> int:
-    return sum(len(v) for v in views)
+    return sum(map(len, views))
 
 
 def split_at(views: Sequence[memoryview], count: int) -> Tuple[List[memoryview], List[memoryview]]:
