@@ -61,6 +61,14 @@ _WRAPPING = {"+": "int_add", "-": "int_sub", "<<": "int_lshift", "*": "int_mul"}
 BlockFunction = Callable[..., int]
 
 
+def _constant(source: str) -> Optional[int]:
+    """The value of ``source`` when it is an integer literal (as emitters write them)."""
+    try:
+        return int(source, 0)
+    except ValueError:
+        return None
+
+
 class Untranslatable(Exception):
     """Raised by an instruction translator for a form it does not cover: use the handler."""
 
@@ -170,21 +178,31 @@ class BlockCodegen:
         """A constant operand of ``size`` bytes as source (signed form at 8 bytes)."""
         return f"{signed64(value) if size == 8 else value & MASK[size]:#x}"
 
-    def fold64(self, name: str) -> None:
-        """Bring local ``name`` back into the signed 64-bit range (a test, rarely a fold).
+    def fold64(self, name: str, below: bool = True, above: bool = True) -> None:
+        """Bring local ``name`` back into the signed 64-bit range (a test, rarely a fold);
+        ``below``/``above``: which side it may have left by.
 
         Written ``if name < …`` so that :func:`_prune_flag_locals` sees a flag local's
         definition, not a use, and drops the test with the dead local."""
-        self.emit(f"if {name} < {MIN64:#x} or {name} > {MAX64:#x}: "
-                  f"{name} = (({name} - {MIN64:#x}) & {M64:#x}) + {MIN64:#x}")
+        tests = []
+        if below:
+            tests.append(f"{name} < {MIN64:#x}")
+        if above:
+            tests.append(f"{name} > {MAX64:#x}")
+        self.emit(f"if {' or '.join(tests)}: {name} = (({name} - {MIN64:#x}) & {M64:#x}) + {MIN64:#x}")
 
     def arith64(self, name: str, a: str, op: str, b: str) -> str:
         """Emit ``name = a op b`` (op: + - << *) as a 64-bit operation; returns ``name``."""
         if _intop is not None:
             self.emit(f"{name} = {_WRAPPING[op]}({a}, {b})")
-        else:
-            self.emit(f"{name} = {a} {op} {b}")
+            return name
+        self.emit(f"{name} = {a} {op} {b}")
+        constant = _constant(b)
+        if constant is None or op not in "+-":
             self.fold64(name)
+        else:  # a constant moves the result one way only (one test on CPython, not two)
+            up = (constant >= 0) == (op == "+")
+            self.fold64(name, below=not up, above=up)
         return name
 
     def logical_shift_right(self, value: str, count: str, size: int) -> str:
@@ -202,11 +220,20 @@ class BlockCodegen:
 
     @staticmethod
     def below(a: str, b: str, size: int, equal: bool = False) -> str:
-        """Truth expression: ``a < b`` (``<=`` with ``equal``) as unsigned operands."""
+        """Truth expression: ``a < b`` (``<=`` with ``equal``) as unsigned operands.
+
+        At 8 bytes, signed values of one sign compare the same way unsigned; a negative one
+        is the larger. Comparisons only: flipping the sign bit with ``^`` would allocate a
+        new integer on CPython for each operand."""
         op = "<=" if equal else "<"
-        if size == 8:
-            return f"({a} ^ {MIN64:#x}) {op} ({b} ^ {MIN64:#x})"
-        return f"{a} {op} {b}"
+        if size != 8:
+            return f"{a} {op} {b}"
+        constant = _constant(b)
+        if constant is not None:
+            if constant >= 0:
+                return f"(0 <= {a} {op} {b})"
+            return f"({a} >= 0 or {a} {op} {b})"
+        return f"(({a} {op} {b}) == (({a} < 0) == ({b} < 0)))"
 
     @staticmethod
     def less(a: str, b: str, size: int, equal: bool = False) -> str:
