@@ -284,3 +284,46 @@ def test_a_backend_that_is_not_thread_safe_stays_serial(memory, plug, tmp_path):
     assert backend.threads == {threading.current_thread().name}
     assert requests[0].read_back == DISK[3 * CHUNK:4 * CHUNK]
     device.close()
+
+
+def test_every_completion_is_published_once_when_workers_finish_together(memory, plug, backend):
+    # Workers publishing at the same moment hand their entries to whichever holds the used
+    # ring; none may be left behind or written twice.
+    device = VirtioBlock(memory, backend, workers=4)
+    driver, _transport, _irq = plug(device)
+    driver.start(1)
+    try:
+        for _round in range(20):
+            requests = [read(driver, chunk) for chunk in range(12)]
+            driver.kick(0)
+            seen = used_heads(driver, len(requests))
+            assert sorted(head for head, _ in seen) == sorted(r.head for r in requests)
+            assert all(length == CHUNK + 1 for _, length in seen)
+            assert all(r.read_back == DISK[c * CHUNK:(c + 1) * CHUNK] for c, r in enumerate(requests))
+            assert driver.queues[0].take_used() == []
+    finally:
+        device.close()
+
+
+def test_a_completion_that_finds_the_used_ring_busy_is_published_by_its_holder(rig, backend):
+    # White-box, to make the race certain: the first worker holds the used ring while the
+    # second completes; the second must not wait, and the first must publish its entry.
+    driver, device = rig
+    publish_locked = device._publish_locked
+    second_gate = backend.gates[CHUNK] = threading.Event()
+    calls = []
+
+    def holding_publish() -> None:
+        publish_locked()
+        calls.append(threading.current_thread().name)
+        if len(calls) == 1:
+            second_gate.set()  # the second request runs and completes meanwhile ...
+            wait_until(lambda: len(device._completed) == 1, "the second completion to queue up")
+
+    device._publish_locked = holding_publish
+    first, second = read(driver, 0), read(driver, 1)
+    driver.kick(0)
+    seen = used_heads(driver, 2)
+    assert [head for head, _ in seen] == [first.head, second.head]
+    assert len(set(calls)) == 1  # ... and was published by the thread that held the ring
+    assert second.read_back == DISK[CHUNK:2 * CHUNK]
