@@ -180,10 +180,13 @@ class IoThread:
     def _loop(self) -> None:
         with self._lock:
             poller = self._poller()
+        control = self._control.fd
         while not self._stopping:
             ready = poller.poll()
             with self._lock:
-                if self._control.drain():
+                # Only when it fired: a read of an empty eventfd is a system call and an
+                # exception, on every kick.
+                if any(fd == control for fd, _events in ready) and self._control.drain():
                     poller = self._poller()
                 kicks = [self._kicks.get(fd) for fd, _events in ready]
                 # Drained under the lock, so remove_queue cannot close an fd in use here.
