@@ -16,7 +16,7 @@ from pyhv.accel.tcg.cpu import Block
 from pyhv.accel.tcg.translate import Translator
 from pyhv.accel.tcg.translate_insns import EMITTERS
 
-from .harness import (CODE, assemble, long_mode_cpu, needs_as, protected_mode_cpu, real_mode_cpu,
+from .harness import (CODE, STACK_TOP, assemble, long_mode_cpu, needs_as, protected_mode_cpu, real_mode_cpu,
                       run_to_hlt)
 
 pytestmark = needs_as
@@ -635,3 +635,68 @@ def test_bit_test_family_translates_like_the_interpreter(op, suffix, reg, offset
         interpreted = _state(*_run(code, regs, None, data=data))
         translated = _state(*_run(code, regs, 0, data=data))
         assert translated == interpreted
+
+
+@pytest.mark.parametrize("suffix, src", [("b", "cl"), ("w", "cx"), ("l", "ecx"), ("q", "rcx")])
+def test_xadd_translates_like_the_interpreter(suffix, src):
+    # Memory (the kernel's lock xadd) and register forms, one register as both operands
+    # (the sum stays), and the flags of the add read back by jc and pushf.
+    acc = {"b": "al", "w": "ax", "l": "eax", "q": "rax"}[suffix]
+    code = assemble(f"""
+        lock xadd{suffix} %{src}, 8(%rbp)
+        jnc 1f
+        inc %rsi
+    1:  xadd{suffix} %{src}, %{acc}
+        xadd{suffix} %{acc}, %{acc}
+        pushf
+        pop %rdi
+        hlt""")
+    data = bytes(8) + (0xFFFF_FFFF_FFFF_FFF0).to_bytes(8, "little")
+    regs = {"rax": 0x8000_0000_8000_8080, "rcx": 0x1234_5678_9ABC_DEF1, "rbp": DATA}
+    interpreted = _state(*_run(code, regs, None, data=data))
+    translated = _state(*_run(code, regs, 0, data=data))
+    assert translated == interpreted
+    assert interpreted[3][8:16] != data[8:16]  # memory got the sum
+    assert interpreted[2]["rcx"] != regs["rcx"]  # the source register got the old value
+
+
+def test_cli_leave_and_selector_reads_translate_like_the_interpreter():
+    # cli clears IF (read back by pushf); leave restores RSP from RBP and pops RBP; mov from a
+    # segment register zero-extends into a 32/64-bit register, merges into a 16-bit one and
+    # stores 16 bits to memory.
+    code = assemble("""
+        push %rbp
+        mov %rsp, %rbp
+        sub $64, %rsp
+        movq $-1, %rax
+        movq $-1, %rbx
+        movq $-1, %rcx
+        mov %ss, %eax
+        mov %cs, %rbx
+        mov %ds, %cx
+        movq $-1, 8(%rsp)
+        mov %ss, 8(%rsp)
+        mov 8(%rsp), %rdx
+        cli
+        pushf
+        pop %rsi
+        leave
+        hlt""")
+    regs = {"rbp": 0x1122_3344_5566_7788, "rflags": 0x202}
+    interpreted = _state(*_run(code, regs, None))
+    translated = _state(*_run(code, regs, 0))
+    assert translated == interpreted
+    out = interpreted[2]
+    assert out["rax"] == 0x10 and out["rbx"] == 0x08 and out["rcx"] == 0xFFFF_FFFF_FFFF_0010
+    assert out["rdx"] == 0xFFFF_FFFF_FFFF_0010
+    assert not out["rsi"] & 0x200 and not out["rflags"] & 0x200
+    assert out["rbp"] == regs["rbp"] and out["rsp"] == STACK_TOP
+
+
+def test_cli_at_cpl3_without_iopl_raises_gp_when_translated():
+    memory, cpu = long_mode_cpu(assemble("mov $5, %ebx\ncli\nmov $6, %ebx\nhlt"))
+    cpu.s.cpl = 3
+    cpu.translate_after = 0
+    cpu.run(1000)
+    regs = cpu.registers()
+    assert regs["r15"] == 13 and regs["rbx"] == 5  # #GP before cli retired

@@ -1,7 +1,9 @@
-"""Instruction translators for the bit-test family, lock cmpxchg, bswap, fences and rdtsc.
+"""Instruction translators for the bit-test family, lock cmpxchg/xadd, bswap, fences, rdtsc,
+cli, leave and reads of segment selectors.
 
 The instructions the Linux kernel runs millions of times in a boot that are neither plain
-arithmetic nor moves (its spinlocks, atomics, bitmaps, delay loops). The rules of
+arithmetic nor moves (its spinlocks, atomics, bitmaps, delay loops, irqsave sections, frame
+pointers, and the iret frames of sync_core). The rules of
 :mod:`.translate_insns` hold: loads and stores before register writes; flag locals at will.
 """
 
@@ -11,10 +13,10 @@ from typing import Callable, Dict
 
 from .decoder import Insn
 from .faults import GP
-from .flags import CC_EAGER, CC_SUB
+from .flags import CC_ADD, CC_EAGER, CC_SUB
 from .insns import bit as bit_insns
-from .insns import mov, system, sysregs
-from .state import ARITH_FLAGS, CF, RAX, RDX
+from .insns import mov, stack, system, sysregs
+from .state import ARITH_FLAGS, CF, IF, IOPL, RAX, RDX
 from .translate import MASK, BlockCodegen, FlagSource, Untranslatable
 
 
@@ -105,7 +107,59 @@ def rdtsc(gen: BlockCodegen, i: Insn) -> None:
     gen.set_reg(RDX, 8, f"{tsc} >> 32")
 
 
+def xadd(gen: BlockCodegen, i: Insn) -> None:
+    """The kernel's atomic_add_return and reference counts (lock xadd)."""
+    size = i.opsize
+    k = gen.index
+    dest = gen.temp()
+    if i.is_mem:
+        gen.emit(f"{dest} = {gen.load(gen.address(i), size, update=True)}")
+    else:
+        gen.emit(f"{dest} = {gen.reg(i.rm, size)}")
+    src = gen.reg(i.reg, size)
+    if size == 8:
+        gen.add64(dest, src, False)
+        gen.set_flags(CC_ADD, size, dest, src, "")
+    else:
+        gen.set_flags(CC_ADD, size, dest, src, f"({dest} + {src}) & {MASK[size]:#x}")
+    if i.is_mem:
+        gen.store("a", size, f"fr{k}")
+        gen.set_reg(i.reg, size, dest)
+    else:  # the handler's order: with one register for both, the sum is what stays
+        gen.set_reg(i.reg, size, dest)
+        gen.set_reg(i.rm, size, f"fr{k}")
+
+
+def cli(gen: BlockCodegen, i: Insn) -> None:
+    gen.may_fault()
+    gen.emit(f"if s.cr0 & 1 and s.cpl > (s.rflags & {IOPL:#x}) >> 12:")
+    gen.emit(f"    raise GuestFault({GP}, 0)")
+    gen.emit(f"s.rflags &= {~IF:#x}")
+
+
+def mov_rm_sreg(gen: BlockCodegen, i: Insn) -> None:
+    if i.raw_reg > 5:
+        raise Untranslatable("no such segment register: #UD through the handler")
+    selector = f"s.segs[{i.raw_reg}].selector"
+    if i.is_mem:
+        gen.store(gen.address(i), 2, selector)
+    else:
+        gen.set_reg(i.rm, i.opsize, selector)
+
+
+def leave(gen: BlockCodegen, i: Insn) -> None:
+    """RSP = RBP, then pop RBP (the epilogue of every function with a frame pointer)."""
+    if gen.bits != 64 or i.opsize != 8:
+        raise Untranslatable("leave outside 64-bit mode, or with a 16-bit operand")
+    gen.uses_stack = True
+    value = gen.load("r5", 8)
+    gen.arith64("sp", "r5", "+", "8")
+    gen.set_reg(4, 8, "sp")
+    gen.set_reg(5, 8, value)
+
+
 SYSTEM_EMITTERS: Dict[Callable, Callable[[BlockCodegen, Insn], None]] = {
     system.rdtsc: rdtsc, sysregs.fence_or_clflush: fence, mov.bswap: bswap, mov.cmpxchg: cmpxchg,
-    bit_insns.bt_imm: bt_imm, bit_insns.bt_reg: bt_reg,
+    bit_insns.bt_imm: bt_imm, bit_insns.bt_reg: bt_reg, mov.xadd: xadd, system.cli: cli,
+    mov.mov_rm_sreg: mov_rm_sreg, stack.leave: leave,
 }
