@@ -13,12 +13,12 @@ reaches this object at all.
 from __future__ import annotations
 
 import functools
-import threading
 from typing import Callable, List, Optional
 
 from ...irq import IrqLine
 from .device import VirtioDevice
 from .iothread import Doorbell, EventFd, IoThread
+from .isr import InterruptStatus
 
 MMIO_WINDOW_SIZE = 0x200
 MAGIC_VALUE = 0x7472_6976  # "virt"
@@ -70,13 +70,10 @@ class VirtioMmioTransport:
     def __init__(self, device: VirtioDevice, irq: IrqLine) -> None:
         self.device = device
         self.irq = irq
-        self.interrupt_status = 0
+        self._status = InterruptStatus(irq.set_level)
         self.device_features_sel = 0
         self.driver_features_sel = 0
         self.queue_sel = 0
-        # Not the device's lock: the I/O thread raises interrupts while the vCPU thread may
-        # hold that one waiting for the I/O thread (a reset).
-        self._irq_lock = threading.Lock()
         self._kicks: List[EventFd] = []  # per queue, once an I/O thread serves them
         self._iothread: Optional[IoThread] = None
         self._undo_doorbells: List[Callable[[], None]] = []
@@ -121,16 +118,17 @@ class VirtioMmioTransport:
             self.device.notify(index)
 
     # --- interrupts -----------------------------------------------------------------------
+    # Not under the device's lock: the I/O thread raises interrupts while the vCPU thread may
+    # hold that one waiting for the I/O thread (a reset). isr.py says how the line is driven.
+    @property
+    def interrupt_status(self) -> int:
+        return self._status.bits
+
     def _raise(self, cause: int) -> None:
-        with self._irq_lock:
-            self.interrupt_status |= cause
-            self.irq.set_level(True)
+        self._status.raise_bits(cause)
 
     def _ack(self, causes: int) -> None:
-        with self._irq_lock:
-            self.interrupt_status &= ~causes
-            if not self.interrupt_status:
-                self.irq.set_level(False)
+        self._status.clear(causes)
 
     # --- bus Device -------------------------------------------------------------------------
     def read(self, offset: int, size: int) -> int:

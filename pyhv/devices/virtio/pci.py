@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import functools
 import struct
-import threading
 from typing import Callable, List, Optional
 
 from ..pci.config import Bar, BarKind, PciFunction
 from ..pci.msix import NO_VECTOR, MsiSink, MsixVectors
 from . import spec
 from .device import VirtioDevice
+from .isr import InterruptStatus
 from .iothread import Doorbell, EventFd, IoThread
 from .queue import SplitQueue
 
@@ -103,16 +103,13 @@ class VirtioPciFunction(PciFunction):
         self.msix.install(self, MSIX_BAR)
         self.add_bar(Bar(MODERN_BAR, BarKind.MEM64, MODERN_BAR_SIZE, _ModernRegion(self), prefetchable=True))
         self._add_virtio_caps()
-        self.isr = 0
+        self._isr = InterruptStatus(self.set_intx)
         self.device_feature_select = 0
         self.driver_feature_select = 0
         self.queue_select = 0
         self.config_vector = NO_VECTOR
         self.queue_vectors: List[int] = [NO_VECTOR] * queue_count
         self._queue_index = {id(queue): index for index, queue in enumerate(device.queues)}
-        # Interrupt state has its own lock: the I/O thread raises interrupts while the vCPU
-        # thread may hold the device's lock waiting for it (a reset).
-        self._irq_lock = threading.RLock()
         self._kicks: List[EventFd] = []
         self._iothread: Optional[IoThread] = None
         self._doorbell: Optional[Doorbell] = None
@@ -165,34 +162,34 @@ class VirtioPciFunction(PciFunction):
         if queue.needs_notification(self.device.memory):
             self.queue_interrupt(self._queue_index[id(queue)])
 
+    # Interrupts never take the device's lock: the I/O thread raises them while the vCPU
+    # thread may hold that one waiting for it (a reset). MSI-X messages need no lock here
+    # (MsixVectors orders them against masking); INTx goes through the ISR bits (isr.py).
+    @property
+    def isr(self) -> int:
+        return self._isr.bits
+
     def queue_interrupt(self, index: int) -> None:
-        with self._irq_lock:
-            if self.msix.enabled:
-                vector = self.queue_vectors[index]
-                if vector != NO_VECTOR:
-                    self.msix.notify(vector)
-                return
-            self.isr |= spec.INT_USED_BUFFER
-            self.set_intx(True)
+        if self.msix.enabled:
+            vector = self.queue_vectors[index]
+            if vector != NO_VECTOR:
+                self.msix.notify(vector)
+            return
+        self._isr.raise_bits(spec.INT_USED_BUFFER)
 
     def _interrupt(self, cause: int) -> None:
-        with self._irq_lock:
-            if cause & spec.INT_CONFIG_CHANGE:
-                self.isr |= spec.INT_CONFIG_CHANGE
-                if self.msix.enabled:
-                    if self.config_vector != NO_VECTOR:
-                        self.msix.notify(self.config_vector)
-                else:
-                    self.set_intx(True)
-            if cause & spec.INT_USED_BUFFER:
-                for index in range(len(self.queue_vectors)):
-                    self.queue_interrupt(index)
+        if cause & spec.INT_CONFIG_CHANGE:
+            # The bit is set before the notification, MSI-X or not (4.1.4.5.1).
+            msix = self.msix.enabled
+            self._isr.raise_bits(spec.INT_CONFIG_CHANGE, drive_line=not msix)
+            if msix and self.config_vector != NO_VECTOR:
+                self.msix.notify(self.config_vector)
+        if cause & spec.INT_USED_BUFFER:
+            for index in range(len(self.queue_vectors)):
+                self.queue_interrupt(index)
 
     def read_isr(self) -> int:
-        with self._irq_lock:
-            value, self.isr = self.isr, 0
-            self.set_intx(False)
-            return value
+        return self._isr.take()
 
     # --- common configuration ---------------------------------------------------------------------
     def _selected_queue(self):
@@ -282,9 +279,7 @@ class VirtioPciFunction(PciFunction):
         self.queue_select = 0
         self.config_vector = NO_VECTOR
         self.queue_vectors = [NO_VECTOR] * len(self.queue_vectors)
-        with self._irq_lock:
-            self.isr = 0
-            self.set_intx(False)
+        self._isr.take()
 
     # --- notifications --------------------------------------------------------------------------------
     def notify(self, offset: int) -> None:
