@@ -34,10 +34,12 @@ MAX_BLOCK_INSNS = 64
 # blocks run only a few dozen times. On the first 150M instructions of the Debian kernel
 # boot (bench/tcg_kernel.py, PyPy) a threshold of 2 translated 21,700 blocks in 46 s of
 # 170 s; 32 translates 10,100 in 20 s of 152 s, with fewer than 2% of instructions left to
-# the interpreter.
+# the interpreter. Once translated blocks got cheaper (signed registers), the whole boot
+# (603M instructions, PyPy) took 122 s with 32 (19,600 blocks translated in 16 s), 117 s
+# with 120, 112 s with 400 (6,400 in 5 s) and 118 s with 1000; CPython 136 s with 32 or 400.
 # PYHV_TCG_TRANSLATE_AFTER overrides it (0: translate at once; "off": never translate),
 # so the whole test suite can run through the translator or the interpreter alone.
-_TRANSLATE_ENV = os.environ.get("PYHV_TCG_TRANSLATE_AFTER", "32")
+_TRANSLATE_ENV = os.environ.get("PYHV_TCG_TRANSLATE_AFTER", "400")
 TRANSLATE_AFTER: Optional[int] = None if _TRANSLATE_ENV == "off" else int(_TRANSLATE_ENV)
 MASK64 = 0xFFFF_FFFF_FFFF_FFFF
 
@@ -50,6 +52,17 @@ try:
     from pypyjit import residual_call as _call_opaque
 except ImportError:  # CPython: a plain call is already the cheapest
     _call_opaque = None
+
+# PyPy's JIT defaults suit programs with a few hot loops; the software CPU has thousands of
+# block functions and a run loop whose guards fail along thousands of paths. Compiling a
+# function after 100 calls (not 1,619) and a bridge after 60 guard failures (not 200),
+# each in the blackhole interpreter until then, took the whole Debian boot (603M
+# instructions, bench/tcg_kernel.py) from 112 s to 77-87 s of CPU; 20 or 5 failures were
+# slower again (95 s, 104 s). PYHV_PYPY_JIT replaces the string (pypyjit.set_param syntax).
+PYPY_JIT_PARAMS = os.environ.get("PYHV_PYPY_JIT", "function_threshold=100,trace_eagerness=60")
+if _call_opaque is not None and PYPY_JIT_PARAMS:
+    import pypyjit
+    pypyjit.set_param(PYPY_JIT_PARAMS)
 
 
 class StopReason:
