@@ -62,6 +62,7 @@ from pyhv.devices.virtio import pci as vpci
 from pyhv.devices.virtio.blk import VirtioBlock
 from pyhv.devices.virtio.iothread import EventFd, IoThread
 from pyhv.devices.virtio.mock_driver import Buffer, MockMmioDriver
+from pyhv.devices.virtio.queue import memory_fence
 from pyhv.irq import CallbackIrqLine
 from pyhv.memory import GuestMemory, MiB
 
@@ -202,6 +203,7 @@ class DeviceRig:
             self.headers[head] = header
             self.statuses[head] = status
         self.request_type = request_type
+        self.kicks = 0
         self.expected_used = 1 if work.write else work.size + 1
 
     def _attach_mmio(self) -> None:
@@ -212,7 +214,7 @@ class DeviceRig:
         self.driver = MockMmioDriver(transport, self.memory)
         # EVENT_IDX, as Linux drives it: used_event is kept at the last entry the driver has
         # seen, so the first completion after it interrupts and the driver refills early.
-        self.driver.start(1, queue_size=QUEUE_SIZE)
+        self.event_idx = bool(self.driver.start(1, queue_size=QUEUE_SIZE) >> spec.F_EVENT_IDX & 1)
         self.kick = functools.partial(transport.write, mmio.QUEUE_NOTIFY, 4, 0)
         # Linux's vm_interrupt acknowledges every INTx interrupt.
         self.ack = functools.partial(transport.write, mmio.INTERRUPT_ACK, 4, spec.INT_USED_BUFFER)
@@ -230,7 +232,7 @@ class DeviceRig:
         self.driver.program_vector(0, 0xFEE0_0000, 0x30)  # configuration changes
         self.driver.program_vector(1, 0xFEE0_0000, 0x31)  # the request queue
         self.driver.set_msix(True)
-        self.driver.start(1, vectors=[1])
+        self.event_idx = bool(self.driver.start(1, vectors=[1]) >> spec.F_EVENT_IDX & 1)
         # Linux computes the queue's notify address once, then each kick is one write.
         self.driver.common_write(vpci.QUEUE_SELECT, 2, 0)
         notify = (self.driver.regions[vpci.CAP_NOTIFY_CFG]
@@ -247,7 +249,10 @@ class DeviceRig:
 
     def _publish_and_kick(self) -> None:
         self.memory.write_u16(self.queue.avail_ring + 2, self.queue.avail_idx)
-        self.kick()
+        # As Linux does: no kick while the device says it is still draining the ring.
+        if self.queue.kick_needed(self.event_idx):
+            self.kick()
+            self.kicks += 1
 
     def run(self, offsets: List[int]) -> float:
         pending = iter(offsets)
@@ -264,6 +269,7 @@ class DeviceRig:
         self._publish_and_kick()
         queue = self.queue
         while done < total:
+            memory_fence()  # used_event is stored before the used index is loaded (virtio_mb)
             if queue.used_idx() == queue.last_used:  # (re)checked after moving used_event
                 irq.wait()
             irq.clear()

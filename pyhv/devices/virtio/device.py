@@ -146,9 +146,21 @@ class VirtioDevice:
             self.run_queue(index)
 
     def run_queue(self, index: int) -> None:
-        """Process queue ``index``, turning a guest's rule-breaking into NEEDS_RESET."""
+        """Process queue ``index`` until the driver adds nothing more, turning a guest's
+        rule-breaking into NEEDS_RESET. While it runs the driver is told not to kick: what
+        it adds meanwhile is picked up by the same pass, without a notification (an exit,
+        or a wake-up of the I/O thread) per request."""
+        queue = self.queues[index]
         try:
-            self.process_queue(index)
+            queue.disable_notifications(self.memory)
+            while True:
+                taken = queue.next_avail
+                self.process_queue(index)
+                more = queue.enable_notifications(self.memory)
+                # A pass that took nothing (receive buffers waiting for host input) ends it.
+                if self.broken or not more or queue.next_avail == taken:
+                    return
+                queue.disable_notifications(self.memory)
         except VirtqueueError as err:
             self.fail(index, err)
 

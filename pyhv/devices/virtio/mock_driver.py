@@ -13,7 +13,7 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 from ...memory import GuestMemory
 from . import mmio, spec
-from .queue import DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, DESCRIPTOR_SIZE
+from .queue import DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, DESCRIPTOR_SIZE, USED_F_NO_NOTIFY, memory_fence
 
 
 class Buffer(NamedTuple):
@@ -39,6 +39,7 @@ class MockSplitQueue:
         memory.fill(base, self.end - base)
         self.next_free = 0
         self.avail_idx = 0
+        self.kicked_idx = 0  # avail_idx when kick_needed last ran
         self.last_used = 0
 
     def write_descriptor(self, index: int, gpa: int, length: int, flags: int = 0, next_index: int = 0,
@@ -82,6 +83,18 @@ class MockSplitQueue:
 
     def set_no_interrupt(self, on: bool) -> None:
         self.memory.write_u16(self.avail_ring, 1 if on else 0)
+
+    def kick_needed(self, event_idx: bool) -> bool:
+        """Whether the entries published since the last call need a kick, as Linux's
+        virtqueue_kick_prepare decides: a full barrier after publishing the index, then
+        avail_event (with EVENT_IDX, ``event_idx``) or the used ring's NO_NOTIFY flag."""
+        memory_fence()
+        old, new = self.kicked_idx, self.avail_idx
+        self.kicked_idx = new
+        if event_idx:
+            # vring_need_event: did the index step over avail_event?
+            return (new - self.avail_event() - 1) & 0xFFFF < (new - old) & 0xFFFF
+        return not self.memory.read_u16(self.used_ring) & USED_F_NO_NOTIFY
 
     def used_idx(self) -> int:
         return self.memory.read_u16(self.used_ring + 2)

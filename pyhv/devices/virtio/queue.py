@@ -14,6 +14,7 @@ of keeping it, so a queue is plain state and tests can point it at any memory.
 from __future__ import annotations
 
 import struct
+import threading
 from typing import Iterator, List, NamedTuple, Optional
 
 from ...errors import GuestAddressError
@@ -23,11 +24,24 @@ DESC_F_NEXT = 0x1
 DESC_F_WRITE = 0x2
 DESC_F_INDIRECT = 0x4
 AVAIL_F_NO_INTERRUPT = 0x1
+USED_F_NO_NOTIFY = 0x1
 
 DESCRIPTOR_SIZE = 16
 USED_ELEM_SIZE = 8
 MAX_QUEUE_SIZE = 32768  # the largest split queue the spec allows (2.7)
 _DESCRIPTOR = struct.Struct("<QIHH")  # addr, len, flags, next
+
+
+_FENCE = threading.Lock()
+
+
+def memory_fence() -> None:
+    """A full memory barrier (x86 MFENCE semantics): taking a lock is an atomic
+    read-modify-write, which orders every earlier store before every later load. Needed
+    where a store to one ring field is followed by a load of a field the other side
+    stores, with the same order there (Linux's virtio_mb)."""
+    _FENCE.acquire()
+    _FENCE.release()
 
 
 class VirtqueueError(Exception):
@@ -82,6 +96,7 @@ class SplitQueue:
         self.event_idx = False  # VIRTIO_F_EVENT_IDX negotiated
         self.indirect = False  # VIRTIO_F_INDIRECT_DESC negotiated
         self.signalled_used: Optional[int] = None
+        self.draining = False  # between disable_notifications and enable_notifications
 
     # --- layout -------------------------------------------------------------------------
     def _avail_size(self) -> int:
@@ -140,10 +155,34 @@ class SplitQueue:
         slot = self.avail_ring + 4 + 2 * (self.next_avail % self.size)
         head = self._read_u16(memory, slot)
         self.next_avail = (self.next_avail + 1) & 0xFFFF
-        if self.event_idx:
-            # avail_event: "kick me once you make the entry after this one available".
+        if self.event_idx and not self.draining:
+            # A consumer outside a drain (a back-end thread filling receive buffers) wants a
+            # kick for the entry after this one.
             self._write_u16(memory, self.used_ring + 4 + USED_ELEM_SIZE * self.size, self.next_avail)
         return DescriptorChain(head, self._walk_chain(memory, head))
+
+    # --- the driver's notifications (2.7.10) ------------------------------------------------
+    def disable_notifications(self, memory: GuestMemory) -> None:
+        """While the device drains the ring, the driver need not kick it (QEMU does the same).
+        With EVENT_IDX, avail_event simply stays behind: the driver kicks only when it
+        publishes the entry avail_event names, which the device is already past."""
+        self.draining = True
+        if not self.event_idx:
+            self._write_u16(memory, self.used_ring, USED_F_NO_NOTIFY)
+
+    def enable_notifications(self, memory: GuestMemory) -> bool:
+        """Ask for a kick at the next entry the driver publishes; True when entries were
+        published meanwhile (whose kick the driver skipped), so the device must drain again."""
+        self.draining = False
+        if self.event_idx:
+            # avail_event: "kick me once you publish the entry at this index".
+            self._write_u16(memory, self.used_ring + 4 + USED_ELEM_SIZE * self.size, self.next_avail)
+        else:
+            self._write_u16(memory, self.used_ring, 0)
+        # The driver stores the avail index, then loads our field; we store the field, then
+        # load its index: without a full barrier on both sides each could miss the other.
+        memory_fence()
+        return self.pending(memory) > 0
 
     def iter_available(self, memory: GuestMemory) -> Iterator[DescriptorChain]:
         """Pop chains until none is left; the available index is re-read before each one,
@@ -221,6 +260,7 @@ class SplitQueue:
         """Whether the driver wants an interrupt for the used entries added since the last one."""
         if not self.event_idx:
             return not self._read_u16(memory, self.avail_ring) & AVAIL_F_NO_INTERRUPT
+        memory_fence()  # the used index is stored before used_event is loaded (see above)
         used_event = self._read_u16(memory, self.avail_ring + 4 + 2 * self.size)
         old, new = self.signalled_used, self.next_used
         self.signalled_used = new
