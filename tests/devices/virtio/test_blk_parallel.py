@@ -17,6 +17,8 @@ from pyhv.devices.virtio.blk import VirtioBlock
 from pyhv.devices.virtio.iothread import IoThread
 from pyhv.devices.virtio.mock_driver import Buffer
 
+POOL_WORKERS = 2  # the pool is off by default; these tests are about it
+
 WAIT_S = 10  # only a broken device ever waits this long
 CHUNK = 4096  # every data request of these tests is one chunk
 SECTORS_PER_CHUNK = CHUNK // blk.SECTOR_SIZE
@@ -90,7 +92,7 @@ def backend(tmp_path):
 @pytest.fixture
 def rig(memory, plug, backend):
     """(driver, device) with the queue served in line by the kicking thread."""
-    device = VirtioBlock(memory, backend)
+    device = VirtioBlock(memory, backend, workers=POOL_WORKERS)
     driver, _transport, _irq = plug(device)
     driver.start(1)
     yield driver, device
@@ -174,7 +176,7 @@ def test_short_requests_stay_on_the_queue_thread(rig, backend):
 @pytest.fixture
 def served(memory, plug, backend):
     """(driver, device) with the queue on an I/O thread, so a FLUSH may block its thread."""
-    device = VirtioBlock(memory, backend)
+    device = VirtioBlock(memory, backend, workers=POOL_WORKERS)
     driver, transport, _irq = plug(device)
     iothread = IoThread("test-blk-iothread")
     transport.use_iothread(iothread)
@@ -255,7 +257,7 @@ def test_an_unexpected_backend_failure_completes_with_ioerr(rig, backend, monkey
 
 
 def test_close_waits_for_the_requests_and_joins_the_workers(memory, plug, backend):
-    device = VirtioBlock(memory, backend)
+    device = VirtioBlock(memory, backend, workers=POOL_WORKERS)
     driver, _transport, _irq = plug(device)
     driver.start(1)
     backend.gates[0] = threading.Event()
@@ -263,7 +265,7 @@ def test_close_waits_for_the_requests_and_joins_the_workers(memory, plug, backen
     driver.kick(0)
     wait_until(lambda: backend.started("read", 0), "the read to start")
     workers = [t for t in threading.enumerate() if t.name.startswith("virtio-blk-worker")]
-    assert len(workers) == blk.DEFAULT_WORKERS
+    assert len(workers) == POOL_WORKERS
     threading.Timer(0.05, backend.gates[0].set).start()
     device.close()
     assert driver.queues[0].take_used() == [(pending.head, CHUNK + 1)]
@@ -274,7 +276,7 @@ def test_a_backend_that_is_not_thread_safe_stays_serial(memory, plug, tmp_path):
     path = tmp_path / "serial.raw"
     path.write_bytes(DISK)
     backend = GatedRaw(str(path), thread_safe=False)
-    device = VirtioBlock(memory, backend)
+    device = VirtioBlock(memory, backend, workers=POOL_WORKERS)
     driver, _transport, _irq = plug(device)
     driver.start(1)
     requests = [read(driver, 3), write(driver, 4, 0x44)]
