@@ -6,15 +6,16 @@ and writes) one run measures:
   host    os.preadv/os.pwritev on the image file, one request at a time, at the same offsets
           (for qcow2, reads on the qcow2 file itself and writes on a copy of it, so the host's
           writes do not overwrite the image's metadata);
-  host xN the same, the requests dealt out to N threads (N: the device's worker count), for
-          the reader to see what the host itself gains from the parallelism the device
-          uses for long requests; "ratio" is against the one-thread host, "vs xN" this one;
+  host xN the same, the requests dealt out to N threads (N: the device's worker count, at
+          least 2), for the reader to see what the host itself gains from parallelism;
+          "ratio" is against the one-thread host, "vs xN" this one;
   device  the same requests through pyhv's virtio-blk device, driven host-side like a guest
           driver (mock rings in a GuestMemory, ``depth`` requests in flight, kick, wait for
           the used-buffer interrupt, refill), the queue served by the I/O thread as under
           KVM (there the kick is an ioeventfd; here the mock writes QueueNotify, whose
           transport signals the same eventfd). The interrupt wakes the driver through an
-          eventfd, as KVM's irqfd would wake a guest.
+          eventfd, as KVM's irqfd would wake a guest. Like Linux, the driver skips the kick
+          while the device says (avail_event) it is still draining the ring.
 
 Before the timed runs, every runner (host and device alike) runs untimed until it has done
 ``--warmup-requests`` requests: PyPy's JIT compiles each thread's loops only after thousands
@@ -401,7 +402,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--inline", action="store_true", help="also the synchronous path (no I/O thread)")
     parser.add_argument("--irq", action="store_true", help="also the KVM interrupt-injection paths")
     parser.add_argument("--workers", type=int, default=blk.DEFAULT_WORKERS,
-                        help="the device's worker threads for long requests (0: none; the host xN column follows)")
+                        help="the device's worker threads for long requests (0: none; host xN: N = max(2, workers))")
     parser.add_argument("--warmup-requests", type=int, default=10000,
                         help="untimed requests per runner and workload before the timed runs")
     parser.add_argument("--transport", choices=("mmio", "pci"), default="mmio",
@@ -415,7 +416,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         images = make_images(directory, size, formats)
         modes = [("iothread", True)] + ([("inline", False)] if args.inline else [])
-        threads = args.workers  # the host xN column is there only where the device has N > 1
+        # The host with N threads stays beside the one-thread host, N at least 2 (the device's
+        # I/O thread and the guest's vCPU are two threads too).
+        threads = max(2, args.workers)
         host_columns = f"{'host':>16}" + (f" {'host x' + str(threads):>16}" if threads > 1 else "")
         print(f"{'format':<6} {'workload':<17} {'depth':>5} {host_columns} "
               + " ".join(f"{name:>16} {'ratio':>6}" + (f" {'vs x' + str(threads):>6}" if threads > 1 else "")
