@@ -147,6 +147,13 @@ def _libc_io(write: bool, fd: int, views: Sequence[memoryview], offset: int) -> 
     return done
 
 
+def _vector_io(write: bool, fd: int, batch: List[memoryview], offset: int) -> int:
+    """One preadv/pwritev of at most IOV_MAX buffers (through libc where os lacks them)."""
+    if _HAVE_PREADV:
+        return (os.pwritev if write else os.preadv)(fd, batch, offset)
+    return _libc_io(write, fd, batch, offset)
+
+
 def preadv_into(fd: int, buffers: Sequence[memoryview], offset: int) -> int:
     """Fill ``buffers`` in order from ``offset``; bytes past end of file read as zero.
 
@@ -159,11 +166,7 @@ def preadv_into(fd: int, buffers: Sequence[memoryview], offset: int) -> int:
             return total
     pending = _advance([view for view in buffers if len(view)], total)
     while pending:
-        batch = pending[:IOV_MAX]
-        if _HAVE_PREADV:
-            got = os.preadv(fd, batch, offset + total)
-        else:
-            got = _libc_io(False, fd, batch, offset + total)
+        got = _vector_io(False, fd, pending[:IOV_MAX], offset + total)
         if got == 0:
             for view in pending:
                 view[:] = bytes(len(view))
@@ -193,11 +196,7 @@ def pwritev_all(fd: int, buffers: Sequence[memoryview], offset: int) -> None:
         return
     done = 0
     while pending:
-        batch = pending[:IOV_MAX]
-        if _HAVE_PREADV:
-            wrote = os.pwritev(fd, batch, offset + done)
-        else:
-            wrote = _libc_io(True, fd, batch, offset + done)
+        wrote = _vector_io(True, fd, pending[:IOV_MAX], offset + done)
         if not wrote:  # a regular file never does this; a loop must not spin on it either
             raise OSError(errno.EIO, f"pwritev at {offset + done:#x} wrote nothing")
         done += wrote
