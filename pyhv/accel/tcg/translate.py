@@ -36,7 +36,7 @@ import re
 import struct
 import time
 import types
-from typing import Callable, Dict, List, Optional, Set, Tuple
+from typing import Callable, Dict, List, Optional, Set
 
 from .decoder import Insn
 from .faults import GuestFault
@@ -668,6 +668,6 @@ class Translator:
             gen.emit(f"return {k + 1}")
             gen.ended = True
             return
-        gen.emit(f"if cpu.break_block:")
+        gen.emit("if cpu.break_block:")
         gen.emit(f"    return {k + 1}")
         gen.emit("#RELOAD")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from ..decoder import D64, END, F64, I64, IMM_B, IMM_FAR, IMM_REL8, IMM_RELZ, IMM_W, MEM_ONLY, Insn, register
+from ..decoder import D64, END, I64, IMM_B, IMM_FAR, IMM_REL8, IMM_RELZ, IMM_W, MEM_ONLY, Insn, register
 from ..faults import BP, GP, OF_VEC, GuestFault
 from ..flags import condition, get_of, read_rflags, write_rflags
 from ..operands import MASK, ea, get_reg, pop, push, set_reg, set_stack_pointer
 from ..segments import cache_from_descriptor, load_code_descriptor, read_descriptor, set_cs
-from ..state import AC, CS, ID, IF, IOPL, NT, RCX, RF, RSP, SS, TF, VIF, VIP, VM, SegmentCache, signed64
+from ..state import CS, IF, IOPL, NT, RCX, RF, RSP, SS, VIF, VIP, VM, SegmentCache, signed64
 
 
 def _ip_mask(cpu, size: int) -> int:

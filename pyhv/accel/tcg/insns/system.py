@@ -9,10 +9,10 @@ from ....devices.lapic import ApicMsrFault
 
 from ..decoder import BYTE, END, IMM_B, Insn, register
 from ..faults import GP, UD, GuestFault
-from ..flags import get_cf, materialize, read_rflags, write_rflags
+from ..flags import materialize, read_rflags, write_rflags
 from ..operands import MASK64, get_reg, set_reg
 from ..segments import set_cs
-from ..state import (CF, CS, DF, FS, GS, IF, IOPL, MSR_APIC_BASE, MSR_CSTAR, MSR_EFER,
+from ..state import (CF, DF, FS, GS, IF, IOPL, MSR_APIC_BASE, MSR_CSTAR, MSR_EFER,
                      MSR_FMASK, MSR_FS_BASE, MSR_GS_BASE, MSR_KERNEL_GS_BASE, MSR_LSTAR,
                      MSR_PAT, MSR_STAR, MSR_SYSENTER_CS, MSR_SYSENTER_EIP, MSR_SYSENTER_ESP,
                      MSR_TSC, MSR_TSC_AUX, RAX, RBX, RCX, RDX, RF, SS, VM, SegmentCache)
