@@ -13,7 +13,7 @@ and RIP-relative addresses are folded into the source as constants.
 constants, memory loads), so that the kernel's pointers stay machine integers on PyPy. A
 64-bit result that may leave that range is folded back: on PyPy with ``__pypy__.intop``'s
 wrapping operations, on CPython with a range test (:meth:`BlockCodegen.arith64`); unsigned
-comparisons flip the sign bit first (:meth:`BlockCodegen.below`).
+comparisons also compare the signs (:meth:`BlockCodegen.below`).
 
 Memory goes through a fast path: the MMU's per-access-kind TLB dicts (``mmu.r``/``mmu.w``)
 give a physical page base; a hit inside low RAM reads or writes the RAM memoryview directly,
@@ -189,7 +189,8 @@ class BlockCodegen:
             tests.append(f"{name} < {MIN64:#x}")
         if above:
             tests.append(f"{name} > {MAX64:#x}")
-        self.emit(f"if {' or '.join(tests)}: {name} = (({name} - {MIN64:#x}) & {M64:#x}) + {MIN64:#x}")
+        fold = f"{name} = (({name} - {MIN64:#x}) & {M64:#x}) + {MIN64:#x}"
+        self.emit(f"if {' or '.join(tests)}: {fold}")
 
     def arith64(self, name: str, a: str, op: str, b: str) -> str:
         """Emit ``name = a op b`` (op: + - << *) as a 64-bit operation; returns ``name``."""
@@ -198,7 +199,7 @@ class BlockCodegen:
             return name
         self.emit(f"{name} = {a} {op} {b}")
         constant = _constant(b)
-        if constant is None or op not in "+-":
+        if constant is None or op not in ("+", "-"):
             self.fold64(name)
         else:  # a constant moves the result one way only (one test on CPython, not two)
             up = (constant >= 0) == (op == "+")
