@@ -351,9 +351,9 @@ def test_iretq_to_the_same_code_segment_keeps_the_block_chains():
 
 
 def test_untranslated_forms_fall_back_to_the_handler():
-    translator = Translator(0x400000, EMITTERS)
-    translator.keep_source = True
     memory, cpu = long_mode_cpu(assemble("bsf %rcx, %rax\nrcr $3, %rax\nadd %rcx, %rax\nhlt"))
+    translator = Translator(cpu.mmu, EMITTERS)
+    translator.keep_source = True
     from pyhv.accel.tcg.decoder import decode
     code = memory.read(CODE, 16)
     insns, pos = [], 0

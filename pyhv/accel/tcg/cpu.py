@@ -11,6 +11,7 @@ cached block into generated Python source with registers in locals (``translate.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from ...bus import Bus
@@ -36,10 +37,12 @@ MAX_BLOCK_INSNS = 64
 # 170 s; 32 translates 10,100 in 20 s of 152 s, with fewer than 2% of instructions left to
 # the interpreter. Once translated blocks got cheaper (signed registers), the whole boot
 # (603M instructions, PyPy) took 122 s with 32 (19,600 blocks translated in 16 s), 117 s
-# with 120, 112 s with 400 (6,400 in 5 s) and 118 s with 1000; CPython 136 s with 32 or 400.
+# with 120, 112 s with 400 (6,400 in 5 s) and 118 s with 1000. CPython, whose interpreter
+# pays for converting registers to unsigned, keeps 32: 126 s against 133 s with 400.
 # PYHV_TCG_TRANSLATE_AFTER overrides it (0: translate at once; "off": never translate),
 # so the whole test suite can run through the translator or the interpreter alone.
-_TRANSLATE_ENV = os.environ.get("PYHV_TCG_TRANSLATE_AFTER", "400")
+_TRANSLATE_ENV = os.environ.get("PYHV_TCG_TRANSLATE_AFTER",
+                                "400" if sys.implementation.name == "pypy" else "32")
 TRANSLATE_AFTER: Optional[int] = None if _TRANSLATE_ENV == "off" else int(_TRANSLATE_ENV)
 MASK64 = 0xFFFF_FFFF_FFFF_FFFF
 
@@ -164,7 +167,7 @@ class Cpu:
         # A block is translated to Python after it ran this many times interpreted
         # (None: never translate, the interpreter runs everything).
         self.translate_after: Optional[int] = TRANSLATE_AFTER
-        self.translator = Translator(self.mmu.low_end, EMITTERS)
+        self.translator = Translator(self.mmu, EMITTERS)
         self.fault_retired = 0  # set by a translated block that raises a guest fault
         # Translated blocks by RIP, valid while Mmu.epoch equals jump_epoch (see _run).
         self.jump_cache: Dict[int, Block] = {}

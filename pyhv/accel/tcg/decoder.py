@@ -373,9 +373,10 @@ def decode(buf: bytes, pos: int, rip: int, bits: int) -> Insn:
     if kind == IMM_REL8 or kind == IMM_RELZ:
         i.imm = signed64(next_rip + i.imm) if opsize == 8 else (next_rip + i.imm) & MASKS[opsize]
     if rip_relative:
-        i.disp = (next_rip + i.disp) & MASKS[adsize]
-    elif i.is_mem:
-        i.disp &= MASKS[adsize]
+        i.disp += next_rip
+    if i.is_mem:
+        # A 64-bit displacement in the signed form, like the registers it is added to.
+        i.disp = signed64(i.disp) if adsize == 8 else i.disp & MASKS[adsize]
     if seg < 0 and bits != 64:
         seg = SEG_DS
     # In 64-bit mode only FS and GS have a base; -1 means "no segment base".

@@ -86,9 +86,13 @@ class Mmu:
             self.entries = {v: e for v, e in self.entries.items() if e[1] & T_GLOBAL}
         else:
             self.entries = {}
-        self.r = {}
-        self.w = {}
-        self.x = {}
+        self._clear_fast_maps()
+
+    def _clear_fast_maps(self) -> None:
+        # In place: translated blocks hold these dicts (see translate.Translator).
+        self.r.clear()
+        self.w.clear()
+        self.x.clear()
         self.epoch += 1
 
     def flush_page(self, linear: int) -> None:
@@ -103,10 +107,7 @@ class Mmu:
         """The privilege changed (CPL 3 or not): the fast maps depend on it."""
         if user != self.user:
             self.user = user
-            self.r = {}
-            self.w = {}
-            self.x = {}
-            self.epoch += 1
+            self._clear_fast_maps()
 
     def protect_code_page(self, ppn: int) -> None:
         """``ppn`` now holds translated code: route writes to it through the slow path."""

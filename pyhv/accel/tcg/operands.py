@@ -53,14 +53,19 @@ def set_reg(regs: list, r: int, size: int, value: int) -> None:
 
 
 def ea(cpu, i: Insn) -> int:
-    """Linear address of a memory operand."""
+    """Linear address of a memory operand.
+
+    A 64-bit one stays in the signed form of the registers and displacement, unwrapped: the
+    MMU folds the rare sum that leaves that range, and a mask here would turn every kernel
+    address into a long integer on PyPy (and back again in the MMU)."""
     regs = cpu.s.regs
     addr = i.disp
     if i.base >= 0:
         addr += regs[i.base]
     if i.index >= 0:
         addr += regs[i.index] << i.scale
-    addr &= MASK[i.adsize]
+    if i.adsize != 8:
+        addr &= MASK[i.adsize]
     if i.seg >= 0:
         addr += cpu.s.segs[i.seg].base
     return addr

@@ -504,7 +504,7 @@ def _source(gen: BlockCodegen, body: List[str]) -> str:
     head = ["def block(cpu, s):", "    regs = s.regs"]
     load = []
     if gen.uses_memory:
-        load += ["mmu = cpu.mmu", "low = mmu.low", "R = mmu.r", "W = mmu.w", "brk = False"]
+        load.append("brk = False")  # mmu, low, R and W are the block's globals
     if gen.uses_stack and gen.bits != 64:
         load += ["smask = cpu.stack_mask", "ssb = s.segs[2].base"]
     for seg in sorted(gen.segs_used):
@@ -590,8 +590,11 @@ class Translator:
     leaves RIP and the registers in ``cpu.s`` and returns the number of instructions retired.
     """
 
-    def __init__(self, low_end: int, emitters: Dict[Callable, Callable]) -> None:
-        self.low_limit = low_end - 4095  # a page base below this lies wholly in low RAM
+    def __init__(self, mmu, emitters: Dict[Callable, Callable]) -> None:
+        # The blocks see the MMU, its RAM view and its read and write TLB dicts (which it
+        # clears in place, never replaces) as globals: no attribute loads at each entry.
+        self.mmu = mmu
+        self.low_limit = mmu.low_end - 4095  # a page base below this lies wholly in low RAM
         self.emitters = emitters
         self.translated = 0
         self.seconds = 0.0  # spent translating, for the benchmarks
@@ -645,6 +648,8 @@ class Translator:
         # several dict lookups per block run.
         namespace = types.ModuleType("tcg_block").__dict__
         namespace.update(_SHARED_GLOBALS)
+        mmu = self.mmu
+        namespace.update(mmu=mmu, low=mmu.low, R=mmu.r, W=mmu.w)
         namespace.update(gen.consts)
         code = compile(source, f"<tcg block {insns[0].addr:#x}>", "exec")
         exec(code, namespace)
