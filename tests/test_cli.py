@@ -152,3 +152,16 @@ def test_guest_run_keeps_a_command_with_quotes_as_it_is_and_refuses_one_too_long
     words = ['echo "x"'] + ["w"] * 40
     assert cli.main(["guest", "run", "--"] + words) == 1  # a clear error, the VM not started
     assert "config" not in seen
+
+
+_BAD_TCG_SETTINGS = [("PYHV_TCG_TRANSLATE_AFTER", "soon"), ("PYHV_TCG_TRANSLATE_AFTER", "-5")]
+if sys.implementation.name == "pypy":  # PyPy's JIT parameters are read on PyPy only
+    _BAD_TCG_SETTINGS.append(("PYHV_PYPY_JIT", "no_such_parameter=3"))
+
+
+@pytest.mark.parametrize("name, value", _BAD_TCG_SETTINGS)
+def test_bad_software_cpu_settings(guest_path, name, value):
+    text = f"{name}={value!r}"
+    result = pyhv("run", "-accel", "tcg", "-m", "16", "-no-reboot", "-kernel", str(guest_path("hello")),
+                  env={name: value})
+    assert_clean_error(result, text)

@@ -17,6 +17,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 from ...bus import Bus
 from ...cpu_model import CpuModel, pyhv64
 from ...cpu_state import CpuBootState
+from ...errors import ConfigError
 from ...lifecycle import Lifecycle
 from ...memory import GuestMemory
 from . import insns  # noqa: F401  (fills the decoder's table)
@@ -41,9 +42,18 @@ MAX_BLOCK_INSNS = 64
 # pays for converting registers to unsigned, keeps 32: 126 s against 133 s with 400.
 # PYHV_TCG_TRANSLATE_AFTER overrides it (0: translate at once; "off": never translate),
 # so the whole test suite can run through the translator or the interpreter alone.
-_TRANSLATE_ENV = os.environ.get("PYHV_TCG_TRANSLATE_AFTER",
-                                "400" if sys.implementation.name == "pypy" else "32")
-TRANSLATE_AFTER: Optional[int] = None if _TRANSLATE_ENV == "off" else int(_TRANSLATE_ENV)
+def _translate_after_setting() -> Optional[int]:
+    value = os.environ.get("PYHV_TCG_TRANSLATE_AFTER",
+                           "400" if sys.implementation.name == "pypy" else "32")
+    if value == "off":
+        return None
+    if not value.isdigit():
+        raise ConfigError(f"PYHV_TCG_TRANSLATE_AFTER={value!r}: expected a number of runs "
+                          "(0: translate at once) or 'off'")
+    return int(value)
+
+
+TRANSLATE_AFTER = _translate_after_setting()
 MASK64 = 0xFFFF_FFFF_FFFF_FFFF
 
 # On PyPy, the run loop calls thousands of distinct block functions from one call site. The
@@ -65,7 +75,11 @@ except ImportError:  # CPython: a plain call is already the cheapest
 PYPY_JIT_PARAMS = os.environ.get("PYHV_PYPY_JIT", "function_threshold=100,trace_eagerness=60")
 if _call_opaque is not None and PYPY_JIT_PARAMS:
     import pypyjit
-    pypyjit.set_param(PYPY_JIT_PARAMS)
+    try:
+        pypyjit.set_param(PYPY_JIT_PARAMS)
+    except ValueError:
+        raise ConfigError(f"PYHV_PYPY_JIT={PYPY_JIT_PARAMS!r}: not a PyPy JIT parameter string "
+                          "(pypyjit.set_param syntax, e.g. 'function_threshold=100')") from None
 
 
 class StopReason:
