@@ -27,7 +27,7 @@ def sext(value: int, size: int) -> int:
 def get_reg(regs: list, r: int, size: int) -> int:
     if size == 8:
         value = regs[r]
-        return value + WRAP64 if value < 0 else value
+        return value + WRAP64 if value < 0 else value  # state.unsigned64, without the call
     if size == 4:
         return regs[r] & 0xFFFF_FFFF
     if size == 2:
