@@ -22,7 +22,7 @@ here takes a linear address in either form (and wrapped past 2**64) and folds it
 from __future__ import annotations
 
 import struct
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from ...bus import Bus
 from ...memory import GuestMemory
@@ -70,6 +70,7 @@ class Mmu:
         self.high: List[Tuple[int, int, memoryview]] = [
             (r.guest_addr, r.end, memory.view(r.guest_addr, r.size)) for r in regions[1:]]
         self.entries: Dict[int, Tuple[int, int]] = {}
+        self.nonglobal: Set[int] = set()  # the vpns of entries a CR3 write drops
         self.r: Dict[int, int] = {}
         self.w: Dict[int, int] = {}
         self.x: Dict[int, int] = {}
@@ -82,11 +83,26 @@ class Mmu:
 
     # --- TLB maintenance --------------------------------------------------------------
     def flush(self, keep_global: bool = False) -> None:
-        if keep_global:
-            self.entries = {v: e for v, e in self.entries.items() if e[1] & T_GLOBAL}
-        else:
+        if not keep_global:
             self.entries = {}
-        self._clear_fast_maps()
+            self.nonglobal = set()
+            self._clear_fast_maps()
+            return
+        # A CR3 write. The kernel's own pages are global and stay; dropping only the rest
+        # spares the Debian boot a copy of the whole TLB and a refill of the fast maps at
+        # each of its 16,000 CR3 writes (text_poke switches to a temporary mm and back).
+        entries, r, w, x = self.entries, self.r, self.w, self.x
+        code_moved = False
+        for vpn in self.nonglobal:
+            if entries.pop(vpn, None) is not None:
+                r.pop(vpn, None)
+                w.pop(vpn, None)
+                if x.pop(vpn, None) is not None:
+                    code_moved = True
+        self.nonglobal = set()
+        if code_moved:
+            # Chains and regions map RIPs to blocks through fetch translations.
+            self.epoch += 1
 
     def _clear_fast_maps(self) -> None:
         # In place: translated blocks hold these dicts (see translate.Translator).
@@ -98,6 +114,7 @@ class Mmu:
     def flush_page(self, linear: int) -> None:
         vpn = signed64(linear) >> 12
         self.entries.pop(vpn, None)
+        self.nonglobal.discard(vpn)
         self.r.pop(vpn, None)
         self.w.pop(vpn, None)
         self.x.pop(vpn, None)
@@ -135,12 +152,16 @@ class Mmu:
         if entry is None or (access == ACCESS_WRITE and not entry[1] & T_DIRTY):
             entry = self._walk(linear, access, user)
             self.entries[vpn] = entry
+            if not entry[1] & T_GLOBAL:
+                self.nonglobal.add(vpn)
         elif not self._permits(entry[1], access, user):
             # The CPU walks the tables again before it reports a fault (SDM vol. 3, 4.10.4.3):
             # Linux makes a PTE more permissive (a copy-on-write page turned writable) without
             # INVLPG and relies on that, so a stale entry would fault forever.
             entry = self._walk(linear, access, user)
             self.entries[vpn] = entry
+            if not entry[1] & T_GLOBAL:
+                self.nonglobal.add(vpn)
         base, perms = entry
         if not self._permits(perms, access, user):
             raise self._fault(linear, access, user, True)
