@@ -32,6 +32,8 @@ from .translate import Translator
 from .translate_insns import EMITTERS
 
 MAX_BLOCK_INSNS = 64
+# Writes to a page with blocks that miss them all before the page's blocks are dropped whole.
+CODE_WRITE_MISSES = 64
 # Translating a block costs 1-2 ms (generating and compiling its source); most kernel
 # blocks run only a few dozen times. On the first 150M instructions of the Debian kernel
 # boot (bench/tcg_kernel.py, PyPy) a threshold of 2 translated 21,700 blocks in 46 s of
@@ -103,17 +105,19 @@ NO_LINK = 0x7FFF_FFFF_FFFF_FFFF
 class Block:
     """A decoded basic block; ``fn`` is its translated function once it ran ``heat`` times."""
 
-    __slots__ = ("phys", "rip", "bits", "cs_base", "insns", "pages", "fn", "heat", "size",
+    __slots__ = ("phys", "rip", "bits", "cs_base", "insns", "spans", "fn", "heat", "size",
                  "epoch", "rip0", "next0", "rip1", "next1", "links")
 
     def __init__(self, phys: int, rip: int, bits: int, cs_base: int, insns: List[Insn],
-                 pages: List[int]) -> None:
+                 spans: Dict[int, Tuple[int, int]]) -> None:
         self.phys = phys
         self.rip = rip
         self.bits = bits
         self.cs_base = cs_base
         self.insns = insns
-        self.pages = pages
+        # Physical page -> (first, end) offsets of the instruction bytes the block holds
+        # there: a write drops the block only where it overlaps them.
+        self.spans = spans
         self.fn: Optional[Callable[..., int]] = None
         self.heat = 0
         self.size = len(insns)
@@ -139,6 +143,12 @@ class Block:
         self.next0 = successor
 
 
+def _widen(spans: Dict[int, Tuple[int, int]], page: int, first: int, end: int) -> None:
+    """Make ``spans[page]`` cover the offsets [first, end) too."""
+    span = spans.get(page)
+    spans[page] = (first, end) if span is None else (min(span[0], first), max(span[1], end))
+
+
 class Cpu:
     """One x86-64 vCPU running on guest RAM, with port I/O and MMIO buses.
 
@@ -161,9 +171,10 @@ class Cpu:
         self.mmio_bus = mmio_bus
         self.lifecycle = lifecycle
         self.mmu = Mmu(memory, mmio_bus, self.s)
-        self.mmu.on_code_write = self._invalidate_page
+        self.mmu.on_code_write = self._invalidate_code
         self.blocks: Dict[int, Block] = {}
         self.page_blocks: Dict[int, List[int]] = {}
+        self._code_write_misses: Dict[int, int] = {}  # by page, see _invalidate_code
         self.mmu.code_pages = self.page_blocks
         self.halted = False
         self.shutdown: Optional[str] = None
@@ -236,24 +247,60 @@ class Cpu:
         self.exit_request = True
 
     # --- block cache --------------------------------------------------------------------
-    def _invalidate_page(self, ppn: int) -> None:
-        keys = self.page_blocks.pop(ppn, None)
-        if keys:
+    def _invalidate_code(self, phys: int, size: int) -> None:
+        """A write to [phys, phys + size) hit a page holding blocks: drop the blocks it overlaps.
+
+        Only those: the kernel patches its text a few bytes at a time (alternatives, jump
+        labels, static calls), and dropping every block of each page it patched made the
+        Debian boot decode 15,000 blocks again and translate many of them twice. A page whose
+        writes keep missing its blocks (data beside code) is dropped whole after
+        CODE_WRITE_MISSES writes, so that its writes take the fast path again.
+        """
+        first, last = phys >> 12, (phys + size - 1) >> 12
+        dropped: List[Block] = []
+        for ppn in (first,) if first == last else (first, last):
+            keys = self.page_blocks.get(ppn)
+            if keys is None:
+                continue
+            lo = max(phys - (ppn << 12), 0)
+            hi = min(phys + size - (ppn << 12), 0x1000)
+            misses = self._code_write_misses.get(ppn, 0)
+            kept = []
             for key in keys:
-                block = self.blocks.pop(key, None)
-                if block is not None:
-                    for other in block.pages:
-                        if other != ppn and other in self.page_blocks:
-                            try:
-                                self.page_blocks[other].remove(key)
-                            except ValueError:
-                                pass
-            self.break_block = True
-            self.mmu.epoch += 1
+                block = self.blocks.get(key)
+                span = block.spans.get(ppn) if block is not None else None
+                if span is None:
+                    continue  # a stale key: the block now at ``key`` lies elsewhere
+                if misses >= CODE_WRITE_MISSES or (span[0] < hi and lo < span[1]):
+                    dropped.append(block)
+                else:
+                    kept.append(key)
+            if kept and len(kept) == len(keys):
+                self._code_write_misses[ppn] = misses + 1
+            if kept:
+                self.page_blocks[ppn] = kept
+            else:
+                del self.page_blocks[ppn]
+                self._code_write_misses.pop(ppn, None)
+        if not dropped:
+            return
+        for block in dropped:
+            if self.blocks.get(block.phys) is block:
+                del self.blocks[block.phys]
+            for page in block.spans:
+                keys = self.page_blocks.get(page)
+                if keys is not None and block.phys in keys:
+                    keys = self.page_blocks[page] = [key for key in keys if key != block.phys]
+                    if not keys:
+                        del self.page_blocks[page]
+                        self._code_write_misses.pop(page, None)
+        self.break_block = True
+        self.mmu.epoch += 1
 
     def flush_blocks(self) -> None:
         self.blocks.clear()
         self.page_blocks.clear()
+        self._code_write_misses.clear()
         self.mmu.epoch += 1
 
     def _build_block(self, rip: int, phys: int) -> Block:
@@ -265,7 +312,9 @@ class Cpu:
         code = self.mmu.phys_bytes(phys, page_left)
         if code is None:
             code = bytes(self.mmu.phys_read(phys + k, 1) for k in range(page_left))
-        pages = [phys >> 12]
+        spans: Dict[int, Tuple[int, int]] = {}
+        span_page, span_offset = phys >> 12, phys & 0xFFF  # the page and offset of code[0]
+        next_page = -1
         next_fault: Optional[GuestFault] = None
         extended = False
         insns: List[Insn] = []
@@ -274,7 +323,6 @@ class Cpu:
         cur = rip
         start = rip  # the IP whose byte is code[0]
         links: List[Tuple[int, int]] = []
-        ext_appended = False
         while len(insns) < MAX_BLOCK_INSNS and pos < page_left:
             if not extended and page_left - pos < 15:
                 extended = True
@@ -283,8 +331,7 @@ class Cpu:
                     more = self.mmu.phys_bytes(next_phys, 15)
                     if more is not None:
                         code = code + more
-                        pages.append(next_phys >> 12)
-                        ext_appended = True
+                        next_page = next_phys >> 12
                 except GuestFault as fault:
                     next_fault = fault
             try:
@@ -302,7 +349,11 @@ class Cpu:
             if insn.rep and insn.handler in BULK_HANDLERS:
                 insn.handler = BULK_HANDLERS[insn.handler]
             insns.append(insn)
-            pos += insn.length
+            end = pos + insn.length
+            _widen(spans, span_page, span_offset + pos, span_offset + min(end, page_left))
+            if end > page_left:  # the instruction ends on the next page
+                _widen(spans, next_page, 0, end - page_left)
+            pos = end
             cur = insn.next_rip
             if insn.handler is jmp_rel or insn.handler is call_rel:
                 # A direct jump or call goes on in the same block at its target: one dispatch
@@ -325,24 +376,19 @@ class Cpu:
                 page_code = self.mmu.phys_bytes(target_phys & ~0xFFF, 0x1000)
                 if page_code is None:
                     break
-                if ext_appended and pos <= page_left:
-                    pages.pop()  # the next page was fetched for nothing
                 code, pos, page_left = page_code, target_linear & 0xFFF, 0x1000
-                extended = ext_appended = False
+                span_page, span_offset = target_phys >> 12, 0
+                extended = False
                 start, cur = (insn.imm - pos) & ipmask, insn.imm
                 linear = target_linear - pos
-                if target_phys >> 12 not in pages:
-                    pages.append(target_phys >> 12)
                 links.append((signed64(target_linear) >> 12, target_phys & ~0xFFF))
                 continue
             if insn.spec.flags & END or insn.handler is None:
                 break
-        if ext_appended and pos <= page_left:
-            pages.pop()
-        block = Block(phys, rip, bits, cs_base, insns, pages)
+        block = Block(phys, rip, bits, cs_base, insns, spans)
         block.links = tuple(links)
         self.blocks[phys] = block
-        for ppn in pages:
+        for ppn in spans:
             keys = self.page_blocks.get(ppn)
             if keys is None:
                 # A page's first block: drop its write-TLB entries (a scan of the whole TLB).

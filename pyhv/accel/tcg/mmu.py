@@ -76,7 +76,7 @@ class Mmu:
         self.x: Dict[int, int] = {}
         # Physical pages holding translated code; set by the block cache.
         self.code_pages: Dict[int, object] = {}
-        self.on_code_write: Callable[[int], None] = lambda ppn: None
+        self.on_code_write: Callable[[int, int], None] = lambda phys, size: None
         self.user = False
         # Bumped whenever a fetch translation may have changed: the block chains check it.
         self.epoch = 0
@@ -336,10 +336,8 @@ class Mmu:
         return self.mmio_bus.read(phys, size)
 
     def phys_write(self, phys: int, size: int, value: int) -> None:
-        ppn = phys >> 12
-        if ppn in self.code_pages or ((phys + size - 1) >> 12) in self.code_pages:
-            self.on_code_write(ppn)
-            self.on_code_write((phys + size - 1) >> 12)
+        if phys >> 12 in self.code_pages or (phys + size - 1) >> 12 in self.code_pages:
+            self.on_code_write(phys, size)
         value &= _MASK[size]
         if phys + size <= self.low_end:
             if size == 1:
