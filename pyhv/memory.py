@@ -10,7 +10,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import struct
-from typing import Iterator, List, NamedTuple
+from typing import Callable, Iterator, List, NamedTuple
 
 from .errors import GuestAddressError, GuestMemoryError
 
@@ -64,6 +64,9 @@ class GuestMemory:
         # there, so _offset tests it before walking the region list.
         self._low_end = self.regions[0].end
         self._base_ptr = ctypes.addressof(ctypes.c_char.from_buffer(self._mmap))
+        # Called with (gpa, length) for each buffer a device is handed for writing (DMA),
+        # from the device's thread: the software CPU drops the code it translated there.
+        self.device_write_watchers: List[Callable[[int, int], None]] = []
 
     # --- layout -------------------------------------------------------------------------
     def host_address(self, region: MemoryRegion) -> int:
@@ -86,6 +89,11 @@ class GuestMemory:
         if gpa < 0 or size < 0:
             return False
         return any(r.guest_addr <= gpa and gpa + size <= r.end for r in self.regions)
+
+    def note_device_write(self, gpa: int, length: int) -> None:
+        """A device is about to write [gpa, gpa + length) (see device_write_watchers)."""
+        for watcher in self.device_write_watchers:
+            watcher(gpa, length)
 
     # --- byte access ---------------------------------------------------------------------
     def view(self, gpa: int, size: int) -> memoryview:

@@ -6,7 +6,7 @@ calls); a write beside a block leaves the block, its translation and the chains 
 
 from __future__ import annotations
 
-from pyhv.accel.tcg.cpu import CODE_WRITE_MISSES
+from pyhv.accel.tcg.cpu import CODE_WRITE_MISSES, StopReason
 
 from .harness import CODE, assemble, long_mode_cpu, needs_as, run_to_hlt
 
@@ -75,3 +75,26 @@ def test_a_page_whose_writes_keep_missing_its_blocks_becomes_a_data_page() -> No
     assert page not in cpu.page_blocks and LOOP_START not in cpu.blocks
     cpu.mmu.write(DATA, 8, 100)  # the slow path maps the page for writing again
     assert cpu.mmu.w.get(DATA >> 12) == CODE
+
+
+@needs_as
+def test_a_device_write_over_translated_code_drops_it_before_the_next_block() -> None:
+    """DMA (a virtio buffer) over code: another thread tells the CPU, which drops the block."""
+    memory, cpu, block = _looped_cpu()
+    cpu.translate_after = 0
+    new = assemble(LOOP.replace("inc %rax", "dec %rax"))
+    memory.write(CODE, new)  # what the device writes
+    memory.note_device_write(CODE, len(new))
+    assert cpu.blocks.get(LOOP_START) is block  # dropped on the vCPU's thread, in run()
+    cpu.set_registers({"rip": CODE, "rax": 0})
+    assert cpu.run(1000).reason == StopReason.EXIT_REQUEST
+    assert LOOP_START not in cpu.blocks
+    run_to_hlt(cpu)
+    assert cpu.registers()["rax"] == (-100) & (2**64 - 1)
+
+
+@needs_as
+def test_a_device_write_beside_code_does_not_stop_the_cpu() -> None:
+    _, cpu, block = _looped_cpu()
+    cpu.memory.note_device_write(CODE + 0x1000, 0x1000)  # the next page: no blocks there
+    assert not cpu.exit_request

@@ -10,9 +10,10 @@ cached block into generated Python source with registers in locals (``translate.
 
 from __future__ import annotations
 
+import collections
 import os
 import sys
-from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Callable, Deque, Dict, List, NamedTuple, Optional, Tuple
 
 from ...bus import Bus
 from ...cpu_model import CpuModel, pyhv64
@@ -175,6 +176,10 @@ class Cpu:
         self.blocks: Dict[int, Block] = {}
         self.page_blocks: Dict[int, List[int]] = {}
         self._code_write_misses: Dict[int, int] = {}  # by page, see _invalidate_code
+        # Device (DMA) writes into pages holding blocks, from device threads: the run loop
+        # drops those blocks before it runs another one (see _device_write).
+        self._device_writes: Deque[Tuple[int, int]] = collections.deque()
+        memory.device_write_watchers.append(self._device_write)
         self.mmu.code_pages = self.page_blocks
         self.halted = False
         self.shutdown: Optional[str] = None
@@ -258,7 +263,7 @@ class Cpu:
         """
         first, last = phys >> 12, (phys + size - 1) >> 12
         dropped: List[Block] = []
-        for ppn in (first,) if first == last else (first, last):
+        for ppn in (first,) if first == last else range(first, last + 1):
             keys = self.page_blocks.get(ppn)
             if keys is None:
                 continue
@@ -296,6 +301,22 @@ class Cpu:
                         self._code_write_misses.pop(page, None)
         self.break_block = True
         self.mmu.epoch += 1
+
+    def _device_write(self, gpa: int, length: int) -> None:
+        # Any thread. Most buffers a device fills hold no code: a look at each page's entry
+        # in page_blocks, and nothing else. The run loop must not run a block translated
+        # from the old bytes: the kick makes it look at _device_writes before the next one.
+        if length <= 0:
+            return
+        pages = self.page_blocks
+        if any(ppn in pages for ppn in range(gpa >> 12, ((gpa + length - 1) >> 12) + 1)):
+            self._device_writes.append((gpa, length))
+            self.kick()
+
+    def _drop_device_writes(self) -> None:
+        while self._device_writes:
+            gpa, length = self._device_writes.popleft()
+            self._invalidate_code(gpa, length)
 
     def flush_blocks(self) -> None:
         self.blocks.clear()
@@ -433,6 +454,8 @@ class Cpu:
         while True:
             if self.exit_request:
                 self.exit_request = False
+                if self._device_writes:
+                    self._drop_device_writes()
                 return RunResult(StopReason.EXIT_REQUEST, executed)
             if self.interrupt_request and s.rflags & IF and not self.inhibit_irq:
                 vector = self.acknowledge_interrupt()

@@ -159,7 +159,12 @@ class SplitQueue:
             # A consumer outside a drain (a back-end thread filling receive buffers) wants a
             # kick for the entry after this one.
             self._write_u16(memory, self.used_ring + 4 + USED_ELEM_SIZE * self.size, self.next_avail)
-        return DescriptorChain(head, self._walk_chain(memory, head))
+        descriptors = self._walk_chain(memory, head)
+        if memory.device_write_watchers:
+            for descriptor in descriptors:
+                if descriptor.writable:
+                    memory.note_device_write(descriptor.gpa, descriptor.length)
+        return DescriptorChain(head, descriptors)
 
     # --- the driver's notifications (2.7.10) ------------------------------------------------
     def disable_notifications(self, memory: GuestMemory) -> None:

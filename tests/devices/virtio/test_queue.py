@@ -179,3 +179,15 @@ def test_longest_legal_chain_is_accepted(memory):
     driver, queue = make_queue(memory)
     driver.publish(driver.add_chain([Buffer(0x8000 + 16 * i, 16, True) for i in range(16)]))
     assert len(queue.pop(memory).descriptors) == 16
+
+
+def test_pop_tells_the_memory_watchers_which_buffers_the_device_will_write(memory):
+    """The software CPU drops code it translated from a buffer a device is about to fill."""
+    driver, queue = make_queue(memory)
+    queue.validate(memory)
+    seen = []
+    memory.device_write_watchers.append(lambda gpa, length: seen.append((gpa, length)))
+    head = driver.add_chain([Buffer(0x8000, 16, False), Buffer(0x9000, 512, True), Buffer(0xA000, 1, True)])
+    driver.publish(head)
+    queue.pop(memory)
+    assert seen == [(0x9000, 512), (0xA000, 1)]
