@@ -374,7 +374,7 @@ _SETTER_FORMS = ["add %rcx, %rdx", "sub %rcx, %rdx", "cmp %rcx, %rdx", "and %rcx
                  "sbbl %ecx, %edx", "rol $5, %rdx", "ror $1, %edx", "rolw $17, %dx",
                  "shl %cl, %rdx", "shr %cl, %edx", "sar %cl, %dx", "shlb %cl, %dl",
                  "imul %rcx, %rdx", "imul %cx, %dx", "imul $-3, %rcx, %rdx", "imul $0x7f, %ecx, %edx",
-                 "imul $300, %cx, %dx"]
+                 "imul $300, %cx, %dx", "imul %rdx, %rdx", "imul $-0x10000, %rcx, %rdx"]
 
 
 @pytest.mark.parametrize("setter", _SETTER_FORMS)

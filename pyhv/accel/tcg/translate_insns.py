@@ -289,10 +289,15 @@ def _imul(gen: BlockCodegen, i: Insn, a: str, b: str) -> None:
     size = i.opsize
     sign, mask = SIGN[size], MASK[size]
     if size == 8:  # signed already
-        gen.emit(f"p = ({a}) * ({b})")
-        gen.emit("y = p")
-        gen.fold64("y")
-        gen.emit("w = 1 if y != p else 0")
+        # The low half wraps in a machine word; the full product (a long integer once it
+        # passes 64 bits, slow on PyPy) is computed only in the flags, which are most
+        # often dead and pruned (the kernel's bignum code multiplies 32-bit halves).
+        low = gen.arith64(f"fr{gen.index}", f"({a})", "*", f"({b})")
+        lost = f"fc{gen.index}"
+        gen.emit(f"{lost} = 0 if {low} == ({a}) * ({b}) else 1")
+        gen.set_eager(size, low, lost, lost)
+        gen.set_reg(i.reg, size, low)
+        return
     else:
         gen.emit(f"p = ((({a}) ^ {sign:#x}) - {sign:#x}) * ((({b}) ^ {sign:#x}) - {sign:#x})")
         gen.emit(f"y = p & {mask:#x}")
