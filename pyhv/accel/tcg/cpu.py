@@ -74,8 +74,13 @@ except ImportError:  # CPython: a plain call is already the cheapest
 # function after 100 calls (not 1,619) and a bridge after 60 guard failures (not 200),
 # each in the blackhole interpreter until then, took the whole Debian boot (603M
 # instructions, bench/tcg_kernel.py) from 112 s to 77-87 s of CPU; 20 or 5 failures were
-# slower again (95 s, 104 s). PYHV_PYPY_JIT replaces the string (pypyjit.set_param syntax).
-PYPY_JIT_PARAMS = os.environ.get("PYHV_PYPY_JIT", "function_threshold=100,trace_eagerness=60")
+# slower again (95 s, 104 s). Most traces are block functions without a loop, so the loop
+# unrolling pass (all of enable_opts but "unroll") mostly costs compile time: 80.9 -> 77.1 s
+# and 73.4 -> 71.9 s, two pairs of runs side by side. PYHV_PYPY_JIT replaces the string
+# (pypyjit.set_param syntax).
+PYPY_JIT_PARAMS = os.environ.get(
+    "PYHV_PYPY_JIT", "function_threshold=100,trace_eagerness=60,"
+    "enable_opts=intbounds:rewrite:virtualize:string:pure:earlyforce:heap")
 if _call_opaque is not None and PYPY_JIT_PARAMS:
     import pypyjit
     try:
