@@ -35,19 +35,19 @@ from .translate_insns import EMITTERS
 MAX_BLOCK_INSNS = 64
 # Writes to a page with blocks that miss them all before the page's blocks are dropped whole.
 CODE_WRITE_MISSES = 64
-# Translating a block costs 1-2 ms (generating and compiling its source); most kernel
-# blocks run only a few dozen times. On the first 150M instructions of the Debian kernel
-# boot (bench/tcg_kernel.py, PyPy) a threshold of 2 translated 21,700 blocks in 46 s of
-# 170 s; 32 translates 10,100 in 20 s of 152 s, with fewer than 2% of instructions left to
-# the interpreter. Once translated blocks got cheaper (signed registers), the whole boot
-# (603M instructions, PyPy) took 122 s with 32 (19,600 blocks translated in 16 s), 117 s
-# with 120, 112 s with 400 (6,400 in 5 s) and 118 s with 1000. CPython, whose interpreter
-# pays for converting registers to unsigned, keeps 32: 126 s against 133 s with 400.
+# A block is translated after this many interpreted runs. Translating costs about 1 ms
+# (generating and compiling its source) and, on PyPy, the JIT then compiles each block
+# function on its own, while PyPy's JIT-compiled interpreter is not far behind (the whole
+# Debian boot, bench/tcg_kernel.py: 76 s interpreted alone). So PyPy translates only the
+# hottest blocks. Whole boot, pairs of runs side by side (CPU seconds): 400 against 800:
+# 67.0/65.0; 800/1600: 70.4/66.0; 1600/3200: 62.1/58.3; 3200/12,800: 57.6/57.1 (2,000 and
+# 785 blocks translated). CPython, whose interpreter pays for converting registers to
+# unsigned, keeps 32: 126 s against 133 s with 400, 121.6 s against 120.4 s with 64.
 # PYHV_TCG_TRANSLATE_AFTER overrides it (0: translate at once; "off": never translate),
 # so the whole test suite can run through the translator or the interpreter alone.
 def _translate_after_setting() -> Optional[int]:
     value = os.environ.get("PYHV_TCG_TRANSLATE_AFTER",
-                           "400" if sys.implementation.name == "pypy" else "32")
+                           "3200" if sys.implementation.name == "pypy" else "32")
     if value == "off":
         return None
     if not value.isdigit():
