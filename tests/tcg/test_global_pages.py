@@ -57,7 +57,7 @@ def test_cr3_write_drops_only_non_global_pages(global_page: bool, reload: str,
 
 @needs_as
 def test_cr3_write_keeps_chains_on_global_code() -> None:
-    """No epoch move (chains, jump cache, regions stay) when only data pages were dropped."""
+    """No epoch move (the chains and the jump cache stay) when only data pages were dropped."""
     memory, cpu = long_mode_cpu(assemble("hlt"))
     memory.write_u64(PD, 0x187)  # the code's page, global
     memory.write_u64(PD + 8, PAGE | 0x87)  # a data page, not global

@@ -112,7 +112,7 @@ class Block:
     """A decoded basic block; ``fn`` is its translated function once it ran ``heat`` times."""
 
     __slots__ = ("phys", "rip", "bits", "cs_base", "insns", "spans", "fn", "heat", "size",
-                 "epoch", "rip0", "next0", "rip1", "next1", "links")
+                 "epoch", "rip0", "next0", "rip1", "next1", "links", "links_epoch")
 
     def __init__(self, phys: int, rip: int, bits: int, cs_base: int, insns: List[Insn],
                  spans: Dict[int, Tuple[int, int]]) -> None:
@@ -129,6 +129,7 @@ class Block:
         self.size = len(insns)
         # (virtual page, physical page base) of each page a direct jump or call led into.
         self.links: Tuple[Tuple[int, int], ...] = ()
+        self.links_epoch = -1  # the MMU epoch in which ``links`` were last found to hold
         # Chain: up to two successors (by RIP), valid while the MMU epoch is unchanged.
         self.epoch = -1
         self.rip0 = NO_LINK
@@ -436,6 +437,8 @@ class Cpu:
                     return False
             if found != base:
                 return False
+        # Fetch translations change only with the epoch (TLB flushes, INVLPG).
+        block.links_epoch = mmu.epoch
         return True
 
     # --- run loop -----------------------------------------------------------------------
@@ -489,7 +492,8 @@ class Cpu:
                 phys = mmu.translate(linear, ACCESS_FETCH) if base is None else base | (linear & 0xFFF)
                 block = blocks.get(phys)
                 if (block is None or block.rip != rip or block.bits != self.bits
-                        or (block.links and not self._links_hold(block))):
+                        or (block.links and block.links_epoch != mmu.epoch
+                            and not self._links_hold(block))):
                     block = self._build_block(rip, phys)
                 todo = block.insns
                 self.break_block = False
