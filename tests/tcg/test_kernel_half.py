@@ -79,3 +79,27 @@ def test_kernel_pointers_through_registers_memory_and_stack(translate_after):
     assert regs["rsi"] == KERNEL_BASE + CODE + call_site + 5
     assert regs["rsp"] == KERNEL_BASE + STACK_TOP
     assert memory.read_u64(data - KERNEL_BASE + 8) == 0x1122334455667788
+
+
+@pytest.mark.parametrize("translate_after", [None, 0])
+def test_interpreted_moves_keep_registers_in_the_signed_form(translate_after):
+    """64-bit mov, push, pop and ret move kernel pointers without leaving the register form
+    (unsigned values would be long integers on PyPy), and pop %rsp still sets RSP last."""
+    code = assemble("""
+        lea 8(%rsp), %rbx
+        push %rbx
+        mov (%rsp), %rcx
+        mov %rcx, %rdx
+        mov %rdx, -8(%rsp)
+        pop %rsp                  # RSP = the value popped (8 above the old RSP)
+        mov -16(%rsp), %rsi
+        hlt
+    """)
+    memory, cpu, result = _run(code, {}, translate_after, builder=kernel_half_cpu)
+    assert result.reason == "hlt"
+    top = KERNEL_BASE + STACK_TOP
+    regs = cpu.registers()
+    assert regs["rbx"] == regs["rcx"] == regs["rdx"] == regs["rsi"] == top + 8
+    assert regs["rsp"] == top + 8
+    assert all(-2**63 <= value < 2**63 for value in cpu.s.regs)
+    assert cpu.s.regs[4] == top + 8 - 2**64

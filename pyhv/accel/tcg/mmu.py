@@ -55,6 +55,8 @@ _UNPACK = {2: struct.Struct("<H").unpack_from, 4: struct.Struct("<I").unpack_fro
 _PACK = {2: struct.Struct("<H").pack_into, 4: struct.Struct("<I").pack_into,
          8: struct.Struct("<Q").pack_into}
 _MASK = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFF_FFFF, 8: 0xFFFF_FFFF_FFFF_FFFF}
+_UNPACK_Q = struct.Struct("<q").unpack_from  # 64-bit values in the register form
+_PACK_Q = struct.Struct("<q").pack_into
 
 
 class Mmu:
@@ -383,6 +385,20 @@ class Mmu:
             return self.phys_read(phys, size)
         return self._read_split(linear, size)
 
+    def read_q(self, linear: int) -> int:
+        """A 64-bit read in the registers' signed form (see .state), for the interpreter's
+        moves, pushes and pops: a kernel pointer read unsigned is a long integer on PyPy.
+        :meth:`write` takes such a value back as it is."""
+        top = linear >> 63
+        if top != 0 and top != -1:
+            linear = signed64(linear)
+        off = linear & 0xFFF
+        if off <= 0xFF8:
+            base = self.r.get(linear >> 12)
+            if base is not None and base + 0x1000 <= self.low_end:
+                return _UNPACK_Q(self.low, base | off)[0]
+        return signed64(self.read(linear, 8))
+
     def write(self, linear: int, size: int, value: int) -> None:
         top = linear >> 63
         if top != 0 and top != -1:
@@ -395,6 +411,8 @@ class Mmu:
                 if phys + size <= self.low_end:
                     if size == 1:
                         self.low[phys] = value & 0xFF
+                    elif size == 8 and value < 0:  # a register-form value (see read_q)
+                        _PACK_Q(self.low, phys, value)
                     else:
                         _PACK[size](self.low, phys, value & _MASK[size])
                     return

@@ -100,19 +100,43 @@ def set_stack_pointer(s, smask: int, sp: int) -> None:
 
 
 def push(cpu, size: int, value: int) -> None:
+    """Push ``value`` (unsigned, or in the register form when ``size`` is 8)."""
     s = cpu.s
     smask = cpu.stack_mask
+    if smask == MASK64:
+        # RSP stays in the register form: masking a kernel stack pointer to unsigned would
+        # make it a long integer on PyPy (the MMU folds the rare address out of range).
+        sp = s.regs[RSP] - size
+        cpu.mmu.write(sp, size, value)
+        s.regs[RSP] = signed64(sp)
+        return
     sp = (s.regs[RSP] - size) & smask
-    cpu.mmu.write(s.segs[SS].base + sp if smask != MASK64 else sp, size, value)
+    cpu.mmu.write(s.segs[SS].base + sp, size, value)
     set_stack_pointer(s, smask, sp)
 
 
 def pop(cpu, size: int) -> int:
     s = cpu.s
     smask = cpu.stack_mask
+    if smask == MASK64:
+        sp = s.regs[RSP]
+        value = cpu.mmu.read(sp, size)
+        s.regs[RSP] = signed64(sp + size)
+        return value
     sp = s.regs[RSP] & smask
-    value = cpu.mmu.read(s.segs[SS].base + sp if smask != MASK64 else sp, size)
+    value = cpu.mmu.read(s.segs[SS].base + sp, size)
     set_stack_pointer(s, smask, (sp + size) & smask)
+    return value
+
+
+def pop_q(cpu) -> int:
+    """Pop 8 bytes in the register form (pop and ret in 64-bit code)."""
+    s = cpu.s
+    if cpu.stack_mask != MASK64:
+        return signed64(pop(cpu, 8))
+    sp = s.regs[RSP]
+    value = cpu.mmu.read_q(sp)
+    s.regs[RSP] = signed64(sp + 8)
     return value
 
 

@@ -15,11 +15,23 @@ from .rmw import read_for_update
 
 
 def mov_rm_r(cpu, i: Insn) -> None:
-    write_rm(cpu, i, i.opsize, get_reg(cpu.s.regs, i.reg, i.opsize))
+    regs = cpu.s.regs
+    if i.opsize != 8:
+        write_rm(cpu, i, i.opsize, get_reg(regs, i.reg, i.opsize))
+    elif i.is_mem:  # 64-bit moves keep the register form: no long integers on PyPy
+        cpu.mmu.write(ea(cpu, i), 8, regs[i.reg])
+    else:
+        regs[i.rm] = regs[i.reg]
 
 
 def mov_r_rm(cpu, i: Insn) -> None:
-    set_reg(cpu.s.regs, i.reg, i.opsize, read_rm(cpu, i, i.opsize))
+    regs = cpu.s.regs
+    if i.opsize != 8:
+        set_reg(regs, i.reg, i.opsize, read_rm(cpu, i, i.opsize))
+    elif i.is_mem:
+        regs[i.reg] = cpu.mmu.read_q(ea(cpu, i))
+    else:
+        regs[i.reg] = regs[i.rm]
 
 
 def mov_rm_imm(cpu, i: Insn) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from ..decoder import D64, END, I64, IMM_BS, IMM_W_B, IMM_Z, REG_OP, Insn, register
 from ..faults import GP, GuestFault
 from ..flags import read_rflags, write_rflags
-from ..operands import MASK, ea, get_reg, pop, push, set_reg, set_stack_pointer
+from ..operands import MASK, ea, get_reg, pop, pop_q, push, set_reg, set_stack_pointer
 from ..segments import load_segment
 from ..state import AC, DF, ID, IF, IOPL, NT, RBP, RSP, SS, TF, VIF, VIP, VM
 from ..state import AF, CF, OF, PF, SF, ZF
@@ -16,10 +16,16 @@ _SEG_POP = {0x07: 0, 0x17: 2, 0x1F: 3, 0x1A1: 4, 0x1A9: 5}
 
 
 def push_reg(cpu, i: Insn) -> None:
-    push(cpu, i.opsize, get_reg(cpu.s.regs, i.reg, i.opsize))
+    # 64-bit registers go as they are, in the register form (no long integers on PyPy).
+    regs = cpu.s.regs
+    push(cpu, i.opsize, regs[i.reg] if i.opsize == 8 else get_reg(regs, i.reg, i.opsize))
 
 
 def pop_reg(cpu, i: Insn) -> None:
+    if i.opsize == 8:
+        value = pop_q(cpu)
+        cpu.s.regs[i.reg] = value
+        return
     value = pop(cpu, i.opsize)
     set_reg(cpu.s.regs, i.reg, i.opsize, value)
 
