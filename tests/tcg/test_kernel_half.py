@@ -103,3 +103,29 @@ def test_interpreted_moves_keep_registers_in_the_signed_form(translate_after):
     assert regs["rsp"] == top + 8
     assert all(-2**63 <= value < 2**63 for value in cpu.s.regs)
     assert cpu.s.regs[4] == top + 8 - 2**64
+
+
+@pytest.mark.parametrize("translate_after", [None, 0])
+def test_64_bit_alu_on_register_form_values_sets_the_architectural_flags(translate_after):
+    code = assemble("""
+        movabs $0x8000000000000000, %rax
+        mov $1, %rbx
+        sub %rbx, %rax            # 0x7fff_ffff_ffff_ffff: OF, no CF
+        pushf
+        pop %r8
+        mov $-1, %rcx
+        add %rbx, %rcx            # 0: CF and ZF, no OF
+        pushf
+        pop %r9
+        mov $-2, %rdx
+        cmp %rdx, %rbx            # 1 - 0xffff_ffff_ffff_fffe: CF (unsigned borrow) only
+        pushf
+        pop %r10
+        hlt
+    """)
+    _memory, cpu, result = _run(code, {}, translate_after, builder=kernel_half_cpu)
+    assert result.reason == "hlt"
+    regs = cpu.registers()
+    arith = 0x8C1  # OF SF ZF CF
+    assert regs["rax"] == 0x7FFF_FFFF_FFFF_FFFF and regs["rcx"] == 0
+    assert (regs["r8"] & arith, regs["r9"] & arith, regs["r10"] & arith) == (0x800, 0x41, 0x1)

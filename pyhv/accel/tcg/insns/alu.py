@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..decoder import BYTE, IMM_BS, IMM_B, IMM_Z, LOCKABLE, REG_OP, I64, Insn, register
 from ..flags import CC_ADC, CC_ADD, CC_DEC, CC_INC, CC_LOGIC, CC_SBB, CC_SUB, get_cf
 from ..operands import MASK, ea, get_reg, set_reg
-from ..state import RAX
+from ..state import RAX, signed64
 from .rmw import read_for_update
 
 ADD, OR, ADC, SBB, AND, SUB, XOR, CMP = range(8)
@@ -47,6 +47,43 @@ def alu(s, kind: int, size: int, a: int, b: int) -> int:
     return r
 
 
+def alu_q(s, kind: int, a: int, b: int) -> int:
+    """:func:`alu` at 64 bits on register-form operands (see .state), with a register-form
+    result: what the translated blocks compute too, and the flag code reads either form.
+    Keeps kernel pointers machine integers on PyPy."""
+    if kind == ADD:
+        r = signed64(a + b)
+        op = CC_ADD
+    elif kind == SUB or kind == CMP:
+        r = signed64(a - b)
+        op = CC_SUB
+    elif kind == AND:
+        r = a & b
+        op = CC_LOGIC
+    elif kind == OR:
+        r = a | b
+        op = CC_LOGIC
+    elif kind == XOR:
+        r = a ^ b
+        op = CC_LOGIC
+    elif kind == ADC:
+        carry = get_cf(s)
+        r = signed64(a + b + carry)
+        s.cc_cf = carry
+        op = CC_ADC
+    else:
+        carry = get_cf(s)
+        r = signed64(a - b - carry)
+        s.cc_cf = carry
+        op = CC_SBB
+    s.cc_op = op
+    s.cc_size = 8
+    s.cc_a = a
+    s.cc_b = b
+    s.cc_res = r
+    return r
+
+
 def _rm_dest(cpu, i: Insn, kind: int, src: int) -> None:
     size = i.opsize
     s = cpu.s
@@ -63,12 +100,26 @@ def _rm_dest(cpu, i: Insn, kind: int, src: int) -> None:
 
 
 def alu_rm_r(cpu, i: Insn) -> None:
-    _rm_dest(cpu, i, (i.op >> 3) & 7, get_reg(cpu.s.regs, i.reg, i.opsize))
+    kind = (i.op >> 3) & 7
+    if i.opsize == 8 and not i.is_mem:
+        regs = cpu.s.regs
+        r = alu_q(cpu.s, kind, regs[i.rm], regs[i.reg])
+        if kind != CMP:
+            regs[i.rm] = r
+        return
+    _rm_dest(cpu, i, kind, get_reg(cpu.s.regs, i.reg, i.opsize))
 
 
 def alu_r_rm(cpu, i: Insn) -> None:
     s = cpu.s
     size = i.opsize
+    if size == 8:
+        regs = s.regs
+        kind = (i.op >> 3) & 7
+        r = alu_q(s, kind, regs[i.reg], cpu.mmu.read_q(ea(cpu, i)) if i.is_mem else regs[i.rm])
+        if kind != CMP:
+            regs[i.reg] = r
+        return
     src = cpu.mmu.read(ea(cpu, i), size) if i.is_mem else get_reg(s.regs, i.rm, size)
     kind = (i.op >> 3) & 7
     r = alu(s, kind, size, get_reg(s.regs, i.reg, size), src)
