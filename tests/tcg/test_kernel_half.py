@@ -129,3 +129,25 @@ def test_64_bit_alu_on_register_form_values_sets_the_architectural_flags(transla
     arith = 0x8C1  # OF SF ZF CF
     assert regs["rax"] == 0x7FFF_FFFF_FFFF_FFFF and regs["rcx"] == 0
     assert (regs["r8"] & arith, regs["r9"] & arith, regs["r10"] & arith) == (0x800, 0x41, 0x1)
+
+
+@pytest.mark.parametrize("translate_after", [None, 0])
+def test_64_bit_alu_with_negative_immediates_on_kernel_pointers(translate_after):
+    code = assemble("""
+        lea 0x7ff(%rsp), %rax
+        and $-0x100, %rax         # align a kernel pointer down
+        mov %rax, %rbx
+        sub $-0x10, %rbx          # +16
+        cmp $-1, %rbx             # a kernel pointer is below 2**64 - 1: CF
+        pushf
+        pop %r8
+        xor $-1, %rcx             # 0 -> all ones
+        hlt
+    """)
+    _memory, cpu, result = _run(code, {"rcx": 0}, translate_after, builder=kernel_half_cpu)
+    assert result.reason == "hlt"
+    regs = cpu.registers()
+    expected = (KERNEL_BASE + STACK_TOP + 0x7FF) & ~0xFF
+    assert regs["rax"] == expected and regs["rbx"] == expected + 16
+    assert regs["r8"] & 0x8C1 == 0x81  # CF, SF (the kernel pointer's top bit); not ZF, OF
+    assert regs["rcx"] == 0xFFFF_FFFF_FFFF_FFFF

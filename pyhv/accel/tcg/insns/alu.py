@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..decoder import BYTE, IMM_BS, IMM_B, IMM_Z, LOCKABLE, REG_OP, I64, Insn, register
 from ..flags import CC_ADC, CC_ADD, CC_DEC, CC_INC, CC_LOGIC, CC_SBB, CC_SUB, get_cf
 from ..operands import MASK, ea, get_reg, set_reg
-from ..state import RAX, signed64
+from ..state import RAX, WRAP64, signed64
 from .rmw import read_for_update
 
 ADD, OR, ADC, SBB, AND, SUB, XOR, CMP = range(8)
@@ -136,6 +136,13 @@ def alu_acc_imm(cpu, i: Insn) -> None:
 
 
 def alu_rm_imm(cpu, i: Insn) -> None:
+    if i.opsize == 8 and not i.is_mem:
+        imm = i.imm  # sign-extended by the decoder, unsigned: back to the register form
+        regs = cpu.s.regs
+        r = alu_q(cpu.s, i.raw_reg, regs[i.rm], imm - WRAP64 if imm >> 63 else imm)
+        if i.raw_reg != CMP:
+            regs[i.rm] = r
+        return
     _rm_dest(cpu, i, i.raw_reg, i.imm)
 
 
