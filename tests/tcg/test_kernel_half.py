@@ -151,3 +151,29 @@ def test_64_bit_alu_with_negative_immediates_on_kernel_pointers(translate_after)
     assert regs["rax"] == expected and regs["rbx"] == expected + 16
     assert regs["r8"] & 0x8C1 == 0x81  # CF, SF (the kernel pointer's top bit); not ZF, OF
     assert regs["rcx"] == 0xFFFF_FFFF_FFFF_FFFF
+
+
+@pytest.mark.parametrize("translate_after", [None, 0])
+def test_64_bit_shifts_of_kernel_pointers(translate_after):
+    code = assemble("""
+        mov %rax, %rbx
+        mov %rax, %rcx
+        mov %rax, %rdx
+        shr $63, %rbx             # 1
+        shl $4, %rcx              # 0xffff_fff8_0000_0000: CF (a 1 shifted out), SF, not OF
+        pushf
+        pop %r8
+        sar $63, %rdx             # all ones
+        mov %rax, %rsi
+        shr $1, %rsi              # OF = the top bit of the operand
+        pushf
+        pop %r9
+        hlt
+    """)
+    regs0 = {"rax": 0xFFFF_FFFF_8000_0000}
+    _memory, cpu, result = _run(code, regs0, translate_after, builder=kernel_half_cpu)
+    assert result.reason == "hlt"
+    regs = cpu.registers()
+    assert regs["rbx"] == 1 and regs["rcx"] == 0xFFFF_FFF8_0000_0000
+    assert regs["rdx"] == 0xFFFF_FFFF_FFFF_FFFF and regs["rsi"] == 0x7FFF_FFFF_C000_0000
+    assert regs["r8"] & 0x8C1 == 0x81 and regs["r9"] & 0x8C1 == 0x800
