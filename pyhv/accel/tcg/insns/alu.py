@@ -12,13 +12,16 @@ ADD, OR, ADC, SBB, AND, SUB, XOR, CMP = range(8)
 
 
 def alu(s, kind: int, size: int, a: int, b: int) -> int:
-    """Compute ``a kind b`` at ``size`` bytes, record lazy flags, return the result."""
-    mask = MASK[size]
+    """Compute ``a kind b`` at ``size`` bytes, record lazy flags, return the result.
+
+    At 8 bytes the operands may be unsigned or in the registers' signed form (see .state)
+    and the result is in the signed form, as the translated blocks compute it (the flag
+    code reads either): register-form operands then stay machine integers on PyPy."""
     if kind == ADD:
-        r = (a + b) & mask
+        r = a + b
         op = CC_ADD
     elif kind == SUB or kind == CMP:
-        r = (a - b) & mask
+        r = a - b
         op = CC_SUB
     elif kind == AND:
         r = a & b
@@ -31,53 +34,17 @@ def alu(s, kind: int, size: int, a: int, b: int) -> int:
         op = CC_LOGIC
     elif kind == ADC:
         carry = get_cf(s)
-        r = (a + b + carry) & mask
+        r = a + b + carry
         s.cc_cf = carry
         op = CC_ADC
     else:
         carry = get_cf(s)
-        r = (a - b - carry) & mask
+        r = a - b - carry
         s.cc_cf = carry
         op = CC_SBB
+    r = signed64(r) if size == 8 else r & MASK[size]
     s.cc_op = op
     s.cc_size = size
-    s.cc_a = a
-    s.cc_b = b
-    s.cc_res = r
-    return r
-
-
-def alu_q(s, kind: int, a: int, b: int) -> int:
-    """:func:`alu` at 64 bits on register-form operands (see .state), with a register-form
-    result: what the translated blocks compute too, and the flag code reads either form.
-    Keeps kernel pointers machine integers on PyPy."""
-    if kind == ADD:
-        r = signed64(a + b)
-        op = CC_ADD
-    elif kind == SUB or kind == CMP:
-        r = signed64(a - b)
-        op = CC_SUB
-    elif kind == AND:
-        r = a & b
-        op = CC_LOGIC
-    elif kind == OR:
-        r = a | b
-        op = CC_LOGIC
-    elif kind == XOR:
-        r = a ^ b
-        op = CC_LOGIC
-    elif kind == ADC:
-        carry = get_cf(s)
-        r = signed64(a + b + carry)
-        s.cc_cf = carry
-        op = CC_ADC
-    else:
-        carry = get_cf(s)
-        r = signed64(a - b - carry)
-        s.cc_cf = carry
-        op = CC_SBB
-    s.cc_op = op
-    s.cc_size = 8
     s.cc_a = a
     s.cc_b = b
     s.cc_res = r
@@ -103,7 +70,7 @@ def alu_rm_r(cpu, i: Insn) -> None:
     kind = (i.op >> 3) & 7
     if i.opsize == 8 and not i.is_mem:
         regs = cpu.s.regs
-        r = alu_q(cpu.s, kind, regs[i.rm], regs[i.reg])
+        r = alu(cpu.s, kind, 8, regs[i.rm], regs[i.reg])
         if kind != CMP:
             regs[i.rm] = r
         return
@@ -116,7 +83,7 @@ def alu_r_rm(cpu, i: Insn) -> None:
     if size == 8:
         regs = s.regs
         kind = (i.op >> 3) & 7
-        r = alu_q(s, kind, regs[i.reg], cpu.mmu.read_q(ea(cpu, i)) if i.is_mem else regs[i.rm])
+        r = alu(s, kind, 8, regs[i.reg], cpu.mmu.read_q(ea(cpu, i)) if i.is_mem else regs[i.rm])
         if kind != CMP:
             regs[i.reg] = r
         return
@@ -139,7 +106,7 @@ def alu_rm_imm(cpu, i: Insn) -> None:
     if i.opsize == 8 and not i.is_mem:
         imm = i.imm  # sign-extended by the decoder, unsigned: back to the register form
         regs = cpu.s.regs
-        r = alu_q(cpu.s, i.raw_reg, regs[i.rm], imm - WRAP64 if imm >> 63 else imm)
+        r = alu(cpu.s, i.raw_reg, 8, regs[i.rm], imm - WRAP64 if imm >> 63 else imm)
         if i.raw_reg != CMP:
             regs[i.rm] = r
         return
