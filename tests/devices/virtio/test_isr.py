@@ -65,20 +65,30 @@ def test_bits_without_the_line():
     assert status.take() == CONFIG and line.history == []
 
 
+def _overtake(line: GatedLine, slow, fast, what: str) -> List[bool]:
+    """Hold ``slow()`` inside its set_level call while ``fast()`` runs on another thread;
+    ``fast`` must return without waiting for that system call. Then let ``slow`` finish."""
+    line.gate = gate = threading.Event()
+    slow_thread = _in_thread(slow)
+    assert line.entered.wait(TIMEOUT)
+    fast_thread = _in_thread(fast)
+    fast_thread.join(TIMEOUT)
+    assert not fast_thread.is_alive(), what
+    history = list(line.history)
+    gate.set()
+    slow_thread.join(TIMEOUT)
+    assert not slow_thread.is_alive()
+    return history
+
+
 def test_ack_during_a_slow_raise_is_not_undone():
     """The I/O thread is inside set_level(True) when the vCPU acknowledges the last bit:
     the acknowledgement returns without waiting, and the line ends low."""
     line = GatedLine()
     status = InterruptStatus(line.set_level)
-    line.gate = gate = threading.Event()
-    raiser = _in_thread(status.raise_bits, USED)
-    assert line.entered.wait(TIMEOUT)
-    acker = _in_thread(status.clear, USED)
-    acker.join(TIMEOUT)
-    assert not acker.is_alive(), "the acknowledgement waited for the raise's system call"
-    assert line.history == []  # the raise is still inside its system call
-    gate.set()
-    raiser.join(TIMEOUT)
+    during = _overtake(line, lambda: status.raise_bits(USED), lambda: status.clear(USED),
+                       "the acknowledgement waited for the raise's system call")
+    assert during == []  # the raise was still inside its system call
     assert line.history == [True, False] and not line.level and status.bits == 0
     assert not line.overlapped
 
@@ -88,14 +98,8 @@ def test_raise_during_a_slow_lowering_is_not_lost():
     line = GatedLine()
     status = InterruptStatus(line.set_level)
     status.raise_bits(USED)
-    line.gate = gate = threading.Event()
-    acker = _in_thread(status.clear, USED)
-    assert line.entered.wait(TIMEOUT)
-    raiser = _in_thread(status.raise_bits, USED)
-    raiser.join(TIMEOUT)
-    assert not raiser.is_alive(), "the raise waited for the acknowledgement's system call"
-    gate.set()
-    acker.join(TIMEOUT)
+    _overtake(line, lambda: status.clear(USED), lambda: status.raise_bits(USED),
+              "the raise waited for the acknowledgement's system call")
     assert line.history == [True, False, True] and line.level and status.bits == USED
     assert not line.overlapped
 
