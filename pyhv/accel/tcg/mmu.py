@@ -103,7 +103,7 @@ class Mmu:
                     code_moved = True
         self.nonglobal = set()
         if code_moved:
-            # Chains and regions map RIPs to blocks through fetch translations.
+            # The chains and the jump cache map RIPs to blocks through fetch translations.
             self.epoch += 1
 
     def _clear_fast_maps(self) -> None:
