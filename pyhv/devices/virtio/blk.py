@@ -8,7 +8,7 @@ the last writable byte. Requests run when the driver kicks, on the machine's I/O
 Given ``workers`` and a thread-safe backend (raw), long reads and writes run on a
 :class:`WorkerPool` in parallel and complete to the used ring in the order they finish,
 as virtio allows (2.7.8); shorter requests, for which a thread hand-off costs more than the
-I/O, run in line, and are published to the used ring in batches of PUBLISH_BATCH. A FLUSH
+I/O, run in line, and are published to the used ring in batches (see :func:`publish_batch`). A FLUSH
 (and every other non-data request) waits for the pool to drain first, so it completes only
 after every write submitted before it; a reset waits the same way before the rings go.
 
@@ -76,9 +76,20 @@ DEFAULT_WORKERS = 0
 # copy it would overlap.
 PARALLEL_MIN_BYTES = 256 * 1024
 
-# Requests completed in line on the queue's thread between two publications to the used ring
-# (and the interrupt the driver asked for, if any).
+# The most requests completed in line on the queue's thread between two publications to the
+# used ring (and the interrupt the driver asked for, if any).
 PUBLISH_BATCH = 16
+
+
+def publish_batch(available: int) -> int:
+    """Requests to complete in line before publishing, for a pass that found ``available``.
+
+    Half of them, so the driver refills the ring while the device moves the other half and
+    the device never runs dry; at most PUBLISH_BATCH, so a deep ring of small requests does not
+    hold back its completions. Measured with bench/blk.py on PyPy (1 MiB reads, 8 in flight):
+    publishing after every 8 left the device idle while the driver refilled, 75-78% of the
+    host; after every 4, 90-91%; 4 KiB requests, 64 in flight, keep batches of 16."""
+    return max(1, min(PUBLISH_BATCH, available // 2))
 
 _HEADER = struct.Struct("<IIQ")  # type, ioprio, sector
 _SEGMENT = struct.Struct("<QII")  # sector, num_sectors, flags
@@ -161,6 +172,7 @@ class VirtioBlock(VirtioDevice):
         queue = self.queues[index]
         pool = self._pool
         unpublished = 0
+        batch = publish_batch(queue.pending(self.memory))
         for chain in queue.iter_available(self.memory):
             request = self._parse(chain)
             if pool is not None:
@@ -175,7 +187,7 @@ class VirtioBlock(VirtioDevice):
             # each refill a hand-off between its thread and this one. The batch is short
             # enough that the driver refills while the rest of the ring is processed.
             unpublished += 1
-            publish = unpublished >= PUBLISH_BATCH
+            publish = unpublished >= batch
             self._complete(index, request.head, self._execute(request), publish=publish)
             if publish:
                 unpublished = 0

@@ -97,14 +97,9 @@ def test_avail_event_stays_behind_during_a_drain(memory, plug, image):
     assert queue.avail_event() == 3
 
 
-def test_inline_requests_are_published_in_batches(memory, plug, image):
-    """Of PUBLISH_BATCH + 4 requests in one kick, the first batch is in the used ring
-    (with its interrupt) before the rest run, and the rest by the end of the pass."""
-    driver, device, transport = _start(memory, plug, image)
-    queue = driver.queues[0]
-    count = blk.PUBLISH_BATCH + 4
-    used_seen = []
-    status_seen = []
+def _used_before_each_read(device, queue, transport):
+    """Record the used index and interrupt status the driver would see as each request runs."""
+    used_seen, status_seen = [], []
     original = device.backend.readv
 
     def readv(offset, buffers):
@@ -113,12 +108,25 @@ def test_inline_requests_are_published_in_batches(memory, plug, image):
         original(offset, buffers)
 
     device.backend.readv = readv
+    return used_seen, status_seen
+
+
+@pytest.mark.parametrize("count, batch", [
+    (2 * blk.PUBLISH_BATCH + 4, blk.PUBLISH_BATCH),  # a deep ring: batches of PUBLISH_BATCH
+    (8, 4),  # a shallow one: half of it, so the driver refills while the rest runs
+    (1, 1),
+])
+def test_inline_requests_are_published_in_batches(memory, plug, image, count, batch):
+    """Of ``count`` requests in one kick, each batch is in the used ring (with its interrupt)
+    before the next runs, and the rest by the end of the pass."""
+    driver, device, transport = _start(memory, plug, image)
+    queue = driver.queues[0]
+    used_seen, status_seen = _used_before_each_read(device, queue, transport)
     for sector in range(count):
         queue.publish(_read_chain(driver, sector))
     driver.kick(0)
-    batch = blk.PUBLISH_BATCH
-    assert used_seen == [0] * batch + [batch] * 4
-    assert status_seen == [0] * batch + [spec.INT_USED_BUFFER] * 4
+    assert used_seen == [i - i % batch for i in range(count)]
+    assert status_seen == [0] * batch + [spec.INT_USED_BUFFER] * (count - batch)
     assert queue.used_idx() == count
 
 
