@@ -29,8 +29,9 @@ KERNEL_METAPACKAGE = "linux-image-cloud-amd64"
 BUSYBOX_PACKAGE = "busybox-static"
 APT_LISTS = Path("/var/lib/apt/lists")
 
-# The drivers the default guest loads: virtio transports (PCI, MMIO) and devices. Their
-# dependencies (virtio_ring, failover, ...) are added from each module's depends= field.
+# The drivers the default guest carries: virtio transports (PCI, MMIO) and devices. Their
+# dependencies (virtio_ring, failover, ...) are added from each module's depends= field; /init
+# loads those whose devices the machine has (init_script.py).
 # pvpanic_mmio drives QEMU's pvpanic port (ACPI QEMU0001), so a guest panic ends the VM.
 # button (CONFIG_ACPI_BUTTON=m in the cloud kernel) turns the ACPI power button into a KEY_POWER
 # input event, and evdev (CONFIG_INPUT_EVDEV=m) shows it in /dev/input/event*, where acpid reads it.

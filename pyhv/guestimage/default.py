@@ -37,7 +37,7 @@ from pyhv.guestimage.initramfs import build_initramfs
 
 DEFAULT_CMDLINE = "console=ttyS0 panic=-1 cryptomgr.notests quiet no_timer_check"
 # Bump when build_initramfs lays the archive out differently.
-INITRAMFS_LAYOUT = 2  # 2: /etc/acpi/PWRF/00000080 and /var/log for acpid
+INITRAMFS_LAYOUT = 3  # 2: /etc/acpi/PWRF/00000080 and /var/log for acpid; 3: modules.dep, modules.alias
 INITRD_NAME = "initrd.cpio"
 
 

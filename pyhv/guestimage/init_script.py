@@ -1,10 +1,24 @@
 """The ``/init`` of the default guest: a busybox ``sh`` script run as PID 1.
 
-It mounts the kernel's virtual file systems, loads the virtio modules in the order listed in
-``/lib/modules/<release>/load-order``, prints :data:`READY_MARKER`, then either runs the command
+It mounts the kernel's virtual file systems, loads the drivers of the devices the machine has
+(below), prints :data:`READY_MARKER`, then either runs the command
 given after `` -- `` on the kernel command line and powers off with its exit status, or, with
 no command, gives a login-less shell on the console (with job control: ``cttyhack`` makes
 ttyS0 its controlling terminal) and powers off with the shell's status when it ends.
+
+Drivers are loaded as udev's coldplug would: every device in sysfs without a driver names the
+one it wants in its ``modalias`` (``pci:v00001AF4d00001005...``, ``virtio:d00000004v00001AF4``);
+``modules.alias.sh``, the module aliases as one shell ``case``, names the module, and busybox
+``modprobe`` loads it with its dependencies from ``modules.dep``. A driver can bring new devices
+(virtio-pci the virtio devices behind it, the ACPI button an input device, whose driver is
+evdev), so the pass repeats until no module is wanted. Modules for devices the machine lacks
+stay on disk: each one loaded costs a signature check (a SHA-256 of the module and an RSA
+verification). Measured on the software CPU (PyPy), the boot with no virtio device: loading
+all 16 modules took 177 million instructions from ``/init`` to the ready marker, coldplug 51
+million (2 modules); the time stayed the same (47.5 s for the whole boot, side by side),
+because on a software CPU code run for the first time costs more than instructions do. The
+matching is done by the shell's builtins for the same reason: a pattern loop in the shell ran
+12.6 million instructions and modprobe's own alias lookup 6.3 million, against 4.2 million.
 
 The command is read from ``/proc/cmdline`` rather than from init's argv: the kernel splits
 argv at spaces and only understands double quotes, so ``-- sh -c 'exit 3'`` would reach init as
@@ -31,7 +45,10 @@ from __future__ import annotations
 READY_MARKER = "pyhv-guest: init ready"
 STATUS_MARKER = "pyhv-guest: exit status"
 EXIT_TOOL_PATH = "sbin/pyhv-exit"
-LOAD_ORDER_NAME = "load-order"
+MODULES_DEP_NAME = "modules.dep"
+MODULES_ALIAS_NAME = "modules.alias"
+# modules.alias as a shell function, module_for MODALIAS (see modinfo.alias_case_function).
+MODULES_ALIAS_SHELL_NAME = "modules.alias.sh"
 ACPID_LOG_PATH = "var/log/acpid.log"
 POWER_BUTTON_HANDLER_PATH = "etc/acpi/PWRF/00000080"
 POWER_BUTTON_MARKER = "pyhv-guest: power button pressed, powering off"
@@ -59,10 +76,30 @@ hostname pyhv-guest
 
 release=$(uname -r)
 modules=/lib/modules/$release
-if [ -r "$modules/load-order" ]; then
-    while read -r module; do
-        insmod "$modules/$module.ko" || echo "pyhv-guest: insmod $module failed"
-    done < "$modules/load-order"
+if [ -r "$modules/modules.alias.sh" ]; then
+    # Coldplug: each device without a driver names the driver it wants in its modalias;
+    # module_for (modules.alias as one shell case) finds the module, and modprobe loads it
+    # with its dependencies from modules.dep. Loading a driver can add devices, so the pass
+    # repeats. No process per device: each process, and each line of code run for the first
+    # time, is slow on a software CPU.
+    . "$modules/modules.alias.sh"
+    loaded=" "
+    for pass in 1 2 3 4 5; do
+        wanted=
+        for file in /sys/bus/*/devices/*/modalias /sys/class/input/*/modalias; do
+            [ -e "${file%/modalias}/driver" ] && continue
+            read -r device < "$file" 2>/dev/null || continue
+            module_for "$device"
+            [ -n "$module" ] || continue
+            case "$loaded$wanted " in
+                *" $module "*) ;;
+                *) wanted="$wanted $module" ;;
+            esac
+        done
+        [ -n "$wanted" ] || break
+        modprobe -a $wanted || echo "pyhv-guest: modprobe -a$wanted failed"
+        loaded="$loaded${wanted# } "
+    done
 else
     echo "pyhv-guest: no modules for kernel $release in this initramfs"
 fi

@@ -6,8 +6,10 @@ Layout of the archive (all owned by 0:0):
 - ``/sbin/pyhv-exit`` (exit_tool.py) and ``/init`` (init_script.py);
 - ``/etc/acpi/PWRF/00000080``, the power-button handler busybox ``acpid`` runs (init_script.py),
   and ``/var/log`` for acpid's log;
-- ``/lib/modules/<release>/<module>.ko`` and ``load-order``, one module name per line, each
-  after the modules it depends on (read from their ``.modinfo`` sections);
+- ``/lib/modules/<release>/<module>.ko``, with the ``modules.dep`` and ``modules.alias`` that
+  busybox ``modprobe`` reads (from the modules' ``.modinfo`` sections), and ``modules.alias.sh``,
+  the aliases as a shell function, with which ``/init`` loads the drivers of the devices the
+  machine has;
 - ``/dev/console``: the kernel opens it for init's stdio before ``/init`` can mount devtmpfs;
 - empty ``/proc``, ``/sys``, ``/tmp``, ``/root``, ``/etc/profile`` for the shell's prompt.
 """
@@ -22,9 +24,10 @@ from pyhv.errors import BootError
 from pyhv.guestimage.cpio import CpioWriter, compress
 from pyhv.guestimage.exit_tool import build_exit_tool
 from pyhv.guestimage.init_script import (
-    EXIT_TOOL_PATH, INIT_SCRIPT, LOAD_ORDER_NAME, POWER_BUTTON_HANDLER, POWER_BUTTON_HANDLER_PATH,
+    EXIT_TOOL_PATH, INIT_SCRIPT, MODULES_ALIAS_NAME, MODULES_ALIAS_SHELL_NAME, MODULES_DEP_NAME,
+    POWER_BUTTON_HANDLER, POWER_BUTTON_HANDLER_PATH,
 )
-from pyhv.guestimage.modinfo import index_modules, load_order
+from pyhv.guestimage.modinfo import alias_case_function, index_modules, load_order, modules_alias, modules_dep
 
 CONSOLE_MAJOR, CONSOLE_MINOR = 5, 1
 PROFILE = "PS1='\\h:\\w\\$ '\nexport PS1\n"
@@ -89,7 +92,9 @@ def build_initramfs(
     archive.add_directory(module_root)
     for name in order:
         archive.add_file(f"{module_root}/{name}.ko", index[name].read_bytes(), mode=0o644)
-    archive.add_file(f"{module_root}/{LOAD_ORDER_NAME}", "".join(f"{name}\n" for name in order).encode())
+    archive.add_file(f"{module_root}/{MODULES_DEP_NAME}", modules_dep(order, index).encode())
+    archive.add_file(f"{module_root}/{MODULES_ALIAS_NAME}", modules_alias(order, index).encode())
+    archive.add_file(f"{module_root}/{MODULES_ALIAS_SHELL_NAME}", alias_case_function(order, index).encode())
 
     archive.add_file("init", INIT_SCRIPT.encode(), mode=0o755)
     return compress(archive.finish(), compression)

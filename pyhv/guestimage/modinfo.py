@@ -1,16 +1,18 @@
-"""Kernel module metadata from the ``.modinfo`` ELF section, and a load order from it.
+"""Kernel module metadata from the ``.modinfo`` ELF section: a load order, and the
+``modules.dep`` and ``modules.alias`` files that ``depmod`` would write for a set of modules.
 
 Debian's kernel package ships no ``modules.dep`` (``depmod`` runs at install time), so the
-dependencies of each module are read from the ``depends=`` entry of its ``.modinfo`` section:
-a run of NUL-terminated ``key=value`` strings. Only the ELF64 little-endian relocatable objects
-that x86-64 kernels build are accepted.
+dependencies of each module are read from the ``depends=`` entry of its ``.modinfo`` section,
+and the device patterns it drives from its ``alias=`` entries: a run of NUL-terminated
+``key=value`` strings. Only the ELF64 little-endian relocatable objects that x86-64 kernels
+build are accepted.
 """
 
 from __future__ import annotations
 
 import struct
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping
+from typing import Dict, Iterable, List, Mapping, Sequence
 
 from pyhv.errors import BootError
 
@@ -100,6 +102,11 @@ def module_dependencies(path: Path) -> List[str]:
     return [name for name in depends[0].split(",") if name]
 
 
+def module_aliases(path: Path) -> List[str]:
+    """The device patterns (``pci:v00001AF4d*...``, ``virtio:d00000002v*``) the module drives."""
+    return read_modinfo(path).get("alias", [])
+
+
 def index_modules(root: Path) -> Dict[str, Path]:
     """Map each module name to its ``.ko`` file, for every module below ``root``."""
     index: Dict[str, Path] = {}
@@ -135,3 +142,41 @@ def load_order(wanted: Iterable[str], index: Mapping[str, Path]) -> List[str]:
     for name in wanted:
         visit(name, [])
     return order
+
+
+def modules_dep(order: Sequence[str], index: Mapping[str, Path]) -> str:
+    """``modules.dep`` for the modules of ``order`` (a :func:`load_order`), in a flat tree.
+
+    As depmod writes it, and kmod's and busybox's modprobe read it: ``name.ko:`` then every
+    module it needs, directly or not, listed so that loading them from the last to the first
+    loads each after its own dependencies."""
+    lines = []
+    for name in order:
+        needed = load_order(module_dependencies(index[name]), index)
+        lines.append(f"{name}.ko:" + "".join(f" {dep}.ko" for dep in reversed(needed)) + "\n")
+    return "".join(lines)
+
+
+def modules_alias(order: Sequence[str], index: Mapping[str, Path]) -> str:
+    """``modules.alias`` for the modules of ``order``: one ``alias PATTERN MODULE`` per line."""
+    return "".join(f"alias {pattern} {name}\n" for name in order for pattern in module_aliases(index[name]))
+
+
+# Characters a modalias pattern may hold and a shell ``case`` pattern reads the same way:
+# literals, and the glob operators ``*``, ``?`` and ``[...]``.
+_CASE_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:,._-*?[]!")
+
+
+def alias_case_function(order: Sequence[str], index: Mapping[str, Path], function: str = "module_for") -> str:
+    """A shell function that sets ``module`` to the module whose alias matches ``$1`` (or to
+    nothing): the whole of ``modules.alias`` as one ``case``, which a shell evaluates far
+    faster than a loop over the patterns. The first matching pattern wins. A pattern with a
+    character the shell would read differently is an error."""
+    arms = []
+    for name in order:
+        for pattern in module_aliases(index[name]):
+            if not pattern or not set(pattern) <= _CASE_SAFE:
+                raise ModinfoError(f"module {name}: alias {pattern!r} cannot be a shell case pattern")
+            arms.append(f"        {pattern}) module={name} ;;\n")
+    return (f"{function}() {{\n    case \"$1\" in\n" + "".join(arms)
+            + "        *) module= ;;\n    esac\n}\n")

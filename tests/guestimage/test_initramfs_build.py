@@ -14,7 +14,7 @@ from pyhv.guestimage.debian import GUEST_MODULES
 from pyhv.guestimage.exit_tool import build_exit_tool
 from pyhv.guestimage.init_script import INIT_SCRIPT, READY_MARKER, STATUS_MARKER
 from pyhv.guestimage.initramfs import InitramfsError, build_initramfs
-from pyhv.guestimage.modinfo import ModinfoError, index_modules, load_order
+from pyhv.guestimage.modinfo import ModinfoError, index_modules, load_order, modules_alias, modules_dep
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +39,10 @@ def test_layout_extracts_with_gnu_cpio(initramfs: bytes, debian_packages, tmp_pa
     console = (tmp_path / "dev/console").lstat()
     assert stat.S_ISCHR(console.st_mode) and os.major(console.st_rdev) == 5 and os.minor(console.st_rdev) == 1
     module_dir = tmp_path / "lib/modules" / kernel.release
-    order = (module_dir / "load-order").read_text().split()
-    assert order == load_order(GUEST_MODULES, index_modules(kernel.modules))
+    index = index_modules(kernel.modules)
+    order = load_order(GUEST_MODULES, index)
+    assert (module_dir / "modules.dep").read_text() == modules_dep(order, index)
+    assert (module_dir / "modules.alias").read_text() == modules_alias(order, index)
     for name in order:
         assert (module_dir / f"{name}.ko").read_bytes() == (kernel.modules / f"{name}.ko").read_bytes()
     assert stat.S_IMODE((tmp_path / "tmp").stat().st_mode) == 0o1777

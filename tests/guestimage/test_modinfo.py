@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import struct
+import subprocess
 from pathlib import Path
 from typing import Dict, List
 
@@ -11,7 +13,8 @@ import pytest
 from guestimage_elf import craft_module, module_with_depends
 from pyhv.guestimage.debian import GUEST_MODULES
 from pyhv.guestimage.modinfo import (
-    ModinfoError, index_modules, load_order, module_dependencies, module_name, parse_modinfo, read_modinfo,
+    ModinfoError, alias_case_function, index_modules, load_order, module_aliases, module_dependencies, module_name, modules_alias,
+    modules_dep, parse_modinfo, read_modinfo,
 )
 
 
@@ -54,6 +57,55 @@ def test_order_is_deterministic_and_follows_depends(tmp_path: Path) -> None:
     index = write_tree(tmp_path, {"top": "mid,base", "mid": "base", "base": "", "other": ""})
     assert load_order(["top", "other"], index) == ["base", "mid", "top", "other"]
     assert load_order(["other", "top"], index) == ["other", "base", "mid", "top"]
+
+
+def test_modules_dep_lists_every_dependency_to_load_from_the_last(tmp_path: Path) -> None:
+    """depmod's format: modprobe loads a module's list from its end, then the module."""
+    index = write_tree(tmp_path, {"top": "mid,other", "mid": "base", "base": "", "other": ""})
+    order = load_order(["top"], index)
+    assert modules_dep(order, index) == (
+        "base.ko:\nmid.ko: base.ko\nother.ko:\ntop.ko: other.ko mid.ko base.ko\n")
+
+
+def test_real_modules_alias_names_the_drivers_of_pyhv_devices(debian_packages) -> None:
+    kernel, _ = debian_packages
+    index = index_modules(kernel.modules)
+    lines = modules_alias(load_order(GUEST_MODULES, index), index).splitlines()
+    for line in ("alias pci:v00001AF4d*sv*sd*bc*sc*i* virtio_pci", "alias acpi*:LNRO0005:* virtio_mmio",
+                 "alias virtio:d00000002v* virtio_blk", "alias virtio:d00000004v* virtio_rng",
+                 "alias acpi*:LNXPWRBN:* button"):
+        assert line in lines
+    assert module_aliases(index["virtio_ring"]) == []  # a library: loaded only as a dependency
+    assert all(line.startswith("alias ") and len(line.split()) == 3 for line in lines)
+
+
+def _case_module(function: str, modalias: str) -> str:
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        pytest.skip("busybox not on the host PATH (apt-get install busybox-static)")
+    script = function + 'module_for "$1"; echo "[$module]"'
+    result = subprocess.run([busybox, "sh", "-c", script, "sh", modalias], stdout=subprocess.PIPE,
+                            universal_newlines=True, check=True)
+    return result.stdout.strip()
+
+
+def test_alias_case_function_names_the_module_a_modalias_wants(debian_packages) -> None:
+    kernel, _ = debian_packages
+    index = index_modules(kernel.modules)
+    function = alias_case_function(load_order(GUEST_MODULES, index), index)
+    assert _case_module(function, "pci:v00001AF4d00001044sv00001AF4sd00001100bc00scFFi00") == "[virtio_pci]"
+    assert _case_module(function, "virtio:d00000002v00001AF4") == "[virtio_blk]"
+    assert _case_module(function, "acpi:LNRO0005:") == "[virtio_mmio]"
+    assert _case_module(function, "input:b0019v0000p0001e0000-e0,1,k74,ramlsfw") == "[evdev]"
+    assert _case_module(function, "of:NvirtioTCvirtio,mmioX") == "[]"  # no prefix match without '*'
+    assert _case_module(function, "pci:v00008086d00001237sv00000000sd00000000bc06sc00i00") == "[]"
+
+
+def test_alias_that_a_shell_would_misread_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "bad.ko").write_bytes(craft_module(b"alias=pci:v$(reboot)*\0depends=\0"))
+    index = index_modules(tmp_path)
+    with pytest.raises(ModinfoError, match=r"module bad: alias 'pci:v\$\(reboot\)\*' cannot be a shell case"):
+        alias_case_function(["bad"], index)
 
 
 def test_module_names_use_underscores(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from pyhv.guestimage import default
 from pyhv.guestimage.debian import GUEST_MODULES
 from pyhv.guestimage.default import initramfs_key
 from pyhv.guestimage.init_script import (
-    ACPID_LOG_PATH, INIT_SCRIPT, LOAD_ORDER_NAME, POWER_BUTTON_HANDLER, POWER_BUTTON_HANDLER_PATH,
+    ACPID_LOG_PATH, INIT_SCRIPT, MODULES_ALIAS_NAME, MODULES_DEP_NAME, POWER_BUTTON_HANDLER, POWER_BUTTON_HANDLER_PATH,
     POWER_BUTTON_MARKER, READY_MARKER,
 )
 from pyhv.guestimage.initramfs import build_initramfs
@@ -32,11 +32,15 @@ def entries(debian_packages):
 
 
 def test_button_and_evdev_are_loaded_by_init(entries, debian_packages) -> None:
+    """The ACPI power button device (LNXPWRBN) names button, the input device it adds names evdev."""
     kernel, _ = debian_packages
     module_dir = f"lib/modules/{kernel.release}"
-    order = entries[f"{module_dir}/{LOAD_ORDER_NAME}"][1].decode().split()
+    aliases = entries[f"{module_dir}/{MODULES_ALIAS_NAME}"][1].decode().splitlines()
+    assert "alias acpi*:LNXPWRBN:* button" in aliases
+    assert "alias input:b*v*p*e*-e*k*r*a*m*l*s*f*w* evdev" in aliases
+    dep = entries[f"{module_dir}/{MODULES_DEP_NAME}"][1].decode().splitlines()
     for module in ("button", "evdev"):
-        assert module in order
+        assert f"{module}.ko:" in dep
         fields, data = entries[f"{module_dir}/{module}.ko"]
         assert data[:4] == b"\x7fELF" and fields["filesize"] == len(data) > 0
 
@@ -53,7 +57,7 @@ def test_handler_lies_where_acpid_looks_and_is_executable(entries) -> None:
 
 
 def test_init_starts_acpid_between_the_modules_and_the_ready_marker() -> None:
-    modules_loaded = INIT_SCRIPT.index(f'done < "$modules/{LOAD_ORDER_NAME}"')
+    modules_loaded = INIT_SCRIPT.index("modprobe -a $wanted")
     acpid = INIT_SCRIPT.index(f"acpid -l /{ACPID_LOG_PATH}")
     ready = INIT_SCRIPT.index(f'echo "{READY_MARKER}"')
     assert modules_loaded < acpid < ready
