@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence
 
+from pyhv.runtime_env import vm_env
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_INTERPRETERS = {
     "cpython": REPO_ROOT / ".venv" / "bin" / "python",
@@ -38,6 +40,7 @@ class BenchError(Exception):
 class Vmm(NamedTuple):
     label: str
     argv_prefix: List[str]  # everything but -append
+    env: Optional[Dict[str, str]] = None  # None: this process's environment
 
 
 class WatchedRun(NamedTuple):
@@ -101,7 +104,7 @@ def pyhv_guest_vmm(python: Path, kernel: Path, accel: str) -> Vmm:
         str(python), "-m", "pyhv", "run", "-accel", accel, "-m", "64", "-nographic", "-no-reboot",
         "-device", DEBUG_EXIT_DEVICE, "-kernel", str(kernel),
     ]
-    return Vmm(f"pyhv {accel}, {interpreter_label(python)}", argv)
+    return Vmm(f"pyhv {accel}, {interpreter_label(python)}", argv, vm_env())
 
 
 def qemu_guest_vmm(machine: str, kernel: Path, accel: str) -> Vmm:

@@ -38,6 +38,7 @@ from _vmtiming import (
     DEBUG_EXIT_DEVICE, QEMU_BINARY, BenchError, Vmm, WatchedRun, add_vmm_arguments, chosen_interpreters,
     interpreter_label, watch_run,
 )
+from pyhv.runtime_env import vm_env
 
 MARKER = "PYHV-BOOT-MARKER"
 GUEST_COMMAND = f"echo {MARKER}"
@@ -118,7 +119,7 @@ def with_extra_arguments(files: BootFiles, extra: str) -> BootFiles:
 
 def pyhv_vmm(python: Path, files: BootFiles) -> Vmm:
     argv = [str(python), "-c", PYHV_WRAPPER, "-accel", "tcg"] + _boot_args(files)
-    return Vmm(f"pyhv tcg, {interpreter_label(python)}", argv)
+    return Vmm(f"pyhv tcg, {interpreter_label(python)}", argv, vm_env())
 
 
 def qemu_vmm(machine: str, files: BootFiles, icount: bool = False) -> Vmm:
@@ -145,7 +146,7 @@ def icount_instructions(output: bytes) -> Optional[int]:
 
 def boot_once(vmm: Vmm, files: BootFiles, command: str, timeout_s: float) -> WatchedRun:
     return watch_run(vmm.argv_prefix + ["-append", append_for(files, command)], {"marker": MARKER.encode()},
-                     timeout_s, whole_line=True)
+                     timeout_s, whole_line=True, env=vmm.env)
 
 
 def measure(vmm: Vmm, files: BootFiles, rounds: int, timeout_s: float, command: str = GUEST_COMMAND) -> BootResult:

@@ -57,7 +57,7 @@ def timed_run(vmm: Vmm, exits: int, timeout_s: float) -> Dict[str, float]:
         "pio": b"pio writes: %d" % exits,
         "mmio": b"mmio writes: %d" % exits,
     }
-    run = watch_run(vmm.argv_prefix + ["-append", append], wanted, timeout_s)
+    run = watch_run(vmm.argv_prefix + ["-append", append], wanted, timeout_s, env=vmm.env)
     if run.timed_out:
         raise BenchError(f"{vmm.label}: {append!r} still running after {timeout_s} s")
     if run.status != GUEST_EXIT_OK_STATUS or len(run.marks) != len(wanted):

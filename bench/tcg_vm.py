@@ -110,7 +110,7 @@ def qemu_vmm(machine: str, kernel: Path) -> Vmm:
 def timed_run(vmm: Vmm, iters: int, timeout_s: float) -> Tuple[Dict[str, float], Tuple[int, int]]:
     """One run with `iters`: (seconds each loop took between its lines, the checksums)."""
     append = f"iters={iters}"
-    run = watch_run(vmm.argv_prefix + ["-append", append], MARKS, timeout_s)
+    run = watch_run(vmm.argv_prefix + ["-append", append], MARKS, timeout_s, env=vmm.env)
     if run.timed_out:
         raise BenchError(f"{vmm.label}: {append!r} still running after {timeout_s} s "
                          f"(last line {run.last_line()!r})")

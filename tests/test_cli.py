@@ -165,3 +165,20 @@ def test_bad_software_cpu_settings(guest_path, name, value):
     result = pyhv("run", "-accel", "tcg", "-m", "16", "-no-reboot", "-kernel", str(guest_path("hello")),
                   env={name: value})
     assert_clean_error(result, text)
+
+
+def test_only_pyhv_as_the_program_restarts_for_the_runtime_settings(monkeypatch, capsys) -> None:
+    """`pyhv run` started as a program may restart itself (runtime_env.py); a caller passing
+    argv (a test, an embedding program) is never replaced."""
+    import pyhv.cli as cli
+
+    restarts = []
+    monkeypatch.setattr(cli, "restart_with_vm_env", restarts.append)
+    monkeypatch.setattr(sys, "argv", ["pyhv", "run", "-h"])
+    assert cli.main() == 0
+    assert cli.main(["run", "-h"]) == 0
+    monkeypatch.setattr(sys, "argv", ["pyhv", "guest", "path"])
+    monkeypatch.setitem(cli.COMMANDS, "guest", lambda args: 0)
+    assert cli.main() == 0
+    assert restarts == [["run", "-h"]]
+    capsys.readouterr()

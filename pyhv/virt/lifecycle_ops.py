@@ -11,6 +11,7 @@ from typing import Optional
 
 from .machine_config import to_machine_config
 from .runner import console_paths
+from ..runtime_env import vm_env
 from .state import RUNNER_MODULE, DomainStatus, cleanup_runtime, process_alive, read_status, settle, write_status
 from .store import Store, StoreError
 
@@ -38,7 +39,7 @@ def start(store: Store, name: str) -> DomainStatus:
                     "--runtime-dir", str(store.runtime_dir), "--log-dir", str(store.log_dir),
                     "--id", str(domain_id), name]
             process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                       start_new_session=True, close_fds=True)
+                                       start_new_session=True, close_fds=True, env=vm_env())
         return _wait_started(store, name, process, offset)
 
 
