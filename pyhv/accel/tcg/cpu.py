@@ -76,10 +76,13 @@ except ImportError:  # CPython: a plain call is already the cheapest
 # instructions, bench/tcg_kernel.py) from 112 s to 77-87 s of CPU; 20 or 5 failures were
 # slower again (95 s, 104 s). Most traces are block functions without a loop, so the loop
 # unrolling pass (all of enable_opts but "unroll") mostly costs compile time: 80.9 -> 77.1 s
-# and 73.4 -> 71.9 s, two pairs of runs side by side. PYHV_PYPY_JIT replaces the string
-# (pypyjit.set_param syntax).
+# and 73.4 -> 71.9 s, two pairs of runs side by side. Traces stop at 2,000 operations (not
+# 6,000): the JIT spent 8.2 s of a 46 s boot tracing, and long traces of cold paths were the
+# costliest; pairs of whole boots, trace_limit=2000 against the default: 44.8/46.8 s,
+# 42.6/50.1 s, 44.1/48.3 s; against 1,500: 45.1/50.9 s; 1,000 and 3,000 were no better.
+# PYHV_PYPY_JIT replaces the string (pypyjit.set_param syntax).
 PYPY_JIT_PARAMS = os.environ.get(
-    "PYHV_PYPY_JIT", "function_threshold=100,trace_eagerness=60,"
+    "PYHV_PYPY_JIT", "function_threshold=100,trace_eagerness=60,trace_limit=2000,"
     "enable_opts=intbounds:rewrite:virtualize:string:pure:earlyforce:heap")
 if _call_opaque is not None and PYPY_JIT_PARAMS:
     import pypyjit
