@@ -78,10 +78,10 @@ def boot(budget: int, serial: str, translate_after: int, profiles: List[BlockPro
     outcome = {"stop": "budget"}
     slices = [0]
 
-    def budgeted_slice(max_instructions: int):
+    def budgeted_slice(max_instructions: int, whole_blocks: bool = False):
         # The accelerator's own loop (instruction clock, timers, interrupts) drives the CPU;
         # this stops it at the budget or the console marker.
-        result = run_slice(min(max_instructions, max(1, budget - cpu.instructions_retired)))
+        result = run_slice(min(max_instructions, max(1, budget - cpu.instructions_retired)), whole_blocks)
         slices[0] += 1
         if cpu.instructions_retired >= budget:
             lifecycle.shutdown(0, "bench: instruction budget reached")

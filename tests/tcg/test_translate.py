@@ -700,3 +700,19 @@ def test_cli_at_cpl3_without_iopl_raises_gp_when_translated():
     cpu.run(1000)
     regs = cpu.registers()
     assert regs["r15"] == 13 and regs["rbx"] == 5  # #GP before cli retired
+
+
+@pytest.mark.parametrize("translate_after", [None, 0])
+def test_whole_blocks_finish_the_block_the_budget_ends_in(translate_after):
+    """run(n, whole_blocks=True) never stops inside a block: it stops at the first block
+    boundary at or past n, where run(n) stops at n exactly."""
+    code = assemble("1: inc %rax\ninc %rbx\ninc %rcx\ninc %rdx\njmp 1b")  # blocks of 5
+    for budget in (1, 3, 5, 7, 12):
+        _memory, cpu, result = _run(code, {}, translate_after, budget=budget)
+        assert result.instructions == budget
+        memory, cpu = long_mode_cpu(code, {})
+        cpu.translate_after = translate_after
+        result = cpu.run(budget, whole_blocks=True)
+        assert result.reason == StopReason.BUDGET
+        assert result.instructions == -(-budget // 5) * 5, budget
+        assert cpu.registers()["rip"] == CODE  # at the loop head: a block boundary

@@ -111,9 +111,10 @@ class TcgAccelerator:
                 cpu.interrupt_request = True
             budget = SLICE
             if counting and timers.earliest != NEVER:
-                # On the instruction clock a slice must not run past the next timer.
+                # On the instruction clock a slice ends at the next timer (up to one block
+                # later: a timer that fires a few instructions late is not seen by a guest).
                 budget = min(SLICE, max(1, (timers.earliest - clock.now) // ns_per_insn))
-            result = cpu.run(budget)
+            result = cpu.run(budget, whole_blocks=True)
             self.instructions += result.instructions
             if counting:
                 clock.advance(result.instructions)
