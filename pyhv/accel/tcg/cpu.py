@@ -25,7 +25,7 @@ from . import insns  # noqa: F401  (fills the decoder's table)
 from .bulk import BULK_HANDLERS
 from .decoder import END, Insn, decode
 from .faults import GuestFault, PF
-from .insns.control import call_rel, jmp_rel
+from .insns.control import call_rel, jcc, jmp_rel
 from .interrupts import TripleFault, raise_exception, raise_interrupt
 from .mmu import ACCESS_FETCH, Mmu
 from .state import CS, IF, SS, WRAP64, CpuState, signed64
@@ -33,6 +33,8 @@ from .translate import Translator
 from .translate_insns import EMITTERS
 
 MAX_BLOCK_INSNS = 64
+# Blocks one translated function may cover, joined where a conditional jump falls through.
+SUPERBLOCK_PARTS = 3
 # Writes to a page with blocks that miss them all before the page's blocks are dropped whole.
 CODE_WRITE_MISSES = 64
 # A block is translated after this many interpreted runs. Translating costs about 1 ms
@@ -151,6 +153,11 @@ class Block:
             return
         self.rip0 = rip
         self.next0 = successor
+
+
+def _contiguous(insns: List[Insn]) -> bool:
+    """Whether each instruction follows the one before it in memory (no followed jump)."""
+    return all(insns[k + 1].addr == insns[k].next_rip for k in range(len(insns) - 1))
 
 
 def _widen(spans: Dict[int, Tuple[int, int]], page: int, first: int, end: int) -> None:
@@ -428,6 +435,42 @@ class Cpu:
             keys.append(phys)
         return block
 
+    def _superblock(self, block: Block) -> List[Insn]:
+        """The instructions to translate for ``block``: its own, and, when it ends in a
+        conditional jump, the blocks that follow it when the jump is not taken (up to
+        SUPERBLOCK_PARTS blocks in all), which the translated code leaves early where a jump
+        is taken. Each translated function then runs more instructions per call: on PyPy a
+        call costs as much as several instructions, and kernel blocks are short.
+
+        Only simple cases are joined: blocks on one page, without followed jumps, each already
+        decoded where the previous one falls through. ``block`` takes over their bytes in its
+        spans (a write there drops it too) and their length in ``size`` (the most one call
+        may run)."""
+        insns = block.insns
+        if block.links or len(block.spans) != 1:
+            return insns
+        (page, (first, end)), = block.spans.items()
+        parts = [block]
+        tail = block
+        while len(parts) < SUPERBLOCK_PARTS:
+            last = tail.insns[-1]
+            if last.handler is not jcc or not _contiguous(tail.insns):
+                break
+            phys = tail.phys + (last.next_rip - tail.rip)
+            nxt = self.blocks.get(phys)
+            if (nxt is None or nxt.rip != last.next_rip or nxt.bits != block.bits or nxt.links
+                    or list(nxt.spans) != [page] or phys >> 12 != page
+                    or len(insns) + len(nxt.insns) > MAX_BLOCK_INSNS):
+                break
+            insns = insns + nxt.insns
+            first, end = min(first, nxt.spans[page][0]), max(end, nxt.spans[page][1])
+            parts.append(nxt)
+            tail = nxt
+        if len(parts) > 1:
+            block.spans = {page: (first, end)}
+            block.size = len(insns)
+        return insns
+
     def _links_hold(self, block: Block) -> bool:
         """Whether the pages ``block`` jumped into still map to the code it was built from."""
         mmu = self.mmu
@@ -506,7 +549,7 @@ class Cpu:
                     block = self._build_block(rip, phys)
                 todo = block.insns
                 self.break_block = False
-                if self.inhibit_irq or (len(todo) > budget and not whole_blocks):
+                if self.inhibit_irq or (block.size > budget and not whole_blocks):
                     # The instruction after sti / mov ss, and the tail of the budget, run
                     # interpreted, one instruction at a time.
                     if self.inhibit_irq:
@@ -522,7 +565,7 @@ class Cpu:
                     if fn is None and self.translate_after is not None:
                         block.heat += 1
                         if block.heat > self.translate_after:
-                            fn = block.fn = self.translator.translate(todo, block.bits)
+                            fn = block.fn = self.translator.translate(self._superblock(block), block.bits)
                     if fn is not None:
                         # Translated blocks run back to back, following their chains, until
                         # something needs the checks above.

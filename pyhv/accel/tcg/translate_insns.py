@@ -510,6 +510,13 @@ def jmp_rel(gen: BlockCodegen, i: Insn) -> None:
 
 
 def jcc(gen: BlockCodegen, i: Insn) -> None:
+    if gen.index < len(gen.insns) - 1:
+        # Inside a superblock (Cpu._superblock): leave at the target, else go on.
+        gen.emit(f"if {gen.condition(i.op & 0xF)}:")
+        gen.indent += 1
+        gen.exit(f"{i.imm:#x}", gen.index + 1)
+        gen.indent -= 1
+        return
     gen.emit(f"c = {gen.condition(i.op & 0xF)}")
     _end(gen, f"{i.imm:#x} if c else {i.next_rip:#x}")
 
