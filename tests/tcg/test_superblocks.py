@@ -126,3 +126,12 @@ def test_superblocks_stay_within_the_block_limit():
     assert translated == interpreted and translated[2]["rax"] == 600
     assert all(b.size <= MAX_BLOCK_INSNS for b in cpu.blocks.values())
     assert max(b.size for b in _superblocks(cpu)) == 3 * SUPERBLOCK_PARTS  # blocks of 3
+
+
+def test_blocks_that_followed_a_jump_on_their_page_are_joined_too_at_kernel_addresses():
+    from tests.tcg.test_kernel_half import kernel_half_cpu
+    code = assemble(LOOP.replace("add $2, %rbx", "jmp 5f\n    5: add $2, %rbx"))
+    interpreted = _state(*_run(code, {}, None, builder=kernel_half_cpu))
+    memory, cpu, result = _run(code, {}, 2, builder=kernel_half_cpu)
+    assert _state(memory, cpu, result) == interpreted
+    assert max(b.size for b in _superblocks(cpu)) == 10  # A, B with its jump, C

@@ -157,11 +157,6 @@ class Block:
         self.next0 = successor
 
 
-def _contiguous(insns: List[Insn]) -> bool:
-    """Whether each instruction follows the one before it in memory (no followed jump)."""
-    return all(insns[k + 1].addr == insns[k].next_rip for k in range(len(insns) - 1))
-
-
 def _widen(spans: Dict[int, Tuple[int, int]], page: int, first: int, end: int) -> None:
     """Make ``spans[page]`` cover the offsets [first, end) too."""
     span = spans.get(page)
@@ -444,8 +439,8 @@ class Cpu:
         is taken. Each translated function then runs more instructions per call: on PyPy a
         call costs as much as several instructions, and kernel blocks are short.
 
-        Only simple cases are joined: blocks on one page, without followed jumps, each already
-        decoded where the previous one falls through. ``block`` takes over their bytes in its
+        Only simple cases are joined: blocks on one page (jumps they followed stayed on it),
+        each already decoded where the previous one falls through. ``block`` takes over their bytes in its
         spans (a write there drops it too) and their length in ``size`` (the most one call
         may run)."""
         insns = block.insns
@@ -456,9 +451,12 @@ class Cpu:
         tail = block
         while len(parts) < SUPERBLOCK_PARTS:
             last = tail.insns[-1]
-            if last.handler is not jcc or not _contiguous(tail.insns):
+            fall_through = (block.cs_base + last.next_rip) & MASK64
+            jump_page = ((block.cs_base + last.addr) & MASK64) >> 12
+            if last.handler is not jcc or fall_through >> 12 != jump_page:
                 break
-            phys = tail.phys + (last.next_rip - tail.rip)
+            # All on one page (one span, no links): the fall-through is at its offset there.
+            phys = (page << 12) | (fall_through & 0xFFF)
             nxt = self.blocks.get(phys)
             if (nxt is None or nxt.rip != last.next_rip or nxt.bits != block.bits or nxt.links
                     or list(nxt.spans) != [page] or phys >> 12 != page
