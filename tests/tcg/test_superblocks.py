@@ -51,20 +51,18 @@ def test_a_superblock_runs_through_jumps_not_taken_and_leaves_at_taken_ones():
     assert joined and max(b.size for b in joined) == 9  # A, B and C: 3 instructions each
 
 
-def test_a_write_into_a_joined_block_drops_the_superblock():
-    # B's immediate ("add $2, %rbx") is rewritten to 5 once the loop is hot: a superblock
-    # that kept B's old code would go on adding 2.
-    code = assemble("""
+def _loop_changing_at(round_: int, setup: str, change: str, joined: str) -> bytes:
+    """40 rounds of A (which does ``change`` in round ``round_``), B (``joined`` first) and C."""
+    return assemble(f"""
         mov $40, %rcx
-        lea patch+3(%rip), %rdi
+        {setup}
     1:  add $1, %rax
-        cmp $20, %rax
+        cmp ${round_}, %rax
         jne 4f
-        movb $5, (%rdi)
+        {change}
     4:  cmp $1000, %rax
         je 2f
-    patch:
-        add $2, %rbx
+    {joined}
         test $1, %rax
         jz 3f
         add $3, %rdx
@@ -73,6 +71,12 @@ def test_a_write_into_a_joined_block_drops_the_superblock():
         hlt
     2:  jmp 3b
     """)
+
+
+def test_a_write_into_a_joined_block_drops_the_superblock():
+    # B's immediate ("add $2, %rbx") is rewritten to 5 once the loop is hot: a superblock
+    # that kept B's old code would go on adding 2.
+    code = _loop_changing_at(20, "lea patch+3(%rip), %rdi", "movb $5, (%rdi)", "patch: add $2, %rbx")
     interpreted, translated, cpu = _both(code)
     assert translated == interpreted
     assert translated[2]["rbx"] == 2 * 19 + 5 * 21
@@ -80,24 +84,7 @@ def test_a_write_into_a_joined_block_drops_the_superblock():
 
 def test_a_fault_in_a_joined_block_is_precise():
     # B loads through rsi, which points at unmapped memory from the 30th round on.
-    code = assemble("""
-        mov $40, %rcx
-        mov $0x20000, %rsi
-    1:  add $1, %rax
-        cmp $30, %rax
-        jne 4f
-        mov $0x7000000000, %rsi
-    4:  cmp $1000, %rax
-        je 2f
-        add (%rsi), %rbx
-        test $1, %rax
-        jz 3f
-        add $3, %rdx
-    3:  dec %rcx
-        jnz 1b
-        hlt
-    2:  jmp 3b
-    """)
+    code = _loop_changing_at(30, "mov $0x20000, %rsi", "mov $0x7000000000, %rsi", "add (%rsi), %rbx")
     interpreted, translated, cpu = _both(code, data=bytes([7]) + bytes(7))
     assert translated == interpreted
     assert translated[2]["r15"] == 14 and translated[2]["rbx"] == 7 * 29  # #PF on the 30th load
