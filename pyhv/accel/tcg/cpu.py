@@ -440,9 +440,9 @@ class Cpu:
         call costs as much as several instructions, and kernel blocks are short.
 
         Only simple cases are joined: blocks on one page (jumps they followed stayed on it),
-        each already decoded where the previous one falls through. ``block`` takes over their bytes in its
-        spans (a write there drops it too) and their length in ``size`` (the most one call
-        may run)."""
+        each already decoded where the previous one falls through. ``block`` takes over their
+        bytes in its spans (a write there drops it too) and their length in ``size`` (the
+        most one call may run)."""
         insns = block.insns
         if block.links or len(block.spans) != 1:
             return insns
@@ -459,8 +459,7 @@ class Cpu:
             phys = (page << 12) | (fall_through & 0xFFF)
             nxt = self.blocks.get(phys)
             if (nxt is None or nxt.rip != last.next_rip or nxt.bits != block.bits or nxt.links
-                    or list(nxt.spans) != [page] or phys >> 12 != page
-                    or len(insns) + len(nxt.insns) > MAX_BLOCK_INSNS):
+                    or list(nxt.spans) != [page] or len(insns) + len(nxt.insns) > MAX_BLOCK_INSNS):
                 break
             insns = insns + nxt.insns
             first, end = min(first, nxt.spans[page][0]), max(end, nxt.spans[page][1])
@@ -565,7 +564,8 @@ class Cpu:
                     if fn is None and self.translate_after is not None:
                         block.heat += 1
                         if block.heat > self.translate_after:
-                            fn = block.fn = self.translator.translate(self._superblock(block), block.bits)
+                            fn = block.fn = self.translator.translate(self._superblock(block),
+                                                                      block.bits)
                     if fn is not None:
                         # Translated blocks run back to back, following their chains, until
                         # something needs the checks above.
