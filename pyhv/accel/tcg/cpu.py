@@ -45,13 +45,15 @@ CODE_WRITE_MISSES = 64
 # Debian boot, bench/tcg_kernel.py: 76 s interpreted alone). So PyPy translates only the
 # hottest blocks. Whole boot, pairs of runs side by side (CPU seconds): 400 against 800:
 # 67.0/65.0; 800/1600: 70.4/66.0; 1600/3200: 62.1/58.3; 3200/12,800: 57.6/57.1 (2,000 and
-# 785 blocks translated). CPython, whose interpreter pays for converting registers to
+# 785 blocks translated). With superblocks (below), 6,400: against 3,200: 39.1/41.4 and
+# 39.1/40.8 s; against 1,600: 3,200 won 40.2/44.0 and 40.8/43.7 s; 12,800 and 6,400 were
+# even (40.1/40.4, 38.7/39.1 s). CPython, whose interpreter pays for converting registers to
 # unsigned, keeps 32: 126 s against 133 s with 400, 121.6 s against 120.4 s with 64.
 # PYHV_TCG_TRANSLATE_AFTER overrides it (0: translate at once; "off": never translate),
 # so the whole test suite can run through the translator or the interpreter alone.
 def _translate_after_setting() -> Optional[int]:
     value = os.environ.get("PYHV_TCG_TRANSLATE_AFTER",
-                           "3200" if sys.implementation.name == "pypy" else "32")
+                           "6400" if sys.implementation.name == "pypy" else "32")
     if value == "off":
         return None
     if not value.isdigit():
