@@ -42,7 +42,7 @@ from pyhv.accel.tcg.translate import BlockProfile
 from pyhv.guestimage.default import DEFAULT_CMDLINE, build_default_guest
 from pyhv.machine import Machine
 from pyhv.qemu_args import parse_run_args
-from pyhv.runtime_env import needs_restart, vm_env
+from pyhv.runtime_env import restart_with_vm_env
 
 # The default guest's own command line, as bench/boot.py boots it. (Figures above from before
 # 2026-11-26 used "console=ttyS0 panic=-1 cryptomgr.notests": without quiet and no_timer_check,
@@ -143,9 +143,8 @@ def report(profiles: List[BlockProfile], retired: int, hot: int) -> None:
 
 
 def main() -> None:
-    if needs_restart():
-        # As `pyhv run` runs: with PyPy's GC settings (pyhv/runtime_env.py), read at start-up only.
-        os.execve(sys.executable, [sys.executable] + sys.argv, vm_env())
+    # As `pyhv run` runs: with PyPy's GC settings (pyhv/runtime_env.py), read at start-up only.
+    restart_with_vm_env([sys.executable] + sys.argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--million", type=float, default=20.0, help="guest instructions, in millions")
     parser.add_argument("--serial", default="null", help="the guest console (QEMU -serial syntax)")

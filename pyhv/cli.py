@@ -16,7 +16,7 @@ from .devices.debug_exit import SHUTDOWN_REASON_PREFIX as DEBUG_EXIT_REASON
 from .devices.pvpanic import PANIC_REASON as GUEST_PANIC_REASON
 from .errors import ConfigError, PyhvError, VmFatalError
 from .lifecycle import Reset, Shutdown, StopRequest
-from .runtime_env import restart_with_vm_env
+from .runtime_env import pyhv_argv, restart_with_vm_env
 
 EXIT_ERROR = 1
 # Signals that end the VM; the input threads must not swallow them (see _block_signals).
@@ -177,7 +177,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if argv is None and (args[0] == "run" or args[:2] == ["guest", "run"]):
         # The process is pyhv itself (not a caller passing argv): PyPy's GC settings
         # (runtime_env.py) may need a restart; this returns once they are set.
-        restart_with_vm_env(args)
+        restart_with_vm_env(pyhv_argv(args))
     try:
         return command(args[1:])
     except VmFatalError as err:

@@ -9,7 +9,7 @@ the defaults, 2.1 s of 42.6 s with a 16 MB nursery and major collections at 3x (
 610 -> 667 MB); a 32 MB nursery gained no more, and 128 MB cost 1.1 GB.
 
 ``pyhv run`` and ``pyhv guest run`` on PyPy restart themselves once with these settings
-(:func:`restart_with_vm_env`); processes pyhv starts itself (``virsh start``) get them in
+(:func:`restart_with_vm_env`), and so does bench/tcg_kernel.py; processes pyhv starts itself (``virsh start``) get them in
 their environment (:func:`vm_env`). A setting already in the environment is left alone, so
 a user can choose another. CPython ignores them.
 """
@@ -41,14 +41,15 @@ def needs_restart(environ: Optional[Mapping[str, str]] = None,
     return implementation == "PyPy" and any(name not in environ for name in PYPY_GC_SETTINGS)
 
 
-def restart_argv(args: List[str]) -> List[str]:
-    """This interpreter running ``pyhv ARGS`` again."""
+def pyhv_argv(args: List[str]) -> List[str]:
+    """This interpreter running ``pyhv ARGS``."""
     return [sys.executable, "-m", "pyhv"] + list(args)
 
 
-def restart_with_vm_env(args: List[str]) -> None:
-    """On PyPy without the settings, replace this process by ``pyhv ARGS`` with them; the
-    process keeps its PID and its file descriptors. Returns only when no restart is needed."""
+def restart_with_vm_env(argv: List[str]) -> None:
+    """On PyPy without the settings, replace this process by ``argv`` (an interpreter first)
+    run with them; the process keeps its PID and its file descriptors. Returns only when no
+    restart is needed."""
     if not needs_restart():
         return
     env = vm_env()
@@ -57,4 +58,4 @@ def restart_with_vm_env(args: List[str]) -> None:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH", "")) if p)
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, restart_argv(args), env)
+    os.execve(argv[0], argv, env)

@@ -180,5 +180,5 @@ def test_only_pyhv_as_the_program_restarts_for_the_runtime_settings(monkeypatch,
     monkeypatch.setattr(sys, "argv", ["pyhv", "guest", "path"])
     monkeypatch.setitem(cli.COMMANDS, "guest", lambda args: 0)
     assert cli.main() == 0
-    assert restarts == [["run", "-h"]]
+    assert restarts == [cli.pyhv_argv(["run", "-h"])]
     capsys.readouterr()

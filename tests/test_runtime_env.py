@@ -27,15 +27,14 @@ def test_only_pypy_without_every_setting_restarts() -> None:
 
 
 def test_restart_replaces_the_process_with_the_settings_and_the_same_pyhv(tmp_path: Path) -> None:
-    # The restarted command is swapped for one that reports what it was started with.
+    # The restarted command reports what it was started with.
     child = textwrap.dedent("""
         import os, sys
         from pyhv import runtime_env
         runtime_env.needs_restart = lambda: True
         report = "import os; print(os.getpid(), os.environ['PYPY_GC_NURSERY'], os.environ['PYPY_GC_MAJOR_COLLECT'], os.environ['PYTHONPATH'])"
-        runtime_env.restart_argv = lambda args: [sys.executable, "-c", report]
         print(os.getpid(), flush=True)
-        runtime_env.restart_with_vm_env(["run"])
+        runtime_env.restart_with_vm_env([sys.executable, "-c", report])
         print("not restarted")
     """)
     env = {"PATH": "/usr/bin:/bin", "PYPY_GC_NURSERY": "8MB", "PYTHONPATH": str(Path(pyhv.__file__).parent.parent)}

@@ -8,9 +8,9 @@ the last writable byte. Requests run when the driver kicks, on the machine's I/O
 Given ``workers`` and a thread-safe backend (raw), long reads and writes run on a
 :class:`WorkerPool` in parallel and complete to the used ring in the order they finish,
 as virtio allows (2.7.8); shorter requests, for which a thread hand-off costs more than the
-I/O, run in line, and are published to the used ring in batches (see :func:`publish_batch`). A FLUSH
-(and every other non-data request) waits for the pool to drain first, so it completes only
-after every write submitted before it; a reset waits the same way before the rings go.
+I/O, run in line, and are published to the used ring in batches (:func:`publish_batch`).
+A FLUSH (and every other non-data request) waits for the pool to drain first, so it completes
+only after every write submitted before it; a reset waits the same way before the rings go.
 
 Guest mistakes that break the protocol (no header, no status byte) put the device in
 NEEDS_RESET; requests that are well-formed but wrong (past the end, a write to a read-only
