@@ -87,8 +87,10 @@ if [ -r "$modules/modules.alias.sh" ]; then
     for pass in 1 2 3 4 5; do
         wanted=
         for file in /sys/bus/*/devices/*/modalias /sys/class/input/*/modalias; do
+            # A pattern that matched nothing stays as it is: skip it.
+            [ -r "$file" ] || continue
             [ -e "${file%/modalias}/driver" ] && continue
-            read -r device < "$file" 2>/dev/null || continue
+            read -r device < "$file" || continue
             module_for "$device"
             [ -n "$module" ] || continue
             case "$loaded$wanted " in
