@@ -449,9 +449,9 @@ class Cpu:
         if block.links or len(block.spans) != 1:
             return insns
         (page, (first, end)), = block.spans.items()
-        parts = [block]
+        parts = 1
         tail = block
-        while len(parts) < SUPERBLOCK_PARTS:
+        while parts < SUPERBLOCK_PARTS:
             last = tail.insns[-1]
             fall_through = (block.cs_base + last.next_rip) & MASK64
             jump_page = ((block.cs_base + last.addr) & MASK64) >> 12
@@ -465,9 +465,9 @@ class Cpu:
                 break
             insns = insns + nxt.insns
             first, end = min(first, nxt.spans[page][0]), max(end, nxt.spans[page][1])
-            parts.append(nxt)
+            parts += 1
             tail = nxt
-        if len(parts) > 1:
+        if parts > 1:
             block.spans = {page: (first, end)}
             block.size = len(insns)
         return insns
