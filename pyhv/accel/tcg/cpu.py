@@ -29,14 +29,19 @@ from .insns.control import call_rel, jcc, jmp_rel
 from .interrupts import TripleFault, raise_exception, raise_interrupt
 from .mmu import ACCESS_FETCH, Mmu
 from .state import CS, IF, SS, WRAP64, CpuState, signed64
-from .translate import Translator
+from .translate import Translator, successors
 from .translate_insns import EMITTERS
 
 MAX_BLOCK_INSNS = 64
-# Blocks one translated function may cover, joined where a conditional jump falls through.
-# Whole Debian boot on PyPy, pairs side by side: 5 against 3: 39.4/40.1 s, 47.0/48.5 s;
-# 8 against 5: 48.6/49.8 s, 48.8/47.5 s.
-SUPERBLOCK_PARTS = 5
+# What one translated function may cover (Cpu._region): blocks joined where a conditional
+# jump falls through (whole Debian boot on PyPy, pairs side by side: 5 against 3: 39.4/40.1 s,
+# 47.0/48.5 s; 8 against 5: 48.6/49.8 s, 48.8/47.5 s), and then the blocks of the loops it is
+# in that ran at least 1/LOOP_PART_SHARE as often as a block before it is translated, up to
+# REGION_PARTS blocks and REGION_INSNS instructions in all.
+FALL_THROUGH_PARTS = 5
+LOOP_PART_SHARE = 8
+REGION_PARTS = 24
+REGION_INSNS = 256
 # Writes to a page with blocks that miss them all before the page's blocks are dropped whole.
 CODE_WRITE_MISSES = 64
 # A block is translated after this many interpreted runs. Translating costs about 1 ms
@@ -121,7 +126,7 @@ class Block:
     """A decoded basic block; ``fn`` is its translated function once it ran ``heat`` times."""
 
     __slots__ = ("phys", "rip", "bits", "cs_base", "insns", "spans", "fn", "heat", "size",
-                 "epoch", "rip0", "next0", "rip1", "next1", "links", "links_epoch")
+                 "parts", "epoch", "rip0", "next0", "rip1", "next1", "links", "links_epoch")
 
     def __init__(self, phys: int, rip: int, bits: int, cs_base: int, insns: List[Insn],
                  spans: Dict[int, Tuple[int, int]]) -> None:
@@ -136,6 +141,7 @@ class Block:
         self.fn: Optional[Callable[..., int]] = None
         self.heat = 0
         self.size = len(insns)
+        self.parts = 1  # the blocks its translation covers (see Cpu._region)
         # (virtual page, physical page base) of each page a direct jump or call led into.
         self.links: Tuple[Tuple[int, int], ...] = ()
         self.links_epoch = -1  # the MMU epoch in which ``links`` were last found to hold
@@ -344,6 +350,7 @@ class Cpu:
         bits = self.bits
         cs_base = s.segs[CS].base if bits != 64 else 0
         linear = (cs_base + rip) & MASK64
+        start_page = linear >> 12
         page_left = 0x1000 - (linear & 0xFFF)
         code = self.mmu.phys_bytes(phys, page_left)
         if code is None:
@@ -417,7 +424,9 @@ class Cpu:
                 extended = False
                 start, cur = (insn.imm - pos) & ipmask, insn.imm
                 linear = target_linear - pos
-                links.append((signed64(target_linear) >> 12, target_phys & ~0xFFF))
+                if target_linear >> 12 != start_page:
+                    # The lookup that found this block checked its first page's translation.
+                    links.append((signed64(target_linear) >> 12, target_phys & ~0xFFF))
                 continue
             if insn.spec.flags & END or insn.handler is None:
                 break
@@ -434,43 +443,88 @@ class Cpu:
             keys.append(phys)
         return block
 
-    def _superblock(self, block: Block) -> List[Insn]:
-        """The instructions to translate for ``block``: its own, and, when it ends in a
-        conditional jump, the blocks that follow it when the jump is not taken (up to
-        SUPERBLOCK_PARTS blocks in all), which the translated code leaves early where a jump
-        is taken. Each translated function then runs more instructions per call: on PyPy a
-        call costs as much as several instructions, and kernel blocks are short.
+    def _region(self, block: Block) -> List[List[Insn]]:
+        """The parts to translate for ``block`` (see Translator.translate_region).
 
-        Only simple cases are joined: blocks on one page (jumps they followed stayed on it),
-        each already decoded where the previous one falls through. ``block`` takes over their
-        bytes in its spans (a write there drops it too) and their length in ``size`` (the
-        most one call may run)."""
-        insns = block.insns
+        The first part is ``block`` with the blocks it falls through to where its conditional
+        jumps are not taken (up to FALL_THROUGH_PARTS blocks, MAX_BLOCK_INSNS instructions):
+        one straight run of code that leaves where a jump is taken. The other parts are the
+        blocks of the loops ``block`` is in, so that a loop goes round inside the function.
+        Those must have run 1/LOOP_PART_SHARE as many times as a block before it is
+        translated (cold paths would cost translating and compiling for nothing);
+        REGION_PARTS blocks and REGION_INSNS instructions at most.
+
+        Only blocks already decoded, on the page of ``block``, each on that page alone (no
+        jump they followed left it). ``block`` takes over their bytes in its spans, so that a
+        write to any of them drops it too, and the first part's length in ``size``, the most
+        one call runs before it checks the budget."""
         if block.links or len(block.spans) != 1:
-            return insns
+            return [block.insns]
         (page, (first, end)), = block.spans.items()
-        parts = 1
+        linear_page = ((block.cs_base + block.rip) & MASK64) >> 12
+
+        def part_at(rip: int, heat: int) -> Optional[Block]:
+            linear = (block.cs_base + rip) & MASK64
+            if linear >> 12 != linear_page:
+                return None
+            part = self.blocks.get((page << 12) | (linear & 0xFFF))
+            if (part is None or part.rip != rip or part.bits != block.bits
+                    or part.cs_base != block.cs_base or part.links
+                    or list(part.spans) != [page] or part.heat < heat):
+                return None
+            return part
+
+        insns = block.insns
         tail = block
-        while parts < SUPERBLOCK_PARTS:
+        for _ in range(FALL_THROUGH_PARTS - 1):
             last = tail.insns[-1]
-            fall_through = (block.cs_base + last.next_rip) & MASK64
-            jump_page = ((block.cs_base + last.addr) & MASK64) >> 12
-            if last.handler is not jcc or fall_through >> 12 != jump_page:
+            tail = part_at(last.next_rip, 0) if last.handler is jcc else None
+            if tail is None or len(insns) + len(tail.insns) > MAX_BLOCK_INSNS:
                 break
-            # All on one page (one span, no links): the fall-through is at its offset there.
-            phys = (page << 12) | (fall_through & 0xFFF)
-            nxt = self.blocks.get(phys)
-            if (nxt is None or nxt.rip != last.next_rip or nxt.bits != block.bits or nxt.links
-                    or list(nxt.spans) != [page] or len(insns) + len(nxt.insns) > MAX_BLOCK_INSNS):
-                break
-            insns = insns + nxt.insns
-            first, end = min(first, nxt.spans[page][0]), max(end, nxt.spans[page][1])
-            parts += 1
-            tail = nxt
-        if parts > 1:
-            block.spans = {page: (first, end)}
-            block.size = len(insns)
-        return insns
+            insns = insns + tail.insns
+            first, end = min(first, tail.spans[page][0]), max(end, tail.spans[page][1])
+        parts = [insns]
+        block.size = total = len(insns)
+
+        # The warm blocks reachable from ``block`` on its page, and the edges between them.
+        heat = (self.translate_after or 0) // LOOP_PART_SHARE
+        found: Dict[int, Block] = {block.rip: block}
+        edges: Dict[int, List[int]] = {}
+        todo = collections.deque([block])
+        while todo and len(found) < 4 * REGION_PARTS:
+            part = todo.popleft()
+            edges[part.rip] = targets = []
+            for rip in successors(part.insns):
+                nxt = found.get(rip) or part_at(rip, heat)
+                if nxt is None:
+                    continue
+                targets.append(rip)
+                if rip not in found:
+                    found[rip] = nxt
+                    todo.append(nxt)
+        # Those from which ``block`` can be reached again: the loops it is in.
+        into: Dict[int, List[int]] = {}
+        for rip, targets in edges.items():
+            for target in targets:
+                into.setdefault(target, []).append(rip)
+        looping = {block.rip}
+        todo_rips = [block.rip]
+        while todo_rips:
+            for rip in into.get(todo_rips.pop(), ()):
+                if rip not in looping:
+                    looping.add(rip)
+                    todo_rips.append(rip)
+        looping.discard(block.rip)
+        for rip in sorted(looping, key=lambda rip: rip - block.rip):
+            part = found[rip]
+            if len(parts) == REGION_PARTS or total + len(part.insns) > REGION_INSNS:
+                continue
+            parts.append(part.insns)
+            total += len(part.insns)
+            first, end = min(first, part.spans[page][0]), max(end, part.spans[page][1])
+        block.spans = {page: (first, end)}
+        block.parts = len(parts)
+        return parts
 
     def _links_hold(self, block: Block) -> bool:
         """Whether the pages ``block`` jumped into still map to the code it was built from."""
@@ -566,8 +620,8 @@ class Cpu:
                     if fn is None and self.translate_after is not None:
                         block.heat += 1
                         if block.heat > self.translate_after:
-                            fn = block.fn = self.translator.translate(self._superblock(block),
-                                                                      block.bits)
+                            fn = block.fn = self.translator.translate_region(
+                                self._region(block), block.bits)
                     if fn is not None:
                         # Translated blocks run back to back, following their chains, until
                         # something needs the checks above.
@@ -577,9 +631,9 @@ class Cpu:
                         jump_cache[rip] = block
                         while True:
                             if call_opaque is None:
-                                executed += fn(self, s)
+                                executed += fn(self, s, max_instructions - executed)
                             else:
-                                executed += call_opaque(fn, self, s)
+                                executed += call_opaque(fn, self, s, max_instructions - executed)
                             # A pending interrupt matters only once IF allows it: the early
                             # boot and every irqsave section run with one pending and IF clear,
                             # and must keep following the chains. Whatever sets IF (sti, popf,

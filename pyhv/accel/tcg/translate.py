@@ -36,14 +36,15 @@ import re
 import struct
 import time
 import types
-from typing import Callable, Dict, List, Optional, Set
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
-from .decoder import Insn
+from .decoder import END, Insn
 from .faults import GuestFault
 from .flags import (CC_ADC, CC_ADD, CC_DEC, CC_EAGER, CC_INC, CC_LOGIC, CC_SBB, CC_SUB, PARITY,
                     condition, get_cf, materialize)
+from .insns.control import call_rel, jcc, jmp_rel
 from .insns.rmw import read_for_update
-from .state import ARITH_FLAGS, GPR_NAMES, signed64
+from .state import ARITH_FLAGS, GPR_NAMES, IF, signed64
 
 try:  # PyPy: machine-word arithmetic that wraps instead of growing a long integer
     from __pypy__ import intop as _intop
@@ -67,6 +68,26 @@ def _constant(source: str) -> Optional[int]:
         return int(source, 0)
     except ValueError:
         return None
+
+
+def successors(insns: List[Insn]) -> Tuple[int, ...]:
+    """The RIPs a block may go on at that its code names: a direct jump's target, and where
+    it falls through (a conditional jump not taken, a block cut at its length limit)."""
+    last = insns[-1]
+    if last.handler is jcc:
+        return (last.imm, last.next_rip)
+    if last.handler is jmp_rel or last.handler is call_rel:
+        return (last.imm,)
+    if last.spec.flags & END or last.handler is None:
+        return ()
+    return (last.next_rip,)
+
+
+def _jump_targets(insns: List[Insn]) -> Set[int]:
+    """The RIPs the direct jumps in ``insns`` and the last one's fall-through lead to."""
+    targets = {insn.imm for insn in insns if insn.handler in (jcc, jmp_rel, call_rel)}
+    targets.update(successors(insns))
+    return targets
 
 
 class Untranslatable(Exception):
@@ -101,10 +122,18 @@ class FlagSource:
 class BlockCodegen:
     """Builds the source of one block function; instruction translators call its methods."""
 
-    def __init__(self, insns: List[Insn], bits: int, low_limit: int) -> None:
+    def __init__(self, insns: List[Insn], bits: int, low_limit: int,
+                 labels: Optional[Dict[int, int]] = None,
+                 part_sizes: Tuple[int, ...] = ()) -> None:
         self.insns = insns
         self.bits = bits
         self.low_limit = low_limit
+        # A region (see Translator.translate_region): the RIP of each part's first instruction
+        # -> its label, and each part's length. Empty: one block, translated as it is.
+        self.labels = labels or {}
+        self.part_sizes = part_sizes
+        self.part_start = 0  # the index in ``insns`` of the current part's first instruction
+        self.part_last = len(insns) - 1  # and of its last one
         self.lines: List[str] = []
         self.indent = 2
         self.used: Set[int] = set()
@@ -508,20 +537,53 @@ class BlockCodegen:
     # --- exits ------------------------------------------------------------------------
     def sync_out(self) -> None:
         """Store the dirty registers and the lazy flags to CpuState."""
-        for r in sorted(self.dirty):
-            self.emit(f"regs[{r}] = r{r}")
+        if self.labels:
+            self.emit("#STORE")  # a part does not know which registers the parts before wrote
+        else:
+            for r in sorted(self.dirty):
+                self.emit(f"regs[{r}] = r{r}")
         for line in self.flag_writeback(self.flags):
             self.emit(line)
+
+    def retired(self, count: int) -> str:
+        """Expression: the instructions retired by this call when ``count`` of ``insns`` ran
+        (in a region, those of the current part, after ``ndone`` retired by the parts before)."""
+        if not self.labels:
+            return str(count)
+        return f"ndone + {count - self.part_start}"
 
     def exit(self, rip: str, retired: int) -> None:
         self.sync_out()
         self.emit(f"s.rip = {rip}")
-        self.emit(f"return {retired}")
+        self.emit(f"return {self.retired(retired)}")
+
+    def jump(self, rip: int, retired: int) -> None:
+        """Go on at the constant ``rip`` after ``retired`` of ``insns``: at its part's label
+        when the region holds it (unless the budget, an exit request or an interrupt that
+        RFLAGS.IF lets in says to leave), else leave the function."""
+        label = self.labels.get(rip)
+        if label is None:
+            self.exit(f"{rip:#x}", retired)
+            return
+        flags = self.flags
+        # Each part begins with the flags in CpuState: its incoming paths left different ones.
+        for line in self.flag_writeback(flags):
+            self.emit(line)
+        self.flags = None
+        self.emit(f"ndone += {retired - self.part_start}")
+        self.emit(f"if ndone > budget - {self.part_sizes[label]} or cpu.exit_request or "
+                  f"(cpu.interrupt_request and s.rflags & {IF:#x}):")
+        self.emit("    #STORE")
+        self.emit(f"    s.rip = {rip:#x}")
+        self.emit("    return ndone")
+        self.emit(f"lab = {label}")
+        self.emit("continue")
+        self.flags = flags
 
 
 def _source(gen: BlockCodegen, body: List[str]) -> str:
     """Wrap the body with the prologue (locals loaded) and the precise-fault handler."""
-    head = ["def block(cpu, s):", "    regs = s.regs"]
+    head = ["def block(cpu, s, budget):", "    regs = s.regs"]
     load = []
     if gen.uses_memory:
         load.append("brk = False")  # mmu, low, R and W are the block's globals
@@ -532,17 +594,24 @@ def _source(gen: BlockCodegen, body: List[str]) -> str:
     load += [f"r{r} = regs[{r}]" for r in sorted(gen.used)]
     out = head + ["    " + line for line in load]
     out.append("    pc = 0")
+    if gen.labels:
+        out += ["    ndone = 0", "    lab = 0"]
+    store = [f"regs[{r}] = r{r}" for r in sorted(gen.ever_dirty)]
     out.append("    try:")
     for line in body:
-        if line.strip() == "#RELOAD":
+        mark = line.strip()
+        if mark == "#RELOAD" or mark == "#STORE":
             pad = line[:len(line) - len(line.lstrip())]
-            out += [pad + line2 for line2 in load]
+            out += [pad + line2 for line2 in (load if mark == "#RELOAD" else store)]
         else:
             out.append(line)
+    # In a region, ndone: the instructions the parts before retired; OFF: each one's place in
+    # its part.
+    before = "ndone + OFF[k]" if gen.labels else "k"
     out.append("    except GuestFault as fault:")
     out.append("        if pc < 0:")
     out.append("            k = -1 - pc")
-    out.append("            cpu.fault_retired = k + 1 if fault.trap else k")
+    out.append(f"            cpu.fault_retired = {before} + 1 if fault.trap else {before}")
     out.append("            if not fault.trap:")
     out.append("                s.rip = ADDR[k]")
     out.append("            raise")
@@ -558,7 +627,7 @@ def _source(gen: BlockCodegen, body: List[str]) -> str:
         out.append(f"        if {cond}:")
         out += ["            " + line for line in gen.flag_writeback(sources[index])]
     out.append("        s.rip = ADDR[pc]")
-    out.append("        cpu.fault_retired = pc")
+    out.append(f"        cpu.fault_retired = {'ndone + OFF[pc]' if gen.labels else 'pc'}")
     out.append("        raise")
     return "\n".join(out) + "\n"
 
@@ -625,43 +694,50 @@ class Translator:
         self.profiles: Optional[List[BlockProfile]] = None
 
     def translate(self, insns: List[Insn], bits: int) -> BlockFunction:
+        """Translate one block."""
+        return self.translate_region([insns], bits)
+
+    def translate_region(self, parts: Sequence[List[Insn]], bits: int) -> BlockFunction:
+        """Translate blocks that jump to one another into one function entered at the first.
+
+        A jump to a part's first instruction goes on at that part inside the function, in a
+        loop over the parts (``lab``: the part to run), so a loop in the guest is a loop in
+        Python, which PyPy's JIT compiles as one: a call among thousands of block functions
+        costs about 0.3 us there, as much as fifteen translated instructions. Registers stay in
+        locals from part to part; each part begins with the flags in CpuState. Before each
+        jump the function checks what the run loop checks between blocks (``budget``: the
+        most instructions it may retire; an exit request; an interrupt RFLAGS.IF lets in)."""
         started = time.perf_counter()
-        gen = BlockCodegen(insns, bits, self.low_limit)
+        insns = [insn for part in parts for insn in part]
+        labels = {part[0].addr: label for label, part in enumerate(parts)}
+        if not any(target in labels for target in _jump_targets(insns)):
+            labels = {}  # straight code: no loop in Python either
+        gen = BlockCodegen(insns, bits, self.low_limit, labels,
+                           tuple(len(part) for part in parts))
         if self.profiles is not None:
             profile = BlockProfile(insns)
             self.profiles.append(profile)
             gen.emit(f"{gen.const('PROFILE', profile)}.runs += 1")
-        last = len(insns) - 1
-        for k, insn in enumerate(insns):
-            gen.index = k
-            gen.wrote_slow = False
-            emitter = self.emitters.get(insn.handler)
-            mark = len(gen.lines)
-            saved = (set(gen.dirty), set(gen.ever_dirty), gen.flags, dict(gen.fault_sources),
-                     set(gen.used), gen.uses_memory, gen.uses_stack, set(gen.segs_used))
-            if emitter is not None:
-                try:
-                    emitter(gen, insn)
-                except Untranslatable:
-                    del gen.lines[mark:]
-                    (gen.dirty, gen.ever_dirty, gen.flags, gen.fault_sources, gen.used,
-                     gen.uses_memory, gen.uses_stack, gen.segs_used) = saved
-                    emitter = None
-            if emitter is None:
-                self._fallback(gen, insn, k, last)
-                if self.profiles is not None:
-                    profile.fallbacks.append(insn)
-                continue
-            if gen.ended:
-                break
-            if gen.wrote_slow:
-                gen.emit("if brk:")
+        if labels:
+            gen.emit("while True:")
+            gen.indent += 1
+        first = 0
+        for label, part in enumerate(parts):
+            gen.part_start, gen.part_last = first, first + len(part) - 1
+            if labels:
+                gen.emit(f"{'if' if label == 0 else 'elif'} lab == {label}:")
                 gen.indent += 1
-                gen.exit(f"{insn.next_rip:#x}", k + 1)
+                gen.emit(f"pc = {first}")
+                gen.flags = None
+                gen.dirty = set()
+                gen.ended = False
+            self._translate_part(gen, part, first, profile if self.profiles is not None else None)
+            if labels:
                 gen.indent -= 1
-        if not gen.ended:
-            gen.exit(f"{insns[last].next_rip:#x}", last + 1)
+            first += len(part)
         gen.consts["ADDR"] = tuple(insn.addr for insn in insns)
+        if labels:
+            gen.consts["OFF"] = tuple(k for part in parts for k in range(len(part)))
         source = _prune_flag_locals(_source(gen, gen.lines))
         # A module's dict, not a plain one: PyPy's JIT folds a global read from a module
         # dict into a constant, but looks each one up by name in a plain dict, which cost
@@ -679,6 +755,40 @@ class Translator:
             self.last_source = source
         return namespace["block"]  # type: ignore[return-value]
 
+    def _translate_part(self, gen: BlockCodegen, part: List[Insn], first: int,
+                        profile: Optional[BlockProfile]) -> None:
+        last = first + len(part) - 1
+        for k, insn in enumerate(part, first):
+            gen.index = k
+            gen.wrote_slow = False
+            emitter = self.emitters.get(insn.handler)
+            mark = len(gen.lines)
+            saved = (set(gen.dirty), set(gen.ever_dirty), gen.flags, dict(gen.fault_sources),
+                     set(gen.used), gen.uses_memory, gen.uses_stack, set(gen.segs_used))
+            if emitter is not None:
+                try:
+                    emitter(gen, insn)
+                except Untranslatable:
+                    del gen.lines[mark:]
+                    (gen.dirty, gen.ever_dirty, gen.flags, gen.fault_sources, gen.used,
+                     gen.uses_memory, gen.uses_stack, gen.segs_used) = saved
+                    emitter = None
+            if emitter is None:
+                self._fallback(gen, insn, k, last)
+                if profile is not None:
+                    profile.fallbacks.append(insn)
+                if gen.ended:
+                    return
+                continue
+            if gen.ended:
+                return
+            if gen.wrote_slow:
+                gen.emit("if brk:")
+                gen.indent += 1
+                gen.exit(f"{insn.next_rip:#x}", k + 1)
+                gen.indent -= 1
+        gen.jump(part[-1].next_rip, last + 1)
+
     @staticmethod
     def _fallback(gen: BlockCodegen, insn: Insn, k: int, last: int) -> None:
         """Run ``insn`` through its interpreter handler with CpuState in sync."""
@@ -691,9 +801,9 @@ class Translator:
         gen.dirty = set()
         gen.flags = None
         if k == last:
-            gen.emit(f"return {k + 1}")
+            gen.emit(f"return {gen.retired(k + 1)}")
             gen.ended = True
             return
         gen.emit("if cpu.break_block:")
-        gen.emit(f"    return {k + 1}")
+        gen.emit(f"    return {gen.retired(k + 1)}")
         gen.emit("#RELOAD")

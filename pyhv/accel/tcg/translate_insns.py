@@ -503,29 +503,31 @@ def _end(gen: BlockCodegen, rip: str) -> None:
     gen.ended = True
 
 
+def _jump(gen: BlockCodegen, rip: int) -> None:
+    gen.jump(rip, gen.index + 1)
+    gen.ended = True
+
+
 def jmp_rel(gen: BlockCodegen, i: Insn) -> None:
-    if gen.index < len(gen.insns) - 1:
+    if gen.index < gen.part_last:
         return  # the block goes on at the target (see Cpu._build_block)
-    _end(gen, f"{i.imm:#x}")
+    _jump(gen, i.imm)
 
 
 def jcc(gen: BlockCodegen, i: Insn) -> None:
-    if gen.index < len(gen.insns) - 1:
-        # Inside a superblock (Cpu._superblock): leave at the target, else go on.
-        gen.emit(f"if {gen.condition(i.op & 0xF)}:")
-        gen.indent += 1
-        gen.exit(f"{i.imm:#x}", gen.index + 1)
-        gen.indent -= 1
-        return
-    gen.emit(f"c = {gen.condition(i.op & 0xF)}")
-    _end(gen, f"{i.imm:#x} if c else {i.next_rip:#x}")
+    gen.emit(f"if {gen.condition(i.op & 0xF)}:")
+    gen.indent += 1
+    gen.jump(i.imm, gen.index + 1)
+    gen.indent -= 1
+    if gen.index == gen.part_last:
+        _jump(gen, i.next_rip)
 
 
 def call_rel(gen: BlockCodegen, i: Insn) -> None:
     gen.push(i.opsize, gen.imm(i.next_rip, i.opsize))
-    if gen.index < len(gen.insns) - 1:
+    if gen.index < gen.part_last:
         return  # the block goes on at the target (see Cpu._build_block)
-    _end(gen, f"{i.imm:#x}")
+    _jump(gen, i.imm)
 
 
 def jmp_rm(gen: BlockCodegen, i: Insn) -> None:
