@@ -515,11 +515,17 @@ def jmp_rel(gen: BlockCodegen, i: Insn) -> None:
 
 
 def jcc(gen: BlockCodegen, i: Insn) -> None:
+    last = gen.index == gen.part_last
+    if last and i.imm not in gen.labels and i.next_rip not in gen.labels:
+        # Both ways leave the function: one exit, half the source to generate and compile.
+        gen.emit(f"c = {gen.condition(i.op & 0xF)}")
+        _end(gen, f"{i.imm:#x} if c else {i.next_rip:#x}")
+        return
     gen.emit(f"if {gen.condition(i.op & 0xF)}:")
     gen.indent += 1
     gen.jump(i.imm, gen.index + 1)
     gen.indent -= 1
-    if gen.index == gen.part_last:
+    if last:
         _jump(gen, i.next_rip)
 
 
