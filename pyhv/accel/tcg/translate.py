@@ -84,8 +84,10 @@ def successors(insns: List[Insn]) -> Tuple[int, ...]:
 
 
 def _jump_targets(insns: List[Insn]) -> Set[int]:
-    """The RIPs the direct jumps in ``insns`` and the last one's fall-through lead to."""
-    targets = {insn.imm for insn in insns if insn.handler in (jcc, jmp_rel, call_rel)}
+    """The RIPs translated code may leave ``insns`` for: a conditional jump's target (inside a
+    superblock too), and the last instruction's successors. (A direct jmp or call before the
+    end is no exit: the block goes on at its target.)"""
+    targets = {insn.imm for insn in insns if insn.handler is jcc}
     targets.update(successors(insns))
     return targets
 
@@ -714,6 +716,7 @@ class Translator:
             labels = {}  # straight code: no loop in Python either
         gen = BlockCodegen(insns, bits, self.low_limit, labels,
                            tuple(len(part) for part in parts))
+        profile: Optional[BlockProfile] = None
         if self.profiles is not None:
             profile = BlockProfile(insns)
             self.profiles.append(profile)
@@ -731,7 +734,7 @@ class Translator:
                 gen.flags = None
                 gen.dirty = set()
                 gen.ended = False
-            self._translate_part(gen, part, first, profile if self.profiles is not None else None)
+            self._translate_part(gen, part, first, profile)
             if labels:
                 gen.indent -= 1
             first += len(part)
