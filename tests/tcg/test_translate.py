@@ -392,6 +392,43 @@ def test_every_condition_after_every_flag_setter(setter):
     assert runs[0] == runs[None]
 
 
+@pytest.mark.parametrize("setter", _SETTER_FORMS)
+def test_a_rotate_keeps_the_other_flags_of_every_setter(setter):
+    # ror changes CF and OF only: SF/ZF/AF/PF are the setter's, which the translator
+    # computes in line from the setter's operands (adc/sbb through CpuState).
+    code = assemble(f"{setter}\nror $3, %rax\npushfq\npopq (%rbp)\nhlt")
+    runs = {}
+    for translate_after in (None, 0):
+        memory, cpu = long_mode_cpu(code)
+        cpu.translate_after = translate_after
+        out = []
+        for a in _EDGES:
+            for b in _EDGES:
+                cpu.set_registers({"rip": CODE, "rcx": a, "rdx": b, "rax": a ^ b, "rbp": DATA,
+                                   "rflags": 0x202})
+                assert cpu.run(100).reason == StopReason.HLT
+                out.append(memory.read(DATA, 8))
+        runs[translate_after] = out
+    assert runs[0] == runs[None]
+
+
+@pytest.mark.parametrize("setter, in_line", [("add %rcx, %rdx", True), ("subl %ecx, %edx", True),
+                                             ("xor %cl, %dl", True), ("incw %dx", True),
+                                             ("adc %rcx, %rdx", False)])
+def test_flags_before_a_rotate_need_no_call(setter, in_line):
+    memory, cpu = long_mode_cpu(assemble(f"{setter}\nrol $5, %rax\nhlt"))
+    translator = Translator(cpu.mmu, EMITTERS)
+    translator.keep_source = True
+    from pyhv.accel.tcg.decoder import decode
+    code = memory.read(CODE, 16)
+    insns, pos = [], 0
+    for _ in range(2):
+        insns.append(decode(code, pos, CODE + pos, 64))
+        pos += insns[-1].length
+    translator.translate(insns, 64)
+    assert ("materialize(s)" not in translator.last_source) == in_line
+
+
 @pytest.mark.parametrize("setter", _SETTER_FORMS[::3] + ["stc", "clc\nstd", "rol $1, %rdx"])
 def test_pushf_after_a_flag_setter(setter):
     # pushf makes the translator build all of RFLAGS from whatever lazy state it holds.
