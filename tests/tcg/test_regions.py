@@ -174,4 +174,8 @@ def test_an_interrupt_stops_a_region_looping_with_if_set():
         watchdog.cancel()
     assert result.reason == StopReason.HLT
     assert cpu.registers()["r15"] == 0x44
-    assert cpu.registers()["rbx"] == cpu.registers()["rax"] // 8
+    # Precise state: rbx counts the multiples of 8 rax passed, less one if the interrupt came
+    # in between the two incs (where the first block ends when its fall-through was not yet
+    # decoded as it was translated).
+    rax, rbx = cpu.registers()["rax"], cpu.registers()["rbx"]
+    assert rbx == rax // 8 or (rax % 8 == 0 and rbx == rax // 8 - 1)

@@ -429,6 +429,24 @@ def test_flags_before_a_rotate_need_no_call(setter, in_line):
     assert ("materialize(s)" not in translator.last_source) == in_line
 
 
+@pytest.mark.parametrize("setter", ["addl %ecx, %edx", "cmpl $5, %edx", "test %cl, %dl", "decw %dx"])
+def test_setcc_and_cmovcc_after_a_setter_need_no_test(setter):
+    # PyPy's JIT makes a test a guard, and on random data (bignum carries) a bridge: the
+    # condition is computed as a bit instead (adc/sbb sources keep the test).
+    memory, cpu = long_mode_cpu(assemble(f"{setter}\nsetb %al\ncmovl %rcx, %rbx\nsetnp %ah\nhlt"))
+    translator = Translator(cpu.mmu, EMITTERS)
+    translator.keep_source = True
+    from pyhv.accel.tcg.decoder import decode
+    code = memory.read(CODE, 32)
+    insns, pos = [], 0
+    for _ in range(4):
+        insns.append(decode(code, pos, CODE + pos, 64))
+        pos += insns[-1].length
+    translator.translate(insns, 64)
+    body = translator.last_source.split("except GuestFault")[0]
+    assert " if " not in body
+
+
 @pytest.mark.parametrize("setter", _SETTER_FORMS[::3] + ["stc", "clc\nstd", "rol $1, %rdx"])
 def test_pushf_after_a_flag_setter(setter):
     # pushf makes the translator build all of RFLAGS from whatever lazy state it holds.

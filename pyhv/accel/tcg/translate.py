@@ -454,14 +454,8 @@ class BlockCodegen:
         if src is None:
             return "get_cf(s)"
         k, size = src.index, src.size
-        if src.op == CC_ADD:
-            return f"(1 if {self.below(f'fr{k}', f'fa{k}', size)} else 0)"
-        if src.op == CC_SUB:
-            return f"(1 if {self.below(f'fa{k}', f'fb{k}', size)} else 0)"
-        if src.op == CC_LOGIC:
-            return "0"
-        if src.op == CC_EAGER:
-            return f"(fl{k} & 1)"
+        if src.op in (CC_ADD, CC_SUB, CC_LOGIC, CC_EAGER):
+            return self._flag_bits(src)["c"]
         if src.op == CC_ADC:
             return (f"(1 if {self.below(f'fr{k}', f'fa{k}', size)} or (fc{k} and fr{k} == fa{k})"
                     " else 0)")
@@ -499,32 +493,64 @@ class BlockCodegen:
     # blake2s_compress_generic's translated blocks ran at about 96 ns an instruction on
     # PyPy; with this expression, 46 ns.
     def _arith_flags_expression(self, src: FlagSource) -> str:
-        """RFLAGS arithmetic bits of an add/sub/logic/inc/dec source, with no test on the
-        data (except ZF on CPython, where a comparison costs less: see zero_bit).
+        """RFLAGS arithmetic bits of an add/sub/logic/inc/dec source (see _flag_bits)."""
+        k = src.index
+        bits = self._flag_bits(src)
+        word = [f"PARITY[fr{k} & 255]", f"({bits['z']} << 6)", f"({bits['s']} << 7)"]
+        if src.op != CC_LOGIC:
+            word += [bits["c"], f"({bits['o']} << 11)", f"((fa{k} ^ fb{k} ^ fr{k}) & 0x10)"]
+        return " | ".join(word)
+
+    def _flag_bits(self, src: FlagSource) -> Dict[str, str]:
+        """CF, ZF, SF, OF and PF of a source other than adc/sbb, as 0/1 expressions (keys
+        c, z, s, o, p) with no test on the data, except ZF on CPython, where a comparison
+        costs less (see zero_bit). PyPy's JIT makes each test a guard, and one that goes
+        either way (hash or bignum data) a bridge it enters half the time.
 
         CF and OF come from the sign bits: CF of a + b is the carry out of the top bit,
         (a & b) | ((a | b) & ~r); of a - b the borrow, (~a & b) | (~(a ^ b) & r). Both hold
         for the masked operands below 8 bytes and for either form of 8-byte ones, since
         only bit 8*size-1 is read."""
         k, op, size = src.index, src.op, src.size
+        if op == CC_EAGER:
+            flags = f"fl{k}"
+            return {"c": f"({flags} & 1)", "z": f"(({flags} >> 6) & 1)",
+                    "s": f"(({flags} >> 7) & 1)", "o": f"(({flags} >> 11) & 1)",
+                    "p": f"(({flags} >> 2) & 1)"}
         a, b, r = f"fa{k}", f"fb{k}", f"fr{k}"
         top = 8 * size - 1
-        zf = f"(64 if {r} == 0 else 0)" if _intop is None else self.zero_bit(r, size)
-        word = [f"PARITY[{r} & 255]", zf, self.sign_bit(r, size)]
+        zf = f"(1 if {r} == 0 else 0)" if _intop is None else f"({self.zero_bit(r, size)} >> 6)"
+        bits = {"z": zf, "s": f"(({r} >> {top}) & 1)", "p": f"(PARITY[{r} & 255] >> 2)"}
         if op == CC_LOGIC:
-            return " | ".join(word)
-        if op == CC_ADD:
-            cf = f"((({a} & {b}) | (({a} | {b}) & ~{r})) >> {top}) & 1"
-            of = f"(({a} ^ {r}) & ({b} ^ {r})) >> {top}"
+            bits["c"] = bits["o"] = "0"
+        elif op == CC_ADD:
+            bits["c"] = f"(((({a} & {b}) | (({a} | {b}) & ~{r})) >> {top}) & 1)"
+            bits["o"] = f"(((({a} ^ {r}) & ({b} ^ {r})) >> {top}) & 1)"
         elif op == CC_SUB:
-            cf = f"(((~{a} & {b}) | (~({a} ^ {b}) & {r})) >> {top}) & 1"
-            of = f"(({a} ^ {b}) & ({a} ^ {r})) >> {top}"
+            bits["c"] = f"((((~{a} & {b}) | (~({a} ^ {b}) & {r})) >> {top}) & 1)"
+            bits["o"] = f"(((({a} ^ {b}) & ({a} ^ {r})) >> {top}) & 1)"
         elif op == CC_INC:
-            cf, of = f"fc{k}", f"({r} & ~{a}) >> {top}"
+            bits["c"], bits["o"] = f"fc{k}", f"((({r} & ~{a}) >> {top}) & 1)"
         else:  # CC_DEC
-            cf, of = f"fc{k}", f"({a} & ~{r}) >> {top}"
-        word += [f"({cf})", f"((({of}) & 1) << 11)", f"(({a} ^ {b} ^ {r}) & 0x10)"]
-        return " | ".join(word)
+            bits["c"], bits["o"] = f"fc{k}", f"((({a} & ~{r}) >> {top}) & 1)"
+        return bits
+
+    # The kernel's generic bignum code (mpihelp_addmul_1: RSA for module signatures) keeps
+    # carries with setc and adc and picks with cmov, on random data: with these, its
+    # translated loops went from 49 to 4.3 ns an instruction on PyPy. A jcc keeps its test:
+    # blocks that chose their exit RIP by arithmetic made the whole boot slower
+    # (39.9 -> 45.6 s, three runs each).
+    def condition_bit(self, cc: int) -> str:
+        """Expression: 1 when condition code ``cc`` holds, else 0 (setcc, cmovcc), with
+        no test on the data where the flag source allows."""
+        src = self.flags
+        if src is None or src.op == CC_ADC or src.op == CC_SBB:
+            return f"(1 if {self.condition(cc)} else 0)"
+        bits = self._flag_bits(src)
+        c, z, sf, o = bits["c"], bits["z"], bits["s"], bits["o"]
+        table = (o, c, z, f"({c} | {z})", sf, bits["p"], f"({sf} ^ {o})", f"({z} | ({sf} ^ {o}))")
+        expr = table[cc >> 1]
+        return f"({expr} ^ 1)" if cc & 1 else expr
 
     def condition(self, cc: int) -> str:
         """Python truth expression for condition code ``cc`` of jcc/setcc/cmovcc."""

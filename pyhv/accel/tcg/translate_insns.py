@@ -272,16 +272,17 @@ def nop(gen: BlockCodegen, i: Insn) -> None:
 
 def setcc(gen: BlockCodegen, i: Insn) -> None:
     value = gen.temp()
-    gen.emit(f"{value} = 1 if {gen.condition(i.op & 0xF)} else 0")
+    gen.emit(f"{value} = {gen.condition_bit(i.op & 0xF)}")
     _write_rm(gen, i, 1, value)
 
 
 def cmovcc(gen: BlockCodegen, i: Insn) -> None:
     size = i.opsize
     value = gen.read_operand(i, size)  # read (and able to fault) whatever the condition
-    cond = gen.condition(i.op & 0xF)
     keep = f"r{i.reg}" if size != 4 else f"(r{i.reg} & 0xFFFFFFFF)"
-    gen.set_reg(i.reg, 8, f"{gen.merged(i.reg, size, value)} if {cond} else {keep}")
+    # keep ^ ((new ^ keep) & -c) is new when c is 1, keep when 0: no test on the data.
+    gen.emit(f"c = {gen.condition_bit(i.op & 0xF)}")
+    gen.set_reg(i.reg, 8, f"{keep} ^ ((({gen.merged(i.reg, size, value)}) ^ {keep}) & -c)")
 
 
 def _imul(gen: BlockCodegen, i: Insn, a: str, b: str) -> None:
