@@ -185,13 +185,21 @@ class Mmu:
             return not perms & T_NX
         return True
 
+    # Descriptor-table, IDT and TSS accesses. The kernel serializes with an iret to itself
+    # (sync_core) after each of the thousands of code patches of its boot, and every iret
+    # reads descriptors: one translation per access in a page, not one per byte.
     def read_system(self, linear: int, size: int) -> int:
+        if size in _UNPACK and (linear & 0xFFF) + size <= 0x1000:
+            return self.phys_read(self.translate(linear, ACCESS_READ, True), size)
         value = 0
         for k in range(size):
             value |= self.phys_read(self.translate(linear + k, ACCESS_READ, True), 1) << (8 * k)
         return value
 
     def write_system(self, linear: int, size: int, value: int) -> None:
+        if size in _UNPACK and (linear & 0xFFF) + size <= 0x1000:
+            self.phys_write(self.translate(linear, ACCESS_WRITE, True), size, value)
+            return
         for k in range(size):
             self.phys_write(self.translate(linear + k, ACCESS_WRITE, True), 1, (value >> (8 * k)) & 0xFF)
 
