@@ -7,7 +7,7 @@ import os
 import random
 import subprocess
 import tempfile
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import pytest
 
@@ -346,19 +346,23 @@ def test_iretq_to_the_same_code_segment_keeps_the_block_chains():
     assert cpu.bits == 64
 
 
-def test_untranslated_forms_fall_back_to_the_handler():
-    memory, cpu = long_mode_cpu(assemble("bsf %rcx, %rax\nrcr $3, %rax\nadd %rcx, %rax\nhlt"))
+def _translated_source(source: str, count: int) -> str:
+    """The Python source the translator generates for the first ``count`` instructions."""
+    from pyhv.accel.tcg.decoder import decode
+    memory, cpu = long_mode_cpu(assemble(source))
     translator = Translator(cpu.mmu, EMITTERS)
     translator.keep_source = True
-    from pyhv.accel.tcg.decoder import decode
-    code = memory.read(CODE, 16)
+    code = memory.read(CODE, 16 * count)
     insns, pos = [], 0
-    for _ in range(3):
-        insn = decode(code, pos, CODE + pos, 64)
-        insns.append(insn)
-        pos += insn.length
+    for _ in range(count):
+        insns.append(decode(code, pos, CODE + pos, 64))
+        pos += insns[-1].length
     translator.translate(insns, 64)
-    source = translator.last_source
+    return translator.last_source
+
+
+def test_untranslated_forms_fall_back_to_the_handler():
+    source = _translated_source("bsf %rcx, %rax\nrcr $3, %rax\nadd %rcx, %rax\nhlt", 3)
     assert "H0(cpu, I0)" in source and "H1(cpu, I1)" in source and "H2(" not in source
 
 
@@ -392,58 +396,46 @@ def test_every_condition_after_every_flag_setter(setter):
     assert runs[0] == runs[None]
 
 
-@pytest.mark.parametrize("setter", _SETTER_FORMS)
-def test_a_rotate_keeps_the_other_flags_of_every_setter(setter):
-    # ror changes CF and OF only: SF/ZF/AF/PF are the setter's, which the translator
-    # computes in line from the setter's operands (adc/sbb through CpuState).
-    code = assemble(f"{setter}\nror $3, %rax\npushfq\npopq (%rbp)\nhlt")
+def _stores_both_ways(code: bytes, pairs: List[Tuple[int, int]], size: int) -> Tuple[list, list]:
+    """What ``code`` leaves in the ``size`` bytes at DATA for each (rcx, rdx) pair (rax their
+    xor, rbp DATA), interpreted and translated at once."""
     runs = {}
     for translate_after in (None, 0):
         memory, cpu = long_mode_cpu(code)
         cpu.translate_after = translate_after
         out = []
-        for a in _EDGES:
-            for b in _EDGES:
-                cpu.set_registers({"rip": CODE, "rcx": a, "rdx": b, "rax": a ^ b, "rbp": DATA,
-                                   "rflags": 0x202})
-                assert cpu.run(100).reason == StopReason.HLT
-                out.append(memory.read(DATA, 8))
+        for a, b in pairs:
+            cpu.set_registers({"rip": CODE, "rcx": a, "rdx": b, "rax": a ^ b, "rbp": DATA,
+                               "rflags": 0x202})
+            assert cpu.run(100).reason == StopReason.HLT
+            out.append(memory.read(DATA, size))
         runs[translate_after] = out
-    assert runs[0] == runs[None]
+    return runs[None], runs[0]
+
+
+@pytest.mark.parametrize("setter", _SETTER_FORMS)
+def test_a_rotate_keeps_the_other_flags_of_every_setter(setter):
+    # ror changes CF and OF only: SF/ZF/AF/PF are the setter's, which the translator
+    # computes in line from the setter's operands (adc/sbb through CpuState).
+    code = assemble(f"{setter}\nror $3, %rax\npushfq\npopq (%rbp)\nhlt")
+    interpreted, translated = _stores_both_ways(code, [(a, b) for a in _EDGES for b in _EDGES], 8)
+    assert translated == interpreted
 
 
 @pytest.mark.parametrize("setter, in_line", [("add %rcx, %rdx", True), ("subl %ecx, %edx", True),
                                              ("xor %cl, %dl", True), ("incw %dx", True),
                                              ("adc %rcx, %rdx", False)])
 def test_flags_before_a_rotate_need_no_call(setter, in_line):
-    memory, cpu = long_mode_cpu(assemble(f"{setter}\nrol $5, %rax\nhlt"))
-    translator = Translator(cpu.mmu, EMITTERS)
-    translator.keep_source = True
-    from pyhv.accel.tcg.decoder import decode
-    code = memory.read(CODE, 16)
-    insns, pos = [], 0
-    for _ in range(2):
-        insns.append(decode(code, pos, CODE + pos, 64))
-        pos += insns[-1].length
-    translator.translate(insns, 64)
-    assert ("materialize(s)" not in translator.last_source) == in_line
+    source = _translated_source(f"{setter}\nrol $5, %rax\nhlt", 2)
+    assert ("materialize(s)" not in source) == in_line
 
 
 @pytest.mark.parametrize("setter", ["addl %ecx, %edx", "cmpl $5, %edx", "test %cl, %dl", "decw %dx"])
 def test_setcc_and_cmovcc_after_a_setter_need_no_test(setter):
     # PyPy's JIT makes a test a guard, and on random data (bignum carries) a bridge: the
     # condition is computed as a bit instead (adc/sbb sources keep the test).
-    memory, cpu = long_mode_cpu(assemble(f"{setter}\nsetb %al\ncmovl %rcx, %rbx\nsetnp %ah\nhlt"))
-    translator = Translator(cpu.mmu, EMITTERS)
-    translator.keep_source = True
-    from pyhv.accel.tcg.decoder import decode
-    code = memory.read(CODE, 32)
-    insns, pos = [], 0
-    for _ in range(4):
-        insns.append(decode(code, pos, CODE + pos, 64))
-        pos += insns[-1].length
-    translator.translate(insns, 64)
-    body = translator.last_source.split("except GuestFault")[0]
+    source = _translated_source(f"{setter}\nsetb %al\ncmovl %rcx, %rbx\nsetnp %ah\nhlt", 4)
+    body = source.split("except GuestFault")[0]
     assert " if " not in body
 
 
@@ -451,18 +443,9 @@ def test_setcc_and_cmovcc_after_a_setter_need_no_test(setter):
 def test_pushf_after_a_flag_setter(setter):
     # pushf makes the translator build all of RFLAGS from whatever lazy state it holds.
     code = assemble(f"{setter}\npushfq\npopq (%rbp)\npushfw\npopw 8(%rbp)\ncld\nhlt")
-    runs = {}
-    for translate_after in (None, 0):
-        memory, cpu = long_mode_cpu(code)
-        cpu.translate_after = translate_after
-        out = []
-        for a in _EDGES[::2]:
-            for b in _EDGES[1::2]:
-                cpu.set_registers({"rip": CODE, "rcx": a, "rdx": b, "rbp": DATA, "rflags": 0x202})
-                assert cpu.run(100).reason == StopReason.HLT
-                out.append(memory.read(DATA, 10))
-        runs[translate_after] = out
-    assert runs[0] == runs[None]
+    pairs = [(a, b) for a in _EDGES[::2] for b in _EDGES[1::2]]
+    interpreted, translated = _stores_both_ways(code, pairs, 10)
+    assert translated == interpreted
 
 
 def test_chained_successor_rewritten_by_another_block_is_retranslated():
