@@ -2,7 +2,9 @@
 
 On the nested kvm_pvm hosts pyhv is developed on, the kernel dies in its int3 self-test
 (software interrupts are an emulation failure there), so this test is opt-in:
-PYHV_TEST_KVM_LINUX=1 on a host with real VT-x/AMD-V.
+PYHV_TEST_KVM_LINUX=1 on a host with real VT-x/AMD-V. The GPU machines lent to some tasks
+are kvm_pvm too (2026-11-26): there the kernel first stalls where it calibrates the TSC
+against the PIT, and with tsc_early_khz= it reaches the same int3 (54 s of guest time).
 """
 
 from __future__ import annotations
