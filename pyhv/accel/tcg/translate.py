@@ -424,10 +424,7 @@ class BlockCodegen:
         k = self.index
         if res != f"fr{k}":
             self.emit(f"fr{k} = {res}")
-        if _intop is None:
-            zf, sf = f"(64 if fr{k} == 0 else 0)", f"(128 if {self.negative(f'fr{k}', size)} else 0)"
-        else:
-            zf, sf = self.zero_bit(f"fr{k}", size), self.sign_bit(f"fr{k}", size)
+        zf, sf = self.zero_flag(f"fr{k}", size), self.sign_flag(f"fr{k}", size)
         self.emit(f"fl{k} = PARITY[fr{k} & 255] | {zf} | {sf} | ({cf}) | (({of}) << 11)")
         self.flags = FlagSource(k, CC_EAGER, size)
 
@@ -447,6 +444,16 @@ class BlockCodegen:
         """Expression: 0x80 (SF) when the sign bit of ``value`` (``size`` bytes) is set, else 0."""
         shift = 8 * size - 8
         return f"(({value} >> {shift}) & 0x80)" if shift else f"({value} & 0x80)"
+
+    def zero_flag(self, value: str, size: int) -> str:
+        """Expression: 0x40 when ``value`` is 0, else 0 (a test on CPython, bits on PyPy)."""
+        return f"(64 if {value} == 0 else 0)" if _intop is None else self.zero_bit(value, size)
+
+    def sign_flag(self, value: str, size: int) -> str:
+        """Expression: 0x80 when ``value``'s sign bit is set, else 0 (as zero_flag)."""
+        if _intop is None:
+            return f"(128 if {self.negative(value, size)} else 0)"
+        return self.sign_bit(value, size)
 
     def carry(self) -> str:
         """Expression for CF as 0/1 from the current flag source."""
@@ -494,17 +501,17 @@ class BlockCodegen:
     # PyPy; with this expression, 46 ns.
     def _arith_flags_expression(self, src: FlagSource) -> str:
         """RFLAGS arithmetic bits of an add/sub/logic/inc/dec source (see _flag_bits)."""
-        k = src.index
-        bits = self._flag_bits(src)
-        word = [f"PARITY[fr{k} & 255]", f"({bits['z']} << 6)", f"({bits['s']} << 7)"]
+        k, size = src.index, src.size
+        word = [f"PARITY[fr{k} & 255]", self.zero_flag(f"fr{k}", size), self.sign_flag(f"fr{k}", size)]
         if src.op != CC_LOGIC:
+            bits = self._flag_bits(src)
             word += [bits["c"], f"({bits['o']} << 11)", f"((fa{k} ^ fb{k} ^ fr{k}) & 0x10)"]
         return " | ".join(word)
 
     def _flag_bits(self, src: FlagSource) -> Dict[str, str]:
         """CF, ZF, SF, OF and PF of a source other than adc/sbb, as 0/1 expressions (keys
         c, z, s, o, p) with no test on the data, except ZF on CPython, where a comparison
-        costs less (see zero_bit). PyPy's JIT makes each test a guard, and one that goes
+        costs less (see zero_flag). PyPy's JIT makes each test a guard, and one that goes
         either way (hash or bignum data) a bridge it enters half the time.
 
         CF and OF come from the sign bits: CF of a + b is the carry out of the top bit,
@@ -519,8 +526,8 @@ class BlockCodegen:
                     "p": f"(({flags} >> 2) & 1)"}
         a, b, r = f"fa{k}", f"fb{k}", f"fr{k}"
         top = 8 * size - 1
-        zf = f"(1 if {r} == 0 else 0)" if _intop is None else f"({self.zero_bit(r, size)} >> 6)"
-        bits = {"z": zf, "s": f"(({r} >> {top}) & 1)", "p": f"(PARITY[{r} & 255] >> 2)"}
+        bits = {"z": f"({self.zero_flag(r, size)} >> 6)", "s": f"(({r} >> {top}) & 1)",
+                "p": f"(PARITY[{r} & 255] >> 2)"}
         if op == CC_LOGIC:
             bits["c"] = bits["o"] = "0"
         elif op == CC_ADD:
