@@ -28,7 +28,7 @@ from .faults import GuestFault, PF
 from .insns.control import call_rel, jcc, jmp_rel
 from .interrupts import TripleFault, raise_exception, raise_interrupt
 from .mmu import ACCESS_FETCH, Mmu
-from .state import CS, IF, SS, WRAP64, CpuState, signed64
+from .state import CS, IF, SS, CpuState, signed64
 from .translate import Translator, successors
 from .translate_insns import EMITTERS
 
@@ -587,7 +587,7 @@ class Cpu:
                 return RunResult(StopReason.BUDGET, executed)
             rip = s.rip
             if rip >> 63 == 1:  # an unsigned 64-bit RIP (an iret, an interrupt): see .state
-                rip = s.rip = rip - WRAP64
+                rip = s.rip = signed64(rip)
             insn = None
             fn = None
             try:

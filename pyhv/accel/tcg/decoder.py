@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Callable, List, Optional
 
 from .faults import GP, UD, GuestFault
-from .state import signed64
+from .state import signed64, unsigned64
 
 # Immediate kinds.
 IMM_NONE = 0
@@ -108,6 +108,12 @@ MAX_INSN_LENGTH = 15
 def _sext(value: int, bits: int) -> int:
     sign = 1 << (bits - 1)
     return (value & (sign - 1)) - (value & sign)
+
+
+def _unsigned(value: int, size: int) -> int:
+    """A sign-extended immediate as the unsigned ``size``-byte operand the handlers take: at
+    8 bytes a long integer on PyPy only when it has to be (2**63 and up), not for all."""
+    return unsigned64(value) if size == 8 else value & MASKS[size]
 
 
 def _byte_reg(num: int, rex: int) -> int:
@@ -314,7 +320,7 @@ def decode(buf: bytes, pos: int, rip: int, bits: int) -> Insn:
             i.imm = buf[pos]
             pos += 1
         elif kind == IMM_BS:
-            i.imm = _sext(buf[pos], 8) & MASKS[opsize]
+            i.imm = _unsigned(_sext(buf[pos], 8), opsize)
             pos += 1
         elif kind == IMM_W:
             i.imm = buf[pos] | (buf[pos + 1] << 8)
@@ -323,7 +329,7 @@ def decode(buf: bytes, pos: int, rip: int, bits: int) -> Insn:
             n = 2 if opsize == 2 else 4
             if pos + n > len(buf):
                 raise IndexError("instruction runs past the fetched bytes")
-            i.imm = _sext(int.from_bytes(buf[pos:pos + n], "little"), n * 8) & MASKS[opsize]
+            i.imm = _unsigned(_sext(int.from_bytes(buf[pos:pos + n], "little"), n * 8), opsize)
             pos += n
         elif kind == IMM_V:
             if pos + 8 > len(buf):

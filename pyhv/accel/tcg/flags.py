@@ -13,7 +13,7 @@ alike; the unsigned comparisons fold them first.
 
 from __future__ import annotations
 
-from .state import AF, ARITH_FLAGS, CF, MASK64, OF, PF, RFLAGS_FIXED, SF, ZF, CpuState
+from .state import AF, ARITH_FLAGS, CF, MASK64, OF, PF, RFLAGS_FIXED, SF, ZF, CpuState, signed64
 
 CC_EAGER = 0  # arithmetic flags live in state.rflags
 CC_ADD = 1  # res = a + b
@@ -123,7 +123,9 @@ def read_rflags(s: CpuState) -> int:
 
 
 def write_rflags(s: CpuState, value: int) -> None:
-    s.rflags = value | RFLAGS_FIXED
+    # signed64: a machine integer on PyPy even where ``value`` came through a long (a popf
+    # of a value with bit 63 set); RFLAGS would stay a long through every update after.
+    s.rflags = signed64(value | RFLAGS_FIXED)
     s.cc_op = CC_EAGER
 
 

@@ -27,7 +27,7 @@ from typing import Callable, Dict, List, Optional, Set, Tuple
 from ...bus import Bus
 from ...memory import GuestMemory
 from .faults import GP, PF, PF_FETCH, PF_PRESENT, PF_RSVD, PF_USER, PF_WRITE, GuestFault
-from .state import signed64
+from .state import WRAP64, signed64
 
 ACCESS_READ = 0
 ACCESS_WRITE = 1
@@ -50,8 +50,10 @@ T_NX = 4
 T_GLOBAL = 8
 T_DIRTY = 16
 
+# 8 bytes as signed ("q"), made unsigned by the readers: PyPy's "Q" gives a long integer
+# even for a small value, and a long stays one through all arithmetic done with it.
 _UNPACK = {2: struct.Struct("<H").unpack_from, 4: struct.Struct("<I").unpack_from,
-           8: struct.Struct("<Q").unpack_from}
+           8: struct.Struct("<q").unpack_from}
 _PACK = {2: struct.Struct("<H").pack_into, 4: struct.Struct("<I").pack_into,
          8: struct.Struct("<Q").pack_into}
 _MASK = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFF_FFFF, 8: 0xFFFF_FFFF_FFFF_FFFF}
@@ -337,7 +339,8 @@ class Mmu:
         if phys + size <= self.low_end:
             if size == 1:
                 return self.low[phys]
-            return _UNPACK[size](self.low, phys)[0]
+            value = _UNPACK[size](self.low, phys)[0]
+            return value + WRAP64 if value < 0 else value
         for start, end, view in self.high:
             if start <= phys and phys + size <= end:
                 return int.from_bytes(view[phys - start:phys - start + size], "little")
@@ -389,7 +392,8 @@ class Mmu:
             if phys + size <= self.low_end:
                 if size == 1:
                     return self.low[phys]
-                return _UNPACK[size](self.low, phys)[0]
+                value = _UNPACK[size](self.low, phys)[0]
+                return value + WRAP64 if value < 0 else value
             return self.phys_read(phys, size)
         return self._read_split(linear, size)
 

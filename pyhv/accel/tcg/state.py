@@ -74,13 +74,32 @@ MASK64 = 0xFFFF_FFFF_FFFF_FFFF
 WRAP64 = 1 << 64
 
 
-def signed64(value: int) -> int:
-    """The signed 64-bit integer with the same low 64 bits as ``value`` (the register form)."""
+try:  # PyPy: machine-word addition, which also turns a long integer in range into a word
+    from __pypy__.intop import int_add as _int_add
+except ImportError:
+    _int_add = None
+
+
+def _signed64_value(value: int) -> int:
     top = value >> 63
     if top == 0 or top == -1:  # already in range: no long-integer mask on PyPy
         return value
     value &= MASK64
     return value - WRAP64 if value >> 63 else value
+
+
+def _signed64_word(value: int) -> int:
+    # On PyPy an integer stays a long through every operation once one made it a long, even
+    # when its value fits a machine word (``small & MASK64``, ``x - WRAP64`` and a struct "Q"
+    # field all give one), and every value computed from it is a long too: in the Debian
+    # boot RFLAGS was a long 94% of the time and RIP 43% before the CPU's values went
+    # through here (see tests/tcg/test_machine_words.py).
+    return _int_add(_signed64_value(value), 0)
+
+
+#: signed64(value): the signed 64-bit integer with the same low 64 bits as ``value`` (the
+#: register form); on PyPy always a machine word, never a long integer.
+signed64 = _signed64_value if _int_add is None else _signed64_word
 
 
 def unsigned64(value: int) -> int:

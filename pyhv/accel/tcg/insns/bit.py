@@ -33,7 +33,9 @@ def _bit_op(cpu, i: Insn, kind: int, offset: int, offset_is_reg: bool) -> None:
     else:
         bit = offset & (bits - 1)
         value = get_reg(s.regs, i.rm, size)
-    carry = (value >> bit) & 1
+    # 1 or 0 as constants: ``value`` of 2**63 and up is a long on PyPy, and so would be a bit
+    # taken from it, and RFLAGS after it (see .state).
+    carry = 1 if (value >> bit) & 1 else 0
     materialize(s)
     s.rflags = (s.rflags & ~CF) | carry
     if kind == BT:

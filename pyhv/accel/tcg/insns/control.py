@@ -10,8 +10,18 @@ from ..segments import cache_from_descriptor, load_code_descriptor, read_descrip
 from ..state import CS, IF, IOPL, NT, RCX, RF, RSP, SS, VIF, VIP, VM, SegmentCache, signed64
 
 
-def _ip_mask(cpu, size: int) -> int:
-    return MASK[size] if cpu.bits != 64 or size == 2 else MASK[8]
+def _ip_target(cpu, size: int, target: int) -> int:
+    """RIP after a near jump to ``target`` with a ``size``-byte operand. In 64-bit code (but
+    for a 16-bit operand) that is the register form: a machine integer on PyPy, where
+    masking with 2**64-1 would give a long for every address (see .state)."""
+    if cpu.bits == 64 and size != 2:
+        return signed64(target)
+    return target & MASK[size]
+
+
+def _far_ip(cpu, size: int, offset: int) -> int:
+    """RIP after a far transfer to ``offset``, in the mode the new CS set."""
+    return signed64(offset) if cpu.bits == 64 else offset & MASK[size]
 
 
 def jmp_rel(cpu, i: Insn) -> None:
@@ -36,13 +46,13 @@ def _rm_target(cpu, i: Insn) -> int:
 
 
 def jmp_rm(cpu, i: Insn) -> None:
-    cpu.s.rip = _rm_target(cpu, i) & _ip_mask(cpu, i.opsize)
+    cpu.s.rip = _ip_target(cpu, i.opsize, _rm_target(cpu, i))
 
 
 def call_rm(cpu, i: Insn) -> None:
     target = _rm_target(cpu, i)
     push(cpu, i.opsize, i.next_rip)
-    cpu.s.rip = target & _ip_mask(cpu, i.opsize)
+    cpu.s.rip = _ip_target(cpu, i.opsize, target)
 
 
 def ret_near(cpu, i: Insn) -> None:
@@ -57,7 +67,7 @@ def ret_near(cpu, i: Insn) -> None:
     if i.op == 0xC2:
         smask = cpu.stack_mask
         set_stack_pointer(s, smask, (s.regs[RSP] + i.imm) & smask)
-    s.rip = target & _ip_mask(cpu, i.opsize)
+    s.rip = _ip_target(cpu, i.opsize, target)
 
 
 def loop(cpu, i: Insn) -> None:
@@ -96,7 +106,7 @@ def _far_jump_to(cpu, selector: int, offset: int, size: int) -> None:
     elif rpl > s.cpl or code.dpl != s.cpl:
         raise GuestFault(GP, selector & 0xFFFC)
     set_cs(cpu, code, s.cpl)
-    s.rip = offset & (MASK[8] if cpu.bits == 64 else MASK[size])
+    s.rip = _far_ip(cpu, size, offset)
 
 
 def jmp_far_ptr(cpu, i: Insn) -> None:
@@ -165,7 +175,7 @@ def ret_far(cpu, i: Insn) -> None:
         raise
     if rpl == s.cpl:
         set_cs(cpu, code, rpl)
-        s.rip = offset & (MASK[8] if cpu.bits == 64 else MASK[size])
+        s.rip = _far_ip(cpu, size, offset)
         return
     # Return to an outer privilege level: SS:RSP follow on the stack.
     new_rsp = pop(cpu, size)
@@ -187,7 +197,7 @@ def _return_outer(cpu, code: SegmentCache, rpl: int, offset: int, new_ss: int, n
     s.segs[SS] = ss_cache
     set_cs(cpu, code, rpl)
     s.regs[RSP] = signed64(new_rsp & (MASK[8] if cpu.bits == 64 else MASK[size]))
-    s.rip = offset & (MASK[8] if cpu.bits == 64 else MASK[size])
+    s.rip = _far_ip(cpu, size, offset)
     # Data segments the outer level may not use become null.
     for seg in (0, 3, 4, 5):
         cache = s.segs[seg]
