@@ -17,6 +17,7 @@ from __future__ import annotations
 import pytest
 
 from pyhv.accel.tcg.decoder import decode
+from pyhv.accel.tcg.operands import sext
 from pyhv.accel.tcg.state import signed64
 
 from .harness import CODE, KERNEL_BASE, STACK_TOP, assemble, long_mode_cpu, needs_as, run_to_hlt
@@ -103,3 +104,13 @@ def test_interpreted_code_leaves_rip_rflags_and_registers_in_words():
     assert is_word(s.rflags), "RFLAGS is a long integer"
     assert is_word(s.rip), "RIP is a long integer"
     assert all(is_word(value) for value in s.regs)
+
+
+def test_the_64_bit_stack_mask_is_a_word():
+    memory, cpu = long_mode_cpu(b"\xf4")
+    assert cpu.stack_mask == -1 and is_word(cpu.stack_mask)
+
+
+def test_sign_extension_of_eight_bytes_gives_words():
+    assert sext(0xFFFF_FFFF_FFFF_FFFE, 8) == -2 and is_word(sext(0xFFFF_FFFF_FFFF_FFFE, 8))
+    assert sext(0x7FFF_FFFF_FFFF_FFFF, 8) == (1 << 63) - 1

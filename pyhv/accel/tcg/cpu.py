@@ -28,6 +28,7 @@ from .faults import GuestFault, PF
 from .insns.control import call_rel, jcc, jmp_rel
 from .interrupts import TripleFault, raise_exception, raise_interrupt
 from .mmu import ACCESS_FETCH, Mmu
+from .operands import STACK_MASK_64
 from .state import CS, IF, SS, CpuState, signed64
 from .translate import Translator, successors
 from .translate_insns import EMITTERS
@@ -250,7 +251,7 @@ class Cpu:
         s = self.s
         bits = s.code_bits
         stack_bits = s.stack_bits
-        self.stack_mask = MASK64 if stack_bits == 64 else (0xFFFF_FFFF if stack_bits == 32 else 0xFFFF)
+        self.stack_mask = STACK_MASK_64 if stack_bits == 64 else (0xFFFF_FFFF if stack_bits == 32 else 0xFFFF)
         self.break_block = True
         # Chains and the jump cache map RIP to a block; that holds while the code width and
         # the CS base do (paging changes flush the MMU, which moves the epoch itself). Every

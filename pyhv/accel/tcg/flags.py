@@ -141,7 +141,7 @@ def set_eager(s: CpuState, size: int, res: int, cf: int, of: int, af: int = 0) -
     bits = PARITY[res & 0xFF]
     if res == 0:
         bits |= ZF
-    if res & SIGN_BIT[size]:
+    if (res >> (8 * size - 1)) & 1:  # not SIGN_BIT[8], a long integer on PyPy
         bits |= SF
     if cf:
         bits |= CF

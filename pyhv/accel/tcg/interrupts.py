@@ -12,7 +12,7 @@ from typing import Optional
 
 from .faults import CONTRIBUTORY, DF, ERROR_CODE_VECTORS, GP, NP, PF, SS_VEC, TS, GuestFault
 from .flags import read_rflags, write_rflags
-from .operands import MASK64, set_stack_pointer
+from .operands import set_stack_pointer
 from .segments import load_code_descriptor, set_cs
 from .state import AC, CS, IF, NT, RF, RSP, SS, TF, VM, SegmentCache, signed64
 
@@ -143,7 +143,7 @@ def _deliver_long(cpu, vector: int, error_code: Optional[int], software: bool, e
         frame.append(error_code)
     # Write the whole frame before changing any state, so a fault here leaves it intact.
     for k, value in enumerate(frame):
-        cpu.mmu.write_system((new_rsp - 8 * (k + 1)) & MASK64, 8, value)
+        cpu.mmu.write_system(signed64(new_rsp - 8 * (k + 1)), 8, value)
     if new_cpl < s.cpl:
         s.segs[SS] = SegmentCache(new_cpl, 0, 0, 0, 1, new_cpl, 0)
     s.regs[RSP] = signed64(new_rsp - 8 * len(frame))

@@ -423,8 +423,8 @@ class Mmu:
                 if phys + size <= self.low_end:
                     if size == 1:
                         self.low[phys] = value & 0xFF
-                    elif size == 8 and value < 0:  # a register-form value (see read_q)
-                        _PACK_Q(self.low, phys, value)
+                    elif size == 8:  # unsigned or in the register form (see read_q)
+                        _PACK_Q(self.low, phys, signed64(value))
                     else:
                         _PACK[size](self.low, phys, value & _MASK[size])
                     return

@@ -16,10 +16,16 @@ from .state import RSP, SS, WRAP64, signed64
 MASK = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFF_FFFF, 8: 0xFFFF_FFFF_FFFF_FFFF}
 SIGN = {1: 0x80, 2: 0x8000, 4: 0x8000_0000, 8: 0x8000_0000_0000_0000}
 MASK64 = 0xFFFF_FFFF_FFFF_FFFF
+# Cpu.stack_mask of a 64-bit stack: all ones as a machine word. ANDing with it changes
+# nothing, so RSP stays in the register form, and comparing with it is a word comparison
+# (MASK64 is a long integer on PyPy: comparing with it was a call at every push and pop).
+STACK_MASK_64 = -1
 
 
 def sext(value: int, size: int) -> int:
     """Two's-complement value of a ``size``-byte integer."""
+    if size == 8:
+        return signed64(value)  # SIGN[8] is a long integer on PyPy: no arithmetic with it
     sign = SIGN[size]
     return (value & (sign - 1)) - (value & sign)
 
@@ -96,14 +102,14 @@ def write_rm(cpu, i: Insn, size: int, value: int) -> None:
 
 def set_stack_pointer(s, smask: int, sp: int) -> None:
     """Write ``sp`` (already masked by ``smask``) into RSP's low bits, keeping the rest."""
-    s.regs[RSP] = signed64(sp) if smask == MASK64 else (s.regs[RSP] & ~smask) | sp
+    s.regs[RSP] = signed64(sp) if smask == STACK_MASK_64 else (s.regs[RSP] & ~smask) | sp
 
 
 def push(cpu, size: int, value: int) -> None:
     """Push ``value`` (unsigned, or in the register form when ``size`` is 8)."""
     s = cpu.s
     smask = cpu.stack_mask
-    if smask == MASK64:
+    if smask == STACK_MASK_64:
         # RSP stays in the register form: masking a kernel stack pointer to unsigned would
         # make it a long integer on PyPy (the MMU folds the rare address out of range).
         sp = s.regs[RSP] - size
@@ -118,7 +124,7 @@ def push(cpu, size: int, value: int) -> None:
 def pop(cpu, size: int) -> int:
     s = cpu.s
     smask = cpu.stack_mask
-    if smask == MASK64:
+    if smask == STACK_MASK_64:
         sp = s.regs[RSP]
         value = cpu.mmu.read(sp, size)
         s.regs[RSP] = signed64(sp + size)
@@ -132,7 +138,7 @@ def pop(cpu, size: int) -> int:
 def pop_q(cpu) -> int:
     """Pop 8 bytes in the register form (pop and ret in 64-bit code)."""
     s = cpu.s
-    if cpu.stack_mask != MASK64:
+    if cpu.stack_mask != STACK_MASK_64:
         return signed64(pop(cpu, 8))
     sp = s.regs[RSP]
     value = cpu.mmu.read_q(sp)
@@ -145,4 +151,4 @@ def peek(cpu, size: int, offset: int = 0) -> int:
     s = cpu.s
     smask = cpu.stack_mask
     sp = (s.regs[RSP] + offset) & smask
-    return cpu.mmu.read(s.segs[SS].base + sp if smask != MASK64 else sp, size)
+    return cpu.mmu.read(s.segs[SS].base + sp if smask != STACK_MASK_64 else sp, size)

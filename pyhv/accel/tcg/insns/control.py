@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..decoder import D64, END, I64, IMM_B, IMM_FAR, IMM_REL8, IMM_RELZ, IMM_W, MEM_ONLY, Insn, register
 from ..faults import BP, GP, OF_VEC, GuestFault
 from ..flags import condition, get_of, read_rflags, write_rflags
-from ..operands import MASK, ea, get_reg, pop, pop_q, push, set_reg, set_stack_pointer
+from ..operands import MASK, STACK_MASK_64, ea, get_reg, pop, pop_q, push, set_reg, set_stack_pointer
 from ..segments import cache_from_descriptor, load_code_descriptor, read_descriptor, set_cs
 from ..state import CS, IF, IOPL, NT, RCX, RF, RSP, SS, VIF, VIP, VM, SegmentCache, signed64
 
@@ -57,7 +57,7 @@ def call_rm(cpu, i: Insn) -> None:
 
 def ret_near(cpu, i: Insn) -> None:
     s = cpu.s
-    if i.opsize == 8 and cpu.stack_mask == MASK[8]:
+    if i.opsize == 8 and cpu.stack_mask == STACK_MASK_64:
         # 64-bit code: the return address stays in the register form (RIP's, see .state).
         s.rip = pop_q(cpu)
         if i.op == 0xC2:
