@@ -135,7 +135,13 @@ class GuestMemory:
         struct.pack_into("<I", self._mmap, self._offset(gpa, 4), value & 0xFFFF_FFFF)
 
     def write_u64(self, gpa: int, value: int) -> None:
-        struct.pack_into("<Q", self._mmap, self._offset(gpa, 8), value & 0xFFFF_FFFF_FFFF_FFFF)
+        top = value >> 63
+        if top == 0 or top == -1:
+            # The same bytes, packed signed: masked with 2**64-1 the value would be a long
+            # integer on PyPy (each virtqueue's used-ring entry goes through here).
+            struct.pack_into("<q", self._mmap, self._offset(gpa, 8), value)
+        else:
+            struct.pack_into("<Q", self._mmap, self._offset(gpa, 8), value & 0xFFFF_FFFF_FFFF_FFFF)
 
     def read_obj(self, gpa: int, ctype: type) -> ctypes.Structure:
         """Copy a ctypes structure out of guest memory."""

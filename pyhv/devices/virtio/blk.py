@@ -91,7 +91,9 @@ def publish_batch(available: int) -> int:
     host; after every 4, 90-91%; 4 KiB requests, 64 in flight, keep batches of 16."""
     return max(1, min(PUBLISH_BATCH, available // 2))
 
-_HEADER = struct.Struct("<IIQ")  # type, ioprio, sector
+# type, ioprio, sector. The sector is read signed (a "Q" field is a long integer on PyPy,
+# and so is every offset computed from it); one of 2**63 and up is negative: out of range.
+_HEADER = struct.Struct("<IIq")
 _SEGMENT = struct.Struct("<QII")  # sector, num_sectors, flags
 # struct virtio_blk_config up to write_zeroes_may_unmap and its padding (5.2.4): capacity,
 # size_max, seg_max, geometry (c, h, s), blk_size, physical_block_exp, alignment_offset,
@@ -290,7 +292,7 @@ class VirtioBlock(VirtioDevice):
         return BlockRequest(chain.head, request_type, sector, out_data, in_data, status_views[0])
 
     def _data_range(self, sector: int, length: int) -> bool:
-        return length % SECTOR_SIZE == 0 and sector + length // SECTOR_SIZE <= self.capacity
+        return length % SECTOR_SIZE == 0 and 0 <= sector and sector + length // SECTOR_SIZE <= self.capacity
 
     # --- request types (each returns (status, bytes written to in_data)) ---------------------
     def _read(self, sector: int, out_data: List[memoryview], in_data: List[memoryview]) -> Tuple[int, int]:

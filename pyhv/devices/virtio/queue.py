@@ -29,7 +29,11 @@ USED_F_NO_NOTIFY = 0x1
 DESCRIPTOR_SIZE = 16
 USED_ELEM_SIZE = 8
 MAX_QUEUE_SIZE = 32768  # the largest split queue the spec allows (2.7)
-_DESCRIPTOR = struct.Struct("<QIHH")  # addr, len, flags, next
+# addr, len, flags, next. The address is read signed: PyPy makes every "Q" field a long
+# integer, and each sum or comparison with it a call; one of 2**63 and up is negative and
+# refused like any other address outside guest RAM.
+_DESCRIPTOR = struct.Struct("<qIHH")
+MASK64 = 0xFFFF_FFFF_FFFF_FFFF  # the address as the driver wrote it, in messages
 
 
 _FENCE = threading.Lock()
@@ -228,16 +232,16 @@ class SplitQueue:
                     raise VirtqueueError(f"indirect descriptor {index} is not alone in its chain")
                 if length == 0 or length % DESCRIPTOR_SIZE or length // DESCRIPTOR_SIZE > MAX_QUEUE_SIZE:
                     raise VirtqueueError(
-                        f"indirect table at {addr:#x} has length {length}, not a non-zero multiple "
+                        f"indirect table at {addr & MASK64:#x} has length {length}, not a non-zero multiple "
                         f"of {DESCRIPTOR_SIZE} up to {MAX_QUEUE_SIZE} entries")
                 if not memory.contains(addr, length):
-                    raise VirtqueueError(f"indirect table at {addr:#x}+{length:#x} is outside guest RAM")
+                    raise VirtqueueError(f"indirect table at {addr & MASK64:#x}+{length:#x} is outside guest RAM")
                 table_len, index = length // DESCRIPTOR_SIZE, 0
                 table = self._table(memory, addr, table_len)
                 in_indirect = True
                 continue
-            if addr + length > low_end and not memory.contains(addr, length):
-                raise VirtqueueError(f"descriptor {index} buffer {addr:#x}+{length:#x} is outside guest RAM")
+            if addr < 0 or (addr + length > low_end and not memory.contains(addr, length)):
+                raise VirtqueueError(f"descriptor {index} buffer {addr & MASK64:#x}+{length:#x} is outside guest RAM")
             descriptors.append(Descriptor(addr, length, flags & DESC_F_WRITE != 0))
             if len(descriptors) > table_len:
                 # A chain visiting more descriptors than its table holds revisits one: a loop.

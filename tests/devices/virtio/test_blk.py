@@ -135,6 +135,8 @@ def test_bad_discard_segments_are_io_errors(memory, plug, image, segments):
     (blk.T_IN, DISK_SIZE // 512 - 1, 1024),  # straddles the end
     (blk.T_IN, 0, 100),  # not whole sectors
     (blk.T_IN, 1 << 62, 512),  # absurd sector
+    (blk.T_IN, 1 << 63, 512),  # read signed by the device: negative, and refused as such
+    (blk.T_IN, (1 << 64) - 1, 512),
 ])
 def test_out_of_range_reads_are_io_errors(memory, plug, image, rtype, sector, length):
     driver, _device = start(memory, plug, image)

@@ -123,6 +123,10 @@ def test_max_size_must_be_power_of_two():
 HOSTILE = {
     "buffer outside RAM": lambda d: d.write_descriptor(0, RAM - 4, 8),
     "buffer address overflows": lambda d: d.write_descriptor(0, (1 << 64) - 8, 16),
+    # Read signed by the device (see queue._DESCRIPTOR): negative, and refused all the same.
+    "buffer address with the top bit set": lambda d: d.write_descriptor(0, 1 << 63, 8),
+    "indirect table address with the top bit set": lambda d: d.write_descriptor(0, (1 << 63) + 0x20000, 16,
+                                                                                DESC_F_INDIRECT),
     "oversized length": lambda d: d.write_descriptor(0, 0x8000, 0xFFFF_FFFF),
     "self loop": lambda d: d.write_descriptor(0, 0x8000, 8, DESC_F_NEXT, 0),
     "two-entry loop": lambda d: (d.write_descriptor(0, 0x8000, 8, DESC_F_NEXT, 1),
@@ -151,6 +155,14 @@ def test_hostile_chains_raise_virtqueue_error(memory, case):
     HOSTILE[case](driver)
     driver.publish(0)
     with pytest.raises(VirtqueueError):
+        queue.pop(memory)
+
+
+def test_an_address_with_the_top_bit_set_is_reported_as_the_driver_wrote_it(memory):
+    driver, queue = make_queue(memory)
+    driver.write_descriptor(0, 0xFFFF_FFFF_FFFF_F000, 8)
+    driver.publish(0)
+    with pytest.raises(VirtqueueError, match="buffer 0xfffffffffffff000[+]0x8 is outside guest RAM"):
         queue.pop(memory)
 
 
