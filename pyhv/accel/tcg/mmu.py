@@ -340,7 +340,7 @@ class Mmu:
             if size == 1:
                 return self.low[phys]
             value = _UNPACK[size](self.low, phys)[0]
-            return value + WRAP64 if value < 0 else value
+            return value + WRAP64 if value < 0 else value  # state.unsigned64, without the call
         for start, end, view in self.high:
             if start <= phys and phys + size <= end:
                 return int.from_bytes(view[phys - start:phys - start + size], "little")
@@ -393,7 +393,7 @@ class Mmu:
                 if size == 1:
                     return self.low[phys]
                 value = _UNPACK[size](self.low, phys)[0]
-                return value + WRAP64 if value < 0 else value
+                return value + WRAP64 if value < 0 else value  # unsigned64, without the call
             return self.phys_read(phys, size)
         return self._read_split(linear, size)
 
