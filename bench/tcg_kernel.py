@@ -22,6 +22,8 @@ Measured 2026-11-25 on the shared 2-core machine (CPU seconds; the same determin
                                      kept with IF clear), CPython 13.0 s -> 11.15 s
     registers in the signed form (kernel addresses stay machine integers on PyPy) and block
     globals in a module dict: first 60M, PyPy 13.1 s -> 10.1 s (5.9 MIPS)
+    2026-11-26, RIP, RFLAGS and immediates kept machine words on PyPy, not long integers of
+    small value (bench/README.md, boot.py): whole boot 41.7 s -> 30.2 s (three pairs side by side)
 What is left, from the profiles: a call among thousands of block functions costs about
 0.3 us on PyPy (each enters its own JIT entry bridge), and kernel blocks are short (6
 instructions a run).
