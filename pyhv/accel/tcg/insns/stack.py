@@ -6,7 +6,7 @@ from __future__ import annotations
 from ..decoder import D64, END, I64, IMM_BS, IMM_W_B, IMM_Z, REG_OP, Insn, register
 from ..faults import GP, GuestFault
 from ..flags import read_rflags, write_rflags
-from ..operands import MASK, STACK_MASK_64, ea, get_reg, pop, pop_q, push, set_reg, set_stack_pointer
+from ..operands import STACK_MASK_64, ea, get_reg, pop, pop_q, push, set_reg, set_stack_pointer
 from ..segments import load_segment
 from ..state import AC, DF, ID, IF, IOPL, NT, RBP, RSP, SS, TF, VIF, VIP, VM
 from ..state import AF, CF, OF, PF, SF, ZF
