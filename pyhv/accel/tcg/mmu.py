@@ -424,7 +424,8 @@ class Mmu:
                     if size == 1:
                         self.low[phys] = value & 0xFF
                     elif size == 8:  # unsigned or in the register form (see read_q)
-                        _PACK_Q(self.low, phys, signed64(value))
+                        top = value >> 63  # signed64's test inline: no call on this hot path
+                        _PACK_Q(self.low, phys, value if top == 0 or top == -1 else signed64(value))
                     else:
                         _PACK[size](self.low, phys, value & _MASK[size])
                     return
