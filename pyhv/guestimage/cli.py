@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import List, Optional, TextIO
 
 from pyhv.errors import PyhvError
-from pyhv.guestimage.debian import default_cache_dir
+from pyhv.cache import default_cache_dir
 from pyhv.guestimage.default import build_default_guest
 
 # The subdirectories of the cache this package owns; clean removes only these.

@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
+from pyhv.cache import default_cache_dir
 from pyhv.errors import ConfigError
 from pyhv.guestimage.modinfo import ModinfoError, index_modules, load_order
 
@@ -70,12 +71,6 @@ class KernelFiles(NamedTuple):
         except (OSError, IndexError) as err:
             raise DebianPackageError(f"kernel cache entry {entry} is damaged ({err}): run 'pyhv guest clean'") from err
         return cls(entry / KERNEL_IMAGE, release, entry / MODULES_DIR, package_version)
-
-
-def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/pyhv``, or ``~/.cache/pyhv``."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "pyhv"
 
 
 def run_command(args: Sequence[str], cwd: Optional[Path] = None) -> "subprocess.CompletedProcess[str]":

@@ -30,7 +30,8 @@ import tempfile
 from pathlib import Path
 from typing import NamedTuple, Optional
 
-from pyhv.guestimage.debian import GUEST_MODULES, KernelFiles, default_cache_dir, fetch_busybox, fetch_kernel
+from pyhv.cache import default_cache_dir
+from pyhv.guestimage.debian import GUEST_MODULES, KernelFiles, fetch_busybox, fetch_kernel
 from pyhv.guestimage.exit_tool import build_exit_tool
 from pyhv.guestimage.init_script import INIT_SCRIPT, POWER_BUTTON_HANDLER
 from pyhv.guestimage.initramfs import build_initramfs

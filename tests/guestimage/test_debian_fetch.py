@@ -15,10 +15,11 @@ from typing import Dict, List, Optional, Sequence
 import pytest
 
 from guestimage_elf import module_with_depends
+from pyhv.cache import default_cache_dir
 from pyhv.errors import ConfigError
 from pyhv.guestimage import debian
 from pyhv.guestimage.debian import (
-    GUEST_MODULES, DebianPackageError, KernelFiles, cached_entries, default_cache_dir, fetch_busybox,
+    GUEST_MODULES, DebianPackageError, KernelFiles, cached_entries, fetch_busybox,
     fetch_kernel, run_command,
 )
 
