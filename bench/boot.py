@@ -9,7 +9,10 @@ the VMM process to the complete marker line on its serial console, start-up incl
 
 - `pyhv run -accel tcg` on each configured interpreter (CPython and PyPy), through a small
   wrapper that prints the software CPU's instructions retired when the VM ends, also when it
-  is stopped at the timeout (SIGTERM ends `pyhv run` cleanly);
+  is stopped at the timeout (SIGTERM ends `pyhv run` cleanly). These boots are cold
+  (`PYHV_TCG_HINTS=off`); then, unless `--no-warm`, one boot writes the software CPU's
+  hot-block hints (pyhv/accel/tcg/hints.py) into a scratch directory and the next boots start
+  from them, as a second boot of the same kernel does by default;
 - `qemu-system-x86_64 -accel tcg -M pc` and `-M microvm` (best of the rounds);
 - once more `-M pc` with `-icount shift=0`, where virtual time counts instructions, running
   `cat /proc/uptime` before the marker: uptime less idle time is the number of guest
@@ -31,6 +34,7 @@ import json
 import re
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import List, NamedTuple, Optional, Sequence
 
@@ -122,9 +126,11 @@ def with_extra_arguments(files: BootFiles, extra: str) -> BootFiles:
     return files._replace(cmdline=f"{files.cmdline} {extra}") if extra.strip() else files
 
 
-def pyhv_vmm(python: Path, files: BootFiles) -> Vmm:
+def pyhv_vmm(python: Path, files: BootFiles, hints: str = "off", label: str = "") -> Vmm:
+    """``hints``: PYHV_TCG_HINTS, "off" (a cold boot) or the directory of the hot-block hints."""
     argv = [str(python), "-c", PYHV_WRAPPER, "-accel", "tcg"] + _boot_args(files)
-    return Vmm(f"pyhv tcg, {interpreter_label(python)}", argv, vm_env())
+    env = dict(vm_env(), PYHV_TCG_HINTS=hints)
+    return Vmm(f"pyhv tcg, {interpreter_label(python)}{label}", argv, env)
 
 
 def qemu_vmm(machine: str, files: BootFiles, icount: bool = False) -> Vmm:
@@ -181,14 +187,14 @@ def measure(vmm: Vmm, files: BootFiles, rounds: int, timeout_s: float, command: 
 def describe(result: BootResult, reference: Optional[BootResult], timeout_s: float) -> str:
     """One line of the report for one VMM."""
     if result.reached:
-        text = f"{result.label:<28} {result.marker_s:8.2f} s to the marker"
+        text = f"{result.label:<36} {result.marker_s:8.2f} s to the marker"
         if reference is not None and reference.reached and reference is not result and "-icount" not in result.label:
             text += f", {result.marker_s / reference.marker_s:.1f}x {reference.label}"
     else:
         ended = f"stopped at the {timeout_s:.0f} s timeout" if result.status is None else \
             f"exited with status {result.status} after {result.elapsed_s:.1f} s"
         last = repr(result.last_line) if result.last_line else "none (no console output at all)"
-        text = f"{result.label:<28} did not reach the marker: {ended}; last console line: {last}"
+        text = f"{result.label:<36} did not reach the marker: {ended}; last console line: {last}"
     if result.instructions is not None:
         if "-icount" in result.label:
             text += f"; {result.instructions / 1e9:.2f} billion instructions from the kernel's clock start"
@@ -206,6 +212,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--qemu-timeout", type=float, default=60.0, help="seconds QEMU gets to the marker")
     add_vmm_arguments(parser)
     parser.add_argument("--no-icount", action="store_true", help="skip the QEMU -icount instruction count")
+    parser.add_argument("--no-warm", action="store_true",
+                        help="skip the pyhv boots with hot-block hints (one boot writes them, then "
+                             "--pyhv-rounds boots read them); plain pyhv boots are cold")
     parser.add_argument("--extra-append", default="", metavar="ARGS",
                         help="kernel arguments added to the default command line (e.g. loglevel=7)")
     args = parser.parse_args(argv)
@@ -241,21 +250,32 @@ def main(argv: Sequence[str]) -> int:
                 # Counting instructions slows QEMU several times over.
                 plan.append((qemu_vmm("pc", files, icount=True), 1, args.qemu_timeout * 5,
                              ICOUNT_COMMAND, files))
+    hints_root = Path(tempfile.mkdtemp(prefix="pyhv-boot-hints-"))
     if not args.no_pyhv:
-        for python in chosen_interpreters(args):
+        for number, python in enumerate(chosen_interpreters(args)):
             try:
                 plan.append((pyhv_vmm(python, files), args.pyhv_rounds, args.pyhv_timeout,
                              GUEST_COMMAND, files))
+                if not args.no_warm:
+                    # A boot that writes the hot-block hints, then boots that start from them.
+                    hints = str(hints_root / str(number))
+                    plan.append((pyhv_vmm(python, files, hints, ", writing hints"), 1,
+                                 args.pyhv_timeout, GUEST_COMMAND, files))
+                    plan.append((pyhv_vmm(python, files, hints, ", warm (hints)"), args.pyhv_rounds,
+                                 args.pyhv_timeout, GUEST_COMMAND, files))
             except BenchError as err:
                 problems.append(f"skipped: {err}")
 
     results: List[BootResult] = []
-    for vmm, rounds, timeout_s, command, vmm_files in plan:
-        print(f"booting under {vmm.label} (timeout {timeout_s:.0f} s) ...", file=sys.stderr, flush=True)
-        try:
-            results.append(measure(vmm, vmm_files, rounds, timeout_s, command))
-        except BenchError as err:
-            problems.append(f"failed: {err}")
+    try:
+        for vmm, rounds, timeout_s, command, vmm_files in plan:
+            print(f"booting under {vmm.label} (timeout {timeout_s:.0f} s) ...", file=sys.stderr, flush=True)
+            try:
+                results.append(measure(vmm, vmm_files, rounds, timeout_s, command))
+            except BenchError as err:
+                problems.append(f"failed: {err}")
+    finally:
+        shutil.rmtree(hints_root, ignore_errors=True)
     reference = next((r for r in results if r.label == "qemu tcg -M pc" and r.reached), None)
     timeouts = {vmm.label: timeout_s for vmm, _, timeout_s, _, _ in plan}
     rounds = [f"best of {args.rounds} for QEMU"] if not args.no_qemu else []

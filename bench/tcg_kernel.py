@@ -1,7 +1,7 @@
 """MIPS of the software CPU on real kernel code: the default guest's boot, cut at N instructions.
 
     python bench/tcg_kernel.py [--million N] [--until TEXT] [--hot K] [--cprofile FILE]
-                               [--translate-after T] [--serial SPEC]
+                               [--translate-after T] [--serial SPEC] [--hints DIR]
 
 Boots the default guest (``pyhv guest build``: the Debian kernel and busybox initramfs) under
 ``-accel tcg -icount shift=auto,sleep=off`` (virtual time from the instruction count, so a
@@ -157,7 +157,11 @@ def main() -> None:
     parser.add_argument("--cprofile", default="", help="write cProfile stats of the run to this file")
     parser.add_argument("--no-block-profile", action="store_true",
                         help="do not count block runs (their counters cost a little time)")
+    parser.add_argument("--hints", default="off", metavar="DIR",
+                        help="keep the software CPU's hot-block hints in DIR (a second run then "
+                             "starts warm); default: off, every run starts cold")
     args = parser.parse_args()
+    os.environ["PYHV_TCG_HINTS"] = args.hints
     from pyhv.accel.tcg.cpu import TRANSLATE_AFTER
     after = TRANSLATE_AFTER if args.translate_after is None else args.translate_after
     profiles: List[BlockProfile] = []
@@ -172,6 +176,8 @@ def main() -> None:
     print(f"blocks translated: {translator.translated:,} in {seconds:.2f} s "
           f"({1000 * seconds / max(translator.translated, 1):.2f} ms each); "
           f"blocks decoded: {len(cpu.blocks):,}; translate after {after} runs")
+    if cpu.hints is not None:
+        print(f"hot-block hints: {len(cpu.hints.noted):,} noted, {cpu.hints.loaded:,} read from {cpu.hints.path}")
     if profiles:
         report(profiles, retired, args.hot)
 

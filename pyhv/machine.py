@@ -7,6 +7,7 @@ accelerator runs them.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from . import cpu_model
 from .accel.base import Accelerator, Platform
 from .boot.bzimage import is_bzimage
 from .bus import Bus
+from .cache import default_cache_dir
 from .chardev import CharBackend, open_chardev
 from .config import DeviceSpec, MachineConfig, parse_int
 from .errors import AccelError, ConfigError
@@ -77,6 +79,18 @@ def _tcg(platform: Platform) -> Accelerator:
 _ACCELERATORS: Dict[str, Callable[[Platform], Accelerator]] = {"kvm": _kvm, "tcg": _tcg}
 
 
+def tcg_hints_path(kernel: Optional[Path]) -> Optional[Path]:
+    """Where the software CPU keeps its hot-block hints for guests booted from ``kernel``
+    (pyhv.accel.tcg.hints): one file per kernel path in the cache directory. PYHV_TCG_HINTS
+    names another directory, or is "off" for none (every boot then warms up from scratch)."""
+    setting = os.environ.get("PYHV_TCG_HINTS", "")
+    if not kernel or setting == "off":
+        return None
+    directory = Path(setting) if setting else default_cache_dir() / "tcg-hints"
+    name = hashlib.sha256(os.fsencode(os.path.realpath(kernel))).hexdigest()[:16]
+    return directory / f"{name}.json"
+
+
 def _is_linux_kernel(kernel) -> bool:
     """Whether ``kernel`` is a bzImage; unreadable files are left to the loader's errors."""
     if not kernel:
@@ -105,7 +119,7 @@ class Machine:
         self.mmio = Bus("mmio")
         model = cpu_model.resolve(config.cpu)
         self.platform = Platform(self.memory, self.pio, self.mmio, self.lifecycle, model,
-                                 config.icount_shift, config.icount_sleep)
+                                 config.icount_shift, config.icount_sleep, tcg_hints_path(config.kernel))
         self.accel = create_accelerator(config.accel, self.platform, notice,
                                         boots_linux=_is_linux_kernel(config.kernel))
         self.virtio = None

@@ -24,3 +24,12 @@ def guest_path() -> Callable[[str], Path]:
     """``guest_path(name)`` → the built multiboot ELF of tests/guests/NAME.S (cached)."""
     builder = load_guest_builder()
     return lambda name: Path(builder.build_guest(name))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _tcg_hints_in_a_scratch_directory(tmp_path_factory):
+    """The software CPU's hot-block hints (pyhv.accel.tcg.hints) go to a directory of this test
+    session, not the user's cache: tests neither leave files there nor start warm from them."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PYHV_TCG_HINTS", str(tmp_path_factory.mktemp("tcg-hints")))
+        yield

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Optional
 
 from typing import Protocol
@@ -33,6 +34,9 @@ class Platform:
     # for host time; with icount_sleep a halted guest waits in real time for its next timer.
     icount_shift: Optional[int] = 0
     icount_sleep: bool = True
+    # Where the software CPU keeps the hot-block hints of this guest between boots
+    # (pyhv.accel.tcg.hints); None: it keeps none.
+    tcg_hints: Optional[Path] = None
 
 
 class Accelerator(Protocol):

@@ -41,6 +41,14 @@ def test_qemu_command_lines():
     assert counted.argv_prefix[at + 2:] == plain.argv_prefix[5:]
 
 
+def test_pyhv_boots_cold_unless_given_a_hints_directory():
+    cold = boot.pyhv_vmm(Path(sys.executable), FILES)
+    assert cold.env["PYHV_TCG_HINTS"] == "off"
+    warm = boot.pyhv_vmm(Path(sys.executable), FILES, "/tmp/hints", ", warm (hints)")
+    assert warm.env["PYHV_TCG_HINTS"] == "/tmp/hints" and warm.label.endswith(", warm (hints)")
+    assert warm.argv_prefix == cold.argv_prefix
+
+
 def test_a_boot_to_the_marker_keeps_the_best_round_and_ignores_the_echoed_command_line():
     script = ("print('Kernel command line: quiet -- echo PYHV-BOOT-MARKER'); print('PYHV-BOOT-MARKER\\r');"
               "print('pyhv-guest: exit status 0'); raise SystemExit(1)")

@@ -26,6 +26,7 @@ from ...irq import IrqLine
 from ...lifecycle import Reset, StopRequest
 from ..base import PauseGate, Platform
 from .cpu import Cpu, StopReason
+from .hints import BlockHints
 
 # Instructions per slice: timers fire and other threads' requests are seen between slices.
 SLICE = 10_000
@@ -79,6 +80,8 @@ class TcgAccelerator:
         cpu.lapic = self.chip.lapic
         cpu.tsc = self.chip.tsc
         cpu.acknowledge_interrupt = self.chip.source.acknowledge
+        if platform.tcg_hints is not None:
+            cpu.hints = BlockHints(platform.tcg_hints)
         self._wakeup = threading.Event()
         self.chip.source.on_raise = self._interrupt_raised
         self.instructions = 0
@@ -187,3 +190,6 @@ class TcgAccelerator:
 
     def close(self) -> None:
         self.platform.lifecycle.remove_listener(self.kick)
+        if self.cpu.hints is not None:
+            self.cpu.note_warm_blocks()
+            self.cpu.hints.save()

@@ -25,6 +25,7 @@ from . import insns  # noqa: F401  (fills the decoder's table)
 from .bulk import BULK_HANDLERS
 from .decoder import END, Insn, decode
 from .faults import GuestFault, PF
+from .hints import HOT, PART, WARM_RUNS, BlockHints, block_key
 from .insns.control import call_rel, jcc, jmp_rel
 from .interrupts import TripleFault, raise_exception, raise_interrupt
 from .mmu import ACCESS_FETCH, Mmu
@@ -220,6 +221,8 @@ class Cpu:
         # (None: never translate, the interpreter runs everything).
         self.translate_after: Optional[int] = TRANSLATE_AFTER
         self.translator = Translator(self.mmu, EMITTERS)
+        # What an earlier boot of this guest translated (see .hints); None: no hints kept.
+        self.hints: Optional[BlockHints] = None
         self.fault_retired = 0  # set by a translated block that raises a guest fault
         # Translated blocks by RIP, valid while Mmu.epoch equals jump_epoch (see _run).
         self.jump_cache: Dict[int, Block] = {}
@@ -433,6 +436,8 @@ class Cpu:
                 break
         block = Block(phys, rip, bits, cs_base, insns, spans)
         block.links = tuple(links)
+        if self.hints is not None and self.translate_after:
+            self._apply_hint(block)
         self.blocks[phys] = block
         for ppn in spans:
             keys = self.page_blocks.get(ppn)
@@ -477,6 +482,7 @@ class Cpu:
 
         insns = block.insns
         tail = block
+        members: List[Block] = []  # the blocks joined to ``block``
         for _ in range(FALL_THROUGH_PARTS - 1):
             last = tail.insns[-1]
             tail = part_at(last.next_rip, 0) if last.handler is jcc else None
@@ -484,6 +490,7 @@ class Cpu:
                 break
             insns = insns + tail.insns
             first, end = min(first, tail.spans[page][0]), max(end, tail.spans[page][1])
+            members.append(tail)
         parts = [insns]
         block.size = total = len(insns)
 
@@ -521,11 +528,51 @@ class Cpu:
             if len(parts) == REGION_PARTS or total + len(part.insns) > REGION_INSNS:
                 continue
             parts.append(part.insns)
+            members.append(part)
             total += len(part.insns)
             first, end = min(first, part.spans[page][0]), max(end, part.spans[page][1])
+        if self.hints is not None:
+            for member in members:
+                self._note_hint(member, PART)
         block.spans = {page: (first, end)}
         block.parts = len(parts)
         return parts
+
+    def _translate(self, block: Block) -> Callable[..., int]:
+        if self.hints is not None:
+            self._note_hint(block, HOT)  # before _region widens the block's spans
+        return self.translator.translate_region(self._region(block), block.bits)
+
+    # --- hot-block hints (see .hints) -----------------------------------------------------
+    def _block_key(self, block: Block) -> Optional[str]:
+        code = []
+        for ppn, (first, end) in block.spans.items():
+            piece = self.mmu.phys_bytes((ppn << 12) | first, end - first)
+            if piece is None:
+                return None  # code outside RAM: no hint
+            code.append(piece)
+        return block_key(block.rip, block.bits, code)
+
+    def _apply_hint(self, block: Block) -> None:
+        key = self._block_key(block)
+        kind = None if key is None else self.hints.kind(key)
+        if kind == HOT:
+            block.heat = max(block.heat, self.translate_after - WARM_RUNS)
+        elif kind == PART:
+            block.heat = max(block.heat, self.translate_after // LOOP_PART_SHARE)
+
+    def note_warm_blocks(self) -> None:
+        """Note as PART every block that ran often enough to join a region."""
+        if self.hints is None or not self.translate_after:
+            return
+        for block in self.blocks.values():
+            if block.fn is None and block.heat >= self.translate_after // LOOP_PART_SHARE:
+                self._note_hint(block, PART)
+
+    def _note_hint(self, block: Block, kind: str) -> None:
+        key = self._block_key(block)
+        if key is not None:
+            self.hints.note(key, kind)
 
     def _links_hold(self, block: Block) -> bool:
         """Whether the pages ``block`` jumped into still map to the code it was built from."""
@@ -621,8 +668,7 @@ class Cpu:
                     if fn is None and self.translate_after is not None:
                         block.heat += 1
                         if block.heat > self.translate_after:
-                            fn = block.fn = self.translator.translate_region(
-                                self._region(block), block.bits)
+                            fn = block.fn = self._translate(block)
                     if fn is not None:
                         # Translated blocks run back to back, following their chains, until
                         # something needs the checks above.
