@@ -162,8 +162,9 @@ def test_hints_path_per_kernel_in_the_cache_or_as_configured(tmp_path, monkeypat
     assert tcg_hints_path(kernel).parent == tmp_path / "elsewhere"
 
 
-def test_the_accelerator_reads_hints_at_start_and_writes_them_when_closed(tmp_path):
+def test_the_accelerator_reads_hints_at_start_and_writes_them_when_closed(tmp_path, monkeypatch):
     from pyhv.accel.base import Platform
+    from pyhv.accel.tcg import cpu as cpu_module
     from pyhv.accel.tcg.accel import TcgAccelerator
     from pyhv.bus import Bus
     from pyhv.cpu_model import pyhv64
@@ -174,6 +175,7 @@ def test_the_accelerator_reads_hints_at_start_and_writes_them_when_closed(tmp_pa
     earlier = BlockHints(path)
     earlier.note("1000/64/00000000", HOT)
     earlier.save()
+    monkeypatch.setattr(cpu_module, "TRANSLATE_AFTER", 6400)  # PyPy's; CPython's 32 keeps none
     platform = Platform(GuestMemory(4 * MiB), Bus("pio"), Bus("mmio"), Lifecycle(), pyhv64(),
                         tcg_hints=path)
     accel = TcgAccelerator(platform)
@@ -189,3 +191,9 @@ def test_the_accelerator_reads_hints_at_start_and_writes_them_when_closed(tmp_pa
     assert accel.cpu.hints is None
     accel.close()
     without.memory.close()
+    monkeypatch.setattr(cpu_module, "TRANSLATE_AFTER", 32)
+    early = Platform(GuestMemory(4 * MiB), Bus("pio"), Bus("mmio"), Lifecycle(), pyhv64(), tcg_hints=path)
+    accel = TcgAccelerator(early)
+    assert accel.cpu.hints is None  # translating after 32 runs: nothing to hint
+    accel.close()
+    early.memory.close()

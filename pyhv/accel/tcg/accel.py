@@ -26,7 +26,7 @@ from ...irq import IrqLine
 from ...lifecycle import Reset, StopRequest
 from ..base import PauseGate, Platform
 from .cpu import Cpu, StopReason
-from .hints import BlockHints
+from .hints import WARM_RUNS, BlockHints
 
 # Instructions per slice: timers fire and other threads' requests are seen between slices.
 SLICE = 10_000
@@ -80,7 +80,8 @@ class TcgAccelerator:
         cpu.lapic = self.chip.lapic
         cpu.tsc = self.chip.tsc
         cpu.acknowledge_interrupt = self.chip.source.acknowledge
-        if platform.tcg_hints is not None:
+        if platform.tcg_hints is not None and (cpu.translate_after or 0) > WARM_RUNS:
+            # (CPython translates a block after 32 runs: a head start has nothing to win there.)
             cpu.hints = BlockHints(platform.tcg_hints)
         self._wakeup = threading.Event()
         self.chip.source.on_raise = self._interrupt_raised
