@@ -123,6 +123,15 @@ def test_a_damaged_hints_file_is_ignored_with_a_warning(tmp_path, caplog, conten
     assert BlockHints(path).kind("1000/64/00000000") == HOT
 
 
+def test_an_oversized_hints_file_is_not_read(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(hints_module, "MAX_FILE_BYTES", 100)
+    path = tmp_path / "hints.json"
+    path.write_text(json.dumps({"version": 1, "blocks": {f"{n:x}/64/00000000": HOT for n in range(20)}}))
+    with caplog.at_level(logging.WARNING, logger="pyhv.accel.tcg.hints"):
+        assert BlockHints(path).loaded == 0
+    assert "more than a hints file holds" in caplog.text
+
+
 def test_a_hints_file_that_cannot_be_read_or_written_costs_only_the_head_start(tmp_path, caplog):
     blocker = tmp_path / "a-file"
     blocker.write_text("")

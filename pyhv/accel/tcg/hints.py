@@ -39,6 +39,8 @@ WARM_RUNS = 64
 MAX_ENTRIES = 200_000
 # Hints files kept in a directory (one per kernel path): the oldest beyond this are removed.
 MAX_FILES = 64
+# A file larger than this is not one pyhv wrote (MAX_ENTRIES entries take about 8 MB).
+MAX_FILE_BYTES = 32 << 20
 FORMAT_VERSION = 1
 
 
@@ -97,6 +99,10 @@ class BlockHints:
 def _load(path: Path) -> Dict[str, str]:
     try:
         with open(path) as stream:
+            size = os.fstat(stream.fileno()).st_size
+            if size > MAX_FILE_BYTES:
+                log.warning("ignoring the block hints in %s: %d bytes, more than a hints file holds", path, size)
+                return {}
             data = json.load(stream)
     except FileNotFoundError:
         return {}
