@@ -6,7 +6,10 @@ heap grows by 1.82x) suit programs with little long-lived data; the software CPU
 hundreds of megabytes of it (decoded blocks, translated code) and allocates fast. Measured
 on the Debian boot (bench/tcg_kernel.py, PyPy, side by side): 7.2 s of 46.8 s in the GC with
 the defaults, 2.1 s of 42.6 s with a 16 MB nursery and major collections at 3x (peak memory
-610 -> 667 MB); a 32 MB nursery gained no more, and 128 MB cost 1.1 GB.
+610 -> 667 MB); a 32 MB nursery gained no more, and 128 MB cost 1.1 GB. Later (2026-11-26,
+a 30 s boot, GC minor collections 1.1 s of it): 64 MB against 16 MB, faster in seven pairs of
+seven side by side by 0.1-3.0 s (mean about 0.9 s, 3%), peak memory 532 -> 713 MB; 32 MB
+gained less than 64 (0.2 and 0.4 s behind it), 128 MB no more.
 
 ``pyhv run`` and ``pyhv guest run`` on PyPy restart themselves once with these settings
 (:func:`restart_with_vm_env`), and so does bench/tcg_kernel.py; processes pyhv starts itself (``virsh start``) get them in
@@ -22,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional
 
-PYPY_GC_SETTINGS: Dict[str, str] = {"PYPY_GC_NURSERY": "16MB", "PYPY_GC_MAJOR_COLLECT": "3"}
+PYPY_GC_SETTINGS: Dict[str, str] = {"PYPY_GC_NURSERY": "64MB", "PYPY_GC_MAJOR_COLLECT": "3"}
 
 
 def vm_env(base: Optional[Mapping[str, str]] = None) -> Dict[str, str]:

@@ -13,9 +13,9 @@ from pyhv.runtime_env import PYPY_GC_SETTINGS, needs_restart, vm_env
 
 
 def test_vm_env_adds_the_settings_and_keeps_the_users_own() -> None:
-    env = vm_env({"PATH": "/bin", "PYPY_GC_NURSERY": "64MB"})
+    env = vm_env({"PATH": "/bin", "PYPY_GC_NURSERY": "8MB"})
     assert env["PATH"] == "/bin"
-    assert env["PYPY_GC_NURSERY"] == "64MB"  # the user's choice wins
+    assert env["PYPY_GC_NURSERY"] == "8MB"  # the user's choice wins
     assert env["PYPY_GC_MAJOR_COLLECT"] == PYPY_GC_SETTINGS["PYPY_GC_MAJOR_COLLECT"]
 
 
