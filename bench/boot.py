@@ -254,9 +254,10 @@ def main(argv: Sequence[str]) -> int:
     if not args.no_pyhv:
         for number, python in enumerate(chosen_interpreters(args)):
             try:
-                plan.append((pyhv_vmm(python, files), args.pyhv_rounds, args.pyhv_timeout,
-                             GUEST_COMMAND, files))
-                if not args.no_warm:
+                cold = pyhv_vmm(python, files)
+                plan.append((cold, args.pyhv_rounds, args.pyhv_timeout, GUEST_COMMAND, files))
+                # CPython translates a block after 32 runs and keeps no hints.
+                if not args.no_warm and "PyPy" in cold.label:
                     # A boot that writes the hot-block hints, then boots that start from them.
                     hints = str(hints_root / str(number))
                     plan.append((pyhv_vmm(python, files, hints, ", writing hints"), 1,

@@ -7,7 +7,6 @@ accelerator runs them.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 from pathlib import Path
@@ -86,9 +85,10 @@ def tcg_hints_path(kernel: Optional[Path]) -> Optional[Path]:
     setting = os.environ.get("PYHV_TCG_HINTS", "")
     if not kernel or setting == "off":
         return None
+    from .accel.tcg.hints import hints_file_name  # (the software CPU is imported when used)
+
     directory = Path(setting) if setting else default_cache_dir() / "tcg-hints"
-    name = hashlib.sha256(os.fsencode(os.path.realpath(kernel))).hexdigest()[:16]
-    return directory / f"{name}.json"
+    return directory / hints_file_name(kernel)
 
 
 def _is_linux_kernel(kernel) -> bool:
@@ -118,8 +118,9 @@ class Machine:
         self.pio = Bus("pio")
         self.mmio = Bus("mmio")
         model = cpu_model.resolve(config.cpu)
+        hints = tcg_hints_path(config.kernel) if "tcg" in config.accel else None
         self.platform = Platform(self.memory, self.pio, self.mmio, self.lifecycle, model,
-                                 config.icount_shift, config.icount_sleep, tcg_hints_path(config.kernel))
+                                 config.icount_shift, config.icount_sleep, hints)
         self.accel = create_accelerator(config.accel, self.platform, notice,
                                         boots_linux=_is_linux_kernel(config.kernel))
         self.virtio = None

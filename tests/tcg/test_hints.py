@@ -144,16 +144,20 @@ def test_a_hints_file_that_cannot_be_read_or_written_costs_only_the_head_start(t
     assert "cannot save" in caplog.text
 
 
-def test_old_hints_files_are_pruned(tmp_path, monkeypatch):
+def test_old_hints_files_are_pruned_and_nothing_else(tmp_path, monkeypatch):
     monkeypatch.setattr(hints_module, "MAX_FILES", 3)
     for n in range(5):
-        stale = tmp_path / f"kernel{n}.json"
+        stale = tmp_path / f"{n:016x}.json"
         stale.write_text("{}")
         os.utime(stale, (1000 + n, 1000 + n))
-    hints = BlockHints(tmp_path / "current.json")
+    users_own = tmp_path / "settings.json"  # PYHV_TCG_HINTS may name a directory with other files
+    users_own.write_text("{}")
+    os.utime(users_own, (1, 1))
+    hints = BlockHints(tmp_path / f"{0xabc:016x}.json")
     hints.note("1000/64/00000000", HOT)
     hints.save()
-    assert sorted(p.name for p in tmp_path.glob("*.json")) == ["current.json", "kernel3.json", "kernel4.json"]
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == [
+        "0000000000000003.json", "0000000000000004.json", "0000000000000abc.json", "settings.json"]
 
 
 def test_hints_path_per_kernel_in_the_cache_or_as_configured(tmp_path, monkeypatch):
@@ -162,7 +166,8 @@ def test_hints_path_per_kernel_in_the_cache_or_as_configured(tmp_path, monkeypat
     monkeypatch.delenv("PYHV_TCG_HINTS", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     path = tcg_hints_path(kernel)
-    assert path.parent == tmp_path / "cache" / "pyhv" / "tcg-hints" and path.suffix == ".json"
+    assert path.parent == tmp_path / "cache" / "pyhv" / "tcg-hints"
+    assert hints_module.HINTS_FILE_NAME.fullmatch(path.name)  # what pruning may remove
     assert tcg_hints_path(tmp_path / "other") != path
     assert tcg_hints_path(None) is None
     monkeypatch.setenv("PYHV_TCG_HINTS", "off")

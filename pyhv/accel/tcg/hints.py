@@ -4,8 +4,8 @@ translates them after a few runs instead of thousands.
 A block is translated only after TRANSLATE_AFTER interpreted runs (see .cpu): translating and
 compiling one costs about as much as interpreting it that often, and most blocks never get
 that hot. The blocks that do are the same from one boot of a kernel to the next, and their
-warm-up is a fifth of a Debian boot on PyPy (58 million of its 457 million instructions,
-interpreted at about four times the cost of translated code). So when a boot ends the
+warm-up takes about a fifth of a Debian boot on PyPy (58 million of its 457 million
+instructions, each interpreted at about four times the cost of translated code). So when a boot ends the
 accelerator writes down which blocks it translated (HOT) and which ran often enough to join
 a translated block's region (PART, see Cpu._region); the next boot of the same kernel reads
 that back, and a block it decodes that has a hint starts with the heat it had then.
@@ -19,9 +19,11 @@ the next boot its head start.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 import zlib
 from pathlib import Path
@@ -42,6 +44,13 @@ MAX_FILES = 64
 # A file larger than this is not one pyhv wrote (MAX_ENTRIES entries take about 8 MB).
 MAX_FILE_BYTES = 32 << 20
 FORMAT_VERSION = 1
+# What a hints file is called (hints_file_name): 16 hex digits of a hash of the kernel's path.
+HINTS_FILE_NAME = re.compile(r"[0-9a-f]{16}\.json")
+
+
+def hints_file_name(kernel: Path) -> str:
+    """The name of the hints file of guests booted from ``kernel``: a hash of its real path."""
+    return hashlib.sha256(os.fsencode(os.path.realpath(kernel))).hexdigest()[:16] + ".json"
 
 
 def block_key(rip: int, bits: int, code: Iterable[bytes]) -> str:
@@ -66,6 +75,7 @@ class BlockHints:
         return self.previous.get(key)
 
     def note(self, key: str, kind: str) -> None:
+        """Record that this boot translated the block (HOT) or took it into a region (PART)."""
         if kind == HOT or self.noted.get(key) != HOT:
             self.noted[key] = kind
 
@@ -119,9 +129,11 @@ def _load(path: Path) -> Dict[str, str]:
 
 
 def _prune(directory: Path) -> None:
-    """Remove the least recently written hints files beyond MAX_FILES."""
+    """Remove the least recently written hints files beyond MAX_FILES. Only files named as
+    hints_file_name names them: PYHV_TCG_HINTS may name any directory."""
     try:
-        files = sorted(directory.glob("*.json"), key=lambda path: path.stat().st_mtime, reverse=True)
+        files = sorted((path for path in directory.glob("*.json") if HINTS_FILE_NAME.fullmatch(path.name)),
+                       key=lambda path: path.stat().st_mtime, reverse=True)
         for stale in files[MAX_FILES:]:
             stale.unlink()
     except OSError:
