@@ -66,7 +66,7 @@ def boot(budget: int, serial: str, translate_after: int, profiles: List[BlockPro
         serial = f"file:{console}"
     guest = build_default_guest()
     config = parse_run_args([
-        "-accel", "tcg", "-icount", "shift=auto,sleep=off", "-m", "256", "-no-reboot",
+        "-accel", "tcg", "-icount", "shift=auto,sleep=off", "-seed", "1", "-m", "256", "-no-reboot",
         "-serial", serial,
         "-device", "isa-debug-exit,iobase=0xf4,iosize=4",
         "-kernel", str(guest.kernel), "-initrd", str(guest.initrd), "-append", CMDLINE])

@@ -49,6 +49,7 @@ class MachineConfig:
     icount_shift: Optional[int] = 0
     icount_sleep: bool = True
     decompress: Optional[bool] = None  # host-side bzImage decompression; None = default
+    seed: Optional[int] = None  # -seed: the guest's boot RNG seed derived from it (None: random)
 
 
 _SIZE_SUFFIX = {"": MiB, "B": 1, "K": 1 << 10, "M": MiB, "G": 1 << 30, "T": 1 << 40}

@@ -293,11 +293,13 @@ class Machine:
     def _load_guest(self, rsdp: int) -> None:
         from .acpi import ACPI_RESERVED_RANGES
         from .boot.loader import load_kernel
+        from .boot.zeropage import boot_rng_seed
 
         cfg = self.config
         initrd = Path(cfg.initrd) if cfg.initrd else None
         state = load_kernel(self.memory, Path(cfg.kernel), initrd, cfg.append, cfg.decompress,
-                            reserved=ACPI_RESERVED_RANGES, acpi_rsdp_addr=rsdp)
+                            reserved=ACPI_RESERVED_RANGES, acpi_rsdp_addr=rsdp,
+                            rng_seed=boot_rng_seed(cfg.seed))
         self.accel.load_boot_state(state)
 
     # --- running -------------------------------------------------------------------------

@@ -77,6 +77,13 @@ def _ignore(_cfg: MachineConfig, _value: str) -> None:
     """Options whose QEMU meaning is already pyhv's behaviour."""
 
 
+def _seed(cfg: MachineConfig, value: str) -> None:
+    seed = parse_int(value, "-seed")
+    if not 0 <= seed < 1 << 64:
+        raise ConfigError(f"-seed {value}: the seed must be a number from 0 to 2**64-1")
+    cfg.seed = seed
+
+
 def _decompress(cfg: MachineConfig, value: str) -> None:
     if value not in ("on", "off", "auto"):
         raise ConfigError(f"-kernel-decompress {value}: use on, off or auto")
@@ -107,6 +114,7 @@ OPTIONS: Dict[str, Tuple[bool, Handler]] = {
     "chardev": (True, _chardev),
     "netdev": (True, lambda cfg, v: cfg.netdevs.append(v)),
     "icount": (True, _icount),
+    "seed": (True, _seed),
     # pyhv's own: host-side decompression of a bzImage payload (on/off/auto)
     "kernel-decompress": (True, _decompress),
 }

@@ -111,3 +111,21 @@ def test_icount(text, shift, sleep):
 def test_bad_icount(text, message):
     with pytest.raises(ConfigError, match=message):
         parse_run_args(["-kernel", "k", "-icount", text])
+
+
+def test_seed_makes_the_boot_rng_seed_reproducible():
+    from pyhv.boot.zeropage import RNG_SEED_BYTES, boot_rng_seed
+
+    assert parse_run_args(["-kernel", "k"]).seed is None
+    cfg = parse_run_args(["-kernel", "k", "-seed", "42"])
+    assert cfg.seed == 42
+    assert boot_rng_seed(42) == boot_rng_seed(42) != boot_rng_seed(43)
+    assert len(boot_rng_seed(42)) == len(boot_rng_seed()) == RNG_SEED_BYTES
+    assert boot_rng_seed() != boot_rng_seed()  # without -seed, fresh host randomness each boot
+
+
+@pytest.mark.parametrize("text,message", [("x", "not a number"), ("-1", "from 0 to 2"),
+                                          (str(1 << 64), "from 0 to 2")])
+def test_bad_seed(text, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_run_args(["-kernel", "k", "-seed", text])

@@ -26,6 +26,11 @@ XLF_CAN_BE_LOADED_ABOVE_4G = 1 << 1
 
 TYPE_OF_LOADER_UNDEFINED = 0xFF
 
+# setup_data (protocol 2.09+): a linked list of typed blobs, boot_params.hdr.setup_data
+# its head. Each entry: u64 next (physical address, 0 ends the list), u32 type, u32 len, data.
+SETUP_DATA_PROTOCOL = 0x0209
+SETUP_RNG_SEED = 9
+
 
 class SetupHeader(ctypes.LittleEndianStructure):
     _pack_ = 1

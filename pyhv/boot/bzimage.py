@@ -152,11 +152,11 @@ def _check_fits(memory: GuestMemory, image: BzImage, end: int) -> None:
 
 def load_bzimage(memory: GuestMemory, image: BzImage, initrd: Optional[Path], cmdline: str,
                  decompress: bool, e820: Optional[Sequence[E820Entry]] = None,
-                 acpi_rsdp_addr: Optional[int] = None) -> CpuBootState:
+                 acpi_rsdp_addr: Optional[int] = None, rng_seed: Optional[bytes] = None) -> CpuBootState:
     """Load ``image`` (and ``initrd``) into guest memory and return the entry state.
 
     ``e820`` defaults to the map of ``memory``'s RAM; pass one with reserved ranges when
-    the machine keeps firmware tables in RAM.
+    the machine keeps firmware tables in RAM. ``rng_seed`` goes to the kernel in setup_data.
     """
     e820 = memory_map(memory) if e820 is None else e820
     footprint_end = image.footprint_end()
@@ -184,7 +184,8 @@ def load_bzimage(memory: GuestMemory, image: BzImage, initrd: Optional[Path], cm
     if initrd is not None:
         placement = load_initrd(memory, initrd, footprint_end, image.initrd_addr_max, e820)
     cmdline_addr = write_cmdline(memory, cmdline, image.header.cmdline_size, image.source)
-    build_zero_page(memory, image.header_bytes, cmdline_addr, placement, e820, image.source, acpi_rsdp_addr)
+    build_zero_page(memory, image.header_bytes, cmdline_addr, placement, e820, image.source, acpi_rsdp_addr,
+                    rng_seed)
     if long_mode:
         return long_mode_entry(memory, entry, ZERO_PAGE_ADDR)
     # 32-bit boot protocol: ESI = boot_params; EBP, EDI and EBX must be zero.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 BOOT_GDT_ADDR = 0x500
 BOOT_IDT_ADDR = 0x520  # an empty IDT: the guest installs its own before enabling interrupts
+SETUP_DATA_ADDR = 0x6000  # Linux setup_data entries (the RNG seed), below the zero page
 ZERO_PAGE_ADDR = 0x7000  # Linux boot_params
 BOOT_STACK_TOP = 0x8FF0  # grows down into [0x8000, 0x8FF0)
 PAGE_TABLES_ADDR = 0x9000  # PML4, PDPT, then one page directory per GiB (long mode only)

@@ -40,7 +40,8 @@ def read_kernel_file(kernel: Path, memory: GuestMemory) -> bytes:
 
 
 def load_elf_vmlinux(memory: GuestMemory, kernel: Path, data: bytes, initrd: Optional[Path],
-                     cmdline: str, e820: Sequence[E820Entry], acpi_rsdp_addr: Optional[int] = None) -> CpuBootState:
+                     cmdline: str, e820: Sequence[E820Entry], acpi_rsdp_addr: Optional[int] = None,
+                     rng_seed: Optional[bytes] = None) -> CpuBootState:
     """An uncompressed ELF64 vmlinux: load by PT_LOAD, enter startup_64 with a zero page."""
     source = str(kernel)
     image = parse_elf(data, source)
@@ -52,13 +53,14 @@ def load_elf_vmlinux(memory: GuestMemory, kernel: Path, data: bytes, initrd: Opt
         placement = load_initrd(memory, initrd, image.high, 0xFFFF_FFFF, e820)
     cmdline_addr = write_cmdline(memory, cmdline, ELF_CMDLINE_SIZE, source)
     build_zero_page(memory, synthetic_setup_header(ELF_CMDLINE_SIZE), cmdline_addr, placement,
-                    e820, source, acpi_rsdp_addr)
+                    e820, source, acpi_rsdp_addr, rng_seed)
     return long_mode_entry(memory, image.physical_entry(), ZERO_PAGE_ADDR)
 
 
 def load_kernel(memory: GuestMemory, kernel: Union[str, Path], initrd: Optional[Union[str, Path]] = None,
                 cmdline: str = "", decompress: Optional[bool] = None, *,
-                reserved: Sequence[Tuple[int, int]] = (), acpi_rsdp_addr: Optional[int] = None) -> CpuBootState:
+                reserved: Sequence[Tuple[int, int]] = (), acpi_rsdp_addr: Optional[int] = None,
+                rng_seed: Optional[bytes] = None) -> CpuBootState:
     """Load ``kernel`` (bzImage, multiboot v1 or ELF64 vmlinux) and its initrd into ``memory``.
 
     ``initrd`` is the Linux initial ramdisk, or for multiboot QEMU's comma-separated module
@@ -67,7 +69,8 @@ def load_kernel(memory: GuestMemory, kernel: Union[str, Path], initrd: Optional[
     (default on) unpacks a bzImage's payload on the host and enters the kernel past its own
     decompressor. ``reserved`` lists [start, end) ranges of RAM the machine keeps (firmware
     or ACPI tables): they are reported reserved in the e820 map / multiboot mmap and the
-    initrd avoids them. ``acpi_rsdp_addr`` goes into the Linux zero page.
+    initrd avoids them. ``acpi_rsdp_addr`` goes into the Linux zero page, ``rng_seed``
+    (:func:`~pyhv.boot.zeropage.boot_rng_seed`) into its setup_data list (multiboot has neither).
     Returns the boot vCPU's entry state; raises :class:`BootError` for unusable input.
     """
     kernel_name = str(kernel)
@@ -82,7 +85,7 @@ def load_kernel(memory: GuestMemory, kernel: Union[str, Path], initrd: Optional[
             # Host-side decompression by default; kernels older than protocol 2.08 do not
             # say where their payload is, so they decompress themselves.
             decompress = image.has_payload
-        return load_bzimage(memory, image, initrd_path, cmdline, decompress, e820, acpi_rsdp_addr)
+        return load_bzimage(memory, image, initrd_path, cmdline, decompress, e820, acpi_rsdp_addr, rng_seed)
     header, bad_checksum_at = find_header(data)
     if header is not None:
         return load_multiboot(memory, kernel_name, data, header, initrd, cmdline, e820)
@@ -90,7 +93,7 @@ def load_kernel(memory: GuestMemory, kernel: Union[str, Path], initrd: Optional[
     if bad_checksum_at is not None and not elf64:
         raise BootError(f"{source}: multiboot header at offset {bad_checksum_at:#x} has a bad checksum")
     if is_elf(data):
-        return load_elf_vmlinux(memory, kernel, data, initrd_path, cmdline, e820, acpi_rsdp_addr)
+        return load_elf_vmlinux(memory, kernel, data, initrd_path, cmdline, e820, acpi_rsdp_addr, rng_seed)
     raise BootError(
         f"{source}: not a kernel pyhv can boot (no bzImage 'HdrS' header at 0x202, no multiboot header "
         f"in the first 8 KiB, not an ELF file)"

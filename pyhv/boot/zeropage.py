@@ -7,15 +7,19 @@ loader; both hand the kernel the same boot_params at :data:`ZERO_PAGE_ADDR`.
 from __future__ import annotations
 
 import ctypes
+import hashlib
+import os
+import struct
 from pathlib import Path
 from typing import NamedTuple, Optional, Sequence
 
 from ..errors import BootError
 from ..memory import GuestMemory
-from .bootparams import (BOOT_FLAG, CAN_USE_HEAP, E820_MAX_ENTRIES_ZEROPAGE, SETUP_HEADER_MAGIC,
-                         SETUP_HEADER_OFFSET, TYPE_OF_LOADER_UNDEFINED, BootParams, SetupHeader)
+from .bootparams import (BOOT_FLAG, CAN_USE_HEAP, E820_MAX_ENTRIES_ZEROPAGE, SETUP_DATA_PROTOCOL,
+                         SETUP_HEADER_MAGIC, SETUP_HEADER_OFFSET, SETUP_RNG_SEED, TYPE_OF_LOADER_UNDEFINED,
+                         BootParams, SetupHeader)
 from .e820 import E820_RAM, E820Entry, low_ram_end
-from .layout import CMDLINE_ADDR, CMDLINE_LIMIT, PAGE_SIZE, ZERO_PAGE_ADDR, align_down
+from .layout import CMDLINE_ADDR, CMDLINE_LIMIT, PAGE_SIZE, SETUP_DATA_ADDR, ZERO_PAGE_ADDR, align_down
 
 # Protocol 2.02 (first with cmd_line_ptr) lets the real-mode heap end 0x200 bytes below
 # the 0x10000-byte setup segment, the value boot loaders conventionally pass.
@@ -23,6 +27,10 @@ HEAP_END_PTR = 0xFE00
 DEFAULT_INITRD_ADDR_MAX = 0x37FFFFFF  # protocol < 2.03
 # The setup header we present when the kernel (an ELF vmlinux) has none of its own.
 SYNTHETIC_PROTOCOL = 0x020F
+# The seed's size: what the kernel's input pool credits as 256 bits, enough for its crng to
+# count as initialised (Linux 6.x, POOL_READY_BITS).
+RNG_SEED_BYTES = 32
+_SETUP_DATA_HEADER = struct.Struct("<QII")  # next, type, len
 
 
 class InitrdPlacement(NamedTuple):
@@ -103,10 +111,34 @@ def synthetic_setup_header(cmdline_size: int = 0x7FF) -> bytes:
     return bytes(header)
 
 
+def boot_rng_seed(seed: Optional[int] = None) -> bytes:
+    """The RNG seed a Linux guest gets at boot: fresh host randomness, or with ``seed``
+    (``pyhv run -seed N``, QEMU's option for reproducible guests) the same bytes every time."""
+    if seed is None:
+        return os.urandom(RNG_SEED_BYTES)
+    return hashlib.sha256(b"pyhv boot rng seed %d" % seed).digest()[:RNG_SEED_BYTES]
+
+
+def _write_rng_seed(memory: GuestMemory, params: BootParams, rng_seed: bytes) -> None:
+    """Hand the kernel ``rng_seed`` as a SETUP_RNG_SEED entry of the setup_data list.
+
+    Linux 6.0 and later mixes it into its entropy pool while parsing boot_params, credits it
+    when it trusts the boot loader (RANDOM_TRUST_BOOTLOADER, on in Debian's kernel) and wipes
+    it. Without a seed and without RDRAND, the kernel starts with no credited entropy, and
+    until interrupts supply some, every get_random_u32() (one per new slab, one per tmpfs
+    inode: many while the initramfs unpacks) hashes its whole input pool again."""
+    if params.hdr.version < SETUP_DATA_PROTOCOL:
+        return  # older kernels have no setup_data field to find it by
+    memory.write(SETUP_DATA_ADDR, _SETUP_DATA_HEADER.pack(0, SETUP_RNG_SEED, len(rng_seed)) + rng_seed)
+    params.hdr.setup_data = SETUP_DATA_ADDR
+
+
 def build_zero_page(memory: GuestMemory, header_bytes: bytes, cmdline_addr: int,
                     initrd: Optional[InitrdPlacement], e820: Sequence[E820Entry],
-                    source: str, acpi_rsdp_addr: Optional[int] = None) -> BootParams:
-    """Fill boot_params from the kernel's setup header and write it at ZERO_PAGE_ADDR."""
+                    source: str, acpi_rsdp_addr: Optional[int] = None,
+                    rng_seed: Optional[bytes] = None) -> BootParams:
+    """Fill boot_params from the kernel's setup header and write it at ZERO_PAGE_ADDR, with
+    ``rng_seed`` (see :func:`boot_rng_seed`) in a setup_data entry when the kernel can take one."""
     params = BootParams()
     if acpi_rsdp_addr is not None:
         params.acpi_rsdp_addr = acpi_rsdp_addr
@@ -129,5 +161,7 @@ def build_zero_page(memory: GuestMemory, header_bytes: bytes, cmdline_addr: int,
         record = params.e820_table[index]
         record.addr, record.size, record.type = entry.addr, entry.size, entry.type
     params.e820_entries = len(e820)
+    if rng_seed is not None:
+        _write_rng_seed(memory, params, rng_seed)
     memory.write_obj(ZERO_PAGE_ADDR, params)
     return params

@@ -279,3 +279,30 @@ def test_no_rsdp_leaves_the_field_zero(tmp_path: Path, memory: GuestMemory) -> N
     memory.write_u64(ZERO_PAGE + 0x070, 0x1234)
     load_kernel(memory, write_kernel(tmp_path))
     assert memory.read_u64(ZERO_PAGE + 0x070) == 0
+
+
+def setup_data_entries(mem: GuestMemory) -> list:
+    """(type, data) of each entry of the setup_data list the zero page heads (boot.rst)."""
+    entries = []
+    addr = mem.read_u64(ZERO_PAGE + 0x250)
+    while addr:
+        next_addr, kind, length = struct.unpack("<QII", mem.read(addr, 16))
+        entries.append((kind, mem.read(addr + 16, length)))
+        addr = next_addr
+    return entries
+
+
+def test_rng_seed_reaches_the_kernel_as_setup_data(tmp_path: Path, memory: GuestMemory) -> None:
+    seed = bytes(range(32))
+    load_kernel(memory, write_kernel(tmp_path), rng_seed=seed)
+    assert setup_data_entries(memory) == [(9, seed)]  # SETUP_RNG_SEED
+    setup_data = memory.read_u64(ZERO_PAGE + 0x250)
+    assert setup_data < 0x7000 and setup_data + 16 + 32 <= 0x7000  # low RAM, clear of the zero page
+
+
+def test_no_rng_seed_for_kernels_before_setup_data(tmp_path: Path, memory: GuestMemory) -> None:
+    memory.write_u64(ZERO_PAGE + 0x250, 0x1234)  # a previous boot's value must not survive
+    load_kernel(memory, write_kernel(tmp_path, version=0x0208), rng_seed=bytes(32))
+    assert memory.read_u64(ZERO_PAGE + 0x250) == 0  # protocol 2.09 brought setup_data
+    load_kernel(memory, write_kernel(tmp_path), rng_seed=None)
+    assert memory.read_u64(ZERO_PAGE + 0x250) == 0

@@ -90,3 +90,14 @@ def test_elf32_without_multiboot_is_refused(tmp_path: Path, memory: GuestMemory)
     kernel.write_bytes(build_elf([(0x100000, b"x" * 16, 16)], 0x100000, elf64=False))
     with pytest.raises(BootError, match="k32: an ELF32 kernel needs a multiboot header"):
         load_kernel(memory, kernel)
+
+
+def test_elf64_vmlinux_gets_the_rng_seed(tmp_path: Path, memory: GuestMemory) -> None:
+    kernel = tmp_path / "vmlinux"
+    kernel.write_bytes(GOOD)
+    seed = b"\x5a" * 32
+    load_kernel(memory, kernel, rng_seed=seed)
+    setup_data = memory.read_u64(0x7000 + 0x250)
+    assert setup_data != 0
+    assert struct.unpack("<QII", memory.read(setup_data, 16)) == (0, 9, 32)  # last entry, SETUP_RNG_SEED
+    assert memory.read(setup_data + 16, 32) == seed
