@@ -2,6 +2,7 @@
 
     python bench/tcg_kernel.py [--million N] [--until TEXT] [--hot K] [--cprofile FILE]
                                [--translate-after T] [--serial SPEC] [--hints DIR]
+                               [--guest-profile KALLSYMS [--guest-callers K]]
 
 Boots the default guest (``pyhv guest build``: the Debian kernel and busybox initramfs) under
 ``-accel tcg -icount shift=auto,sleep=off`` (virtual time from the instruction count, so a
@@ -11,7 +12,8 @@ printed TEXT, e.g. ``--until "Run /init"``. It prints instructions retired, wall
 CPU time, MIPS, the time spent translating, the hottest translated blocks and the
 instructions that still fall back to the interpreter inside translated blocks (weighted by
 how often their block ran). Run it under CPython and PyPy; on PyPy,
-``PYPYLOG=jit-summary:FILE`` adds the JIT's own view.
+``PYPYLOG=jit-summary:FILE`` adds the JIT's own view. ``--guest-profile`` samples the guest's
+RIP and names the guest functions the boot's CPU time goes to (bench/_guestprof.py).
 
 Measured 2026-11-25 on the shared 2-core machine (CPU seconds; the same deterministic work):
     first 150M instructions, PyPy:   86.0 s (1.74 MIPS) before the changes of that day,
@@ -37,8 +39,9 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
+from _guestprof import GuestProfiler, Symbols
 from pyhv.accel.tcg.state import unsigned64
 from pyhv.accel.tcg.translate import BlockProfile
 from pyhv.guestimage.default import DEFAULT_CMDLINE, build_default_guest
@@ -58,7 +61,8 @@ def _console_has(path: str, marker: bytes) -> bool:
 
 
 def boot(budget: int, serial: str, translate_after: int, profiles: List[BlockProfile],
-         cprofile: str, until: str = "") -> Tuple[int, float, float, str, object]:
+         cprofile: str, until: str = "", guest_profiler: Optional[GuestProfiler] = None,
+         ) -> Tuple[int, float, float, str, object]:
     console = ""
     if until:
         handle, console = tempfile.mkstemp(prefix="tcg-kernel-console-")
@@ -99,12 +103,16 @@ def boot(budget: int, serial: str, translate_after: int, profiles: List[BlockPro
         profiler = cProfile.Profile()
         profiler.enable()
     wall, cpu_time = time.perf_counter(), time.process_time()
+    if guest_profiler is not None:
+        guest_profiler.start(cpu)
     try:
         stop_request = accel.run()
         if "bench:" not in str(stop_request):
             outcome["stop"] = str(stop_request)
     finally:
         wall, cpu_time = time.perf_counter() - wall, time.process_time() - cpu_time
+        if guest_profiler is not None:
+            guest_profiler.stop()
         if profiler is not None:
             profiler.disable()
             profiler.dump_stats(cprofile)
@@ -160,14 +168,25 @@ def main() -> None:
     parser.add_argument("--hints", default="off", metavar="DIR",
                         help="keep the software CPU's hot-block hints in DIR (a second run then "
                              "starts warm); default: off, every run starts cold")
+    parser.add_argument("--guest-profile", default="", metavar="KALLSYMS",
+                        help="sample the guest's RIP every 2 ms of CPU time and report by guest "
+                             "function, named from this /proc/kallsyms dump of the guest kernel")
+    parser.add_argument("--guest-callers", type=int, default=0, metavar="K",
+                        help="with --guest-profile: the commonest callers (from a guest stack "
+                             "scan) of the K most sampled functions")
     args = parser.parse_args()
     os.environ["PYHV_TCG_HINTS"] = args.hints
+    symbols = guest_profiler = None
+    if args.guest_profile:
+        with open(args.guest_profile, errors="replace") as stream:
+            symbols = Symbols.parse(stream.read())
+        guest_profiler = GuestProfiler(stack_qwords=64 if args.guest_callers else 0)
     from pyhv.accel.tcg.cpu import TRANSLATE_AFTER
     after = TRANSLATE_AFTER if args.translate_after is None else args.translate_after
     profiles: List[BlockProfile] = []
     retired, wall, cpu_time, stop, cpu = boot(
         int(args.million * 1e6), args.serial, after, None if args.no_block_profile else profiles,
-        args.cprofile, args.until)
+        args.cprofile, args.until, guest_profiler)
     name = sys.implementation.name
     translator = cpu.translator
     print(f"{name}: {retired:,} instructions ({stop}), wall {wall:.2f} s, cpu {cpu_time:.2f} s, "
@@ -180,6 +199,8 @@ def main() -> None:
         print(f"hot-block hints: {len(cpu.hints.noted):,} noted, {cpu.hints.loaded:,} read from {cpu.hints.path}")
     if profiles:
         report(profiles, retired, args.hot)
+    if guest_profiler is not None:
+        print("\n".join(guest_profiler.report(symbols, args.hot, args.guest_callers)))
 
 
 if __name__ == "__main__":
