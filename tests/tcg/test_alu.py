@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .harness import flags_of, needs_as, run_asm
+from .harness import assemble, flags_of, long_mode_cpu, needs_as, run_asm, run_to_hlt
 
 pytestmark = needs_as
 
@@ -198,3 +198,22 @@ def test_cmpxchg16b():
                        "lock cmpxchg16b (%rdi)", {"rax": 1, "rdx": 2, "rbx": 7, "rcx": 8})
     assert (mem.read_u64(0x20000), mem.read_u64(0x20008)) == (7, 8)
     assert flags_of(cpu) & ZF
+
+
+@pytest.mark.parametrize("translate_after", [None, 0], ids=["interpreter", "translator"])
+def test_cmpxchg16b_with_kernel_pointers(translate_after):
+    """SLUB swaps a freelist pointer (bit 63 set) and a counter word: both halves compare as
+    unsigned 64-bit values, and the failing case loads RDX:RAX with the memory's halves."""
+    pointer, counters, new_pointer = 0xFFFF888003A1C000, 0x0000_0040_0000_0001, 0xFFFF888003A1C100
+    source = ("mov $0x20000, %rdi\nmovabs $0xffff888003a1c000, %rsi\nmov %rsi, (%rdi)\n"
+              "movabs $0x4000000001, %rsi\nmov %rsi, 8(%rdi)\n"
+              "lock cmpxchg16b (%rdi)\nsetz %r8b\n"      # RDX:RAX match: the swap happens
+              "lock cmpxchg16b (%rdi)\nsetz %r9b\n")     # now they do not: RDX:RAX := memory
+    regs = {"rax": pointer, "rdx": counters, "rbx": new_pointer, "rcx": counters + 1}
+    mem, cpu = long_mode_cpu(assemble(source + "\nhlt"), regs)
+    cpu.translate_after = translate_after
+    run_to_hlt(cpu)
+    r = cpu.registers()
+    assert (mem.read_u64(0x20000), mem.read_u64(0x20008)) == (new_pointer, counters + 1)
+    assert r["r8"] == 1 and r["r9"] == 0
+    assert (r["rax"], r["rdx"]) == (new_pointer, counters + 1)
