@@ -178,8 +178,11 @@ def main() -> None:
     os.environ["PYHV_TCG_HINTS"] = args.hints
     symbols = guest_profiler = None
     if args.guest_profile:
-        with open(args.guest_profile, errors="replace") as stream:
-            symbols = Symbols.parse(stream.read())
+        try:
+            with open(args.guest_profile, errors="replace") as stream:
+                symbols = Symbols.parse(stream.read())
+        except (OSError, ValueError) as err:
+            parser.error(f"--guest-profile {args.guest_profile}: {err}")
         guest_profiler = GuestProfiler(stack_qwords=64 if args.guest_callers else 0)
     from pyhv.accel.tcg.cpu import TRANSLATE_AFTER
     after = TRANSLATE_AFTER if args.translate_after is None else args.translate_after

@@ -62,3 +62,18 @@ def test_report_ranks_functions_and_their_callers():
     assert lines[2].split() == ["33.3%", "2", USER]
     assert lines[3].strip() == "callers of helper:" and lines[4].split() == ["3", "start_kernel"]
     assert len(lines) == 5
+
+
+@pytest.mark.parametrize("content, message", [(None, "No such file"), ("not kallsyms\n", "no text symbols")])
+def test_tcg_kernel_refuses_an_unusable_symbol_file(tmp_path, content, message):
+    import os
+    import subprocess
+
+    path = tmp_path / "kallsyms.txt"
+    if content is not None:
+        path.write_text(content)
+    bench = Path(__file__).resolve().parents[2] / "bench" / "tcg_kernel.py"
+    env = dict(os.environ, PYPY_GC_NURSERY="64MB", PYPY_GC_MAJOR_COLLECT="3")  # no re-exec on PyPy
+    done = subprocess.run([sys.executable, str(bench), "--guest-profile", str(path)],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
