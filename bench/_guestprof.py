@@ -24,6 +24,7 @@ import signal
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 MASK64 = 0xFFFF_FFFF_FFFF_FFFF
+ADDR_MASK = 0x000F_FFFF_FFFF_F000  # a page-table entry's address bits
 USER = "(user)"  # a RIP in the lower half: guest user space
 UNKNOWN = "(unknown)"
 TEXT_TYPES = frozenset("tTwW")
@@ -94,6 +95,46 @@ def callers(symbols: Symbols, stack: Sequence[int], depth: int) -> List[str]:
     return chain
 
 
+def _physical(cpu, linear: int) -> Optional[int]:
+    """The physical address of ``linear`` by the guest's 4-level page tables, read without
+    the MMU: its walk fills the TLB and sets accessed bits, and the signal handler may run in
+    the middle of the MMU's own work. None where it is not mapped, or not in long mode."""
+    s = cpu.s
+    if not s.efer & (1 << 10) or not s.cr0 & (1 << 31):
+        return None
+    table = s.cr3 & ADDR_MASK
+    for shift in (39, 30, 21, 12):
+        raw = cpu.mmu.phys_bytes(table + ((linear >> shift) & 0x1FF) * 8, 8)
+        if raw is None:
+            return None
+        entry = int.from_bytes(raw, "little")
+        if not entry & 1:
+            return None
+        if shift == 12 or (shift in (30, 21) and entry & 0x80):  # a 4 KiB, 1 GiB or 2 MiB page
+            page_mask = (1 << shift) - 1
+            return (entry & ADDR_MASK & ~page_mask) | (linear & page_mask)
+        table = entry & ADDR_MASK
+    return None
+
+
+def peek_qwords(cpu, linear: int, count: int) -> List[int]:
+    """Up to ``count`` qwords of guest memory from ``linear`` up, stopping at an unmapped page;
+    nothing in the CPU changes."""
+    values: List[int] = []
+    linear &= MASK64
+    while len(values) < count:
+        phys = _physical(cpu, linear)
+        if phys is None:
+            break
+        in_page = min(count - len(values), (0x1000 - (linear & 0xFFF)) // 8)
+        raw = cpu.mmu.phys_bytes(phys, 8 * in_page) if in_page else None
+        if raw is None:
+            break
+        values += [int.from_bytes(raw[k:k + 8], "little") for k in range(0, len(raw), 8)]
+        linear = (linear + 8 * in_page) & MASK64
+    return values
+
+
 class GuestProfiler:
     """Samples ``cpu`` (the software CPU) while started; ``stack_qwords`` > 0 also keeps that
     many qwords from the guest's RSP up, for :func:`callers`."""
@@ -120,14 +161,7 @@ class GuestProfiler:
         cpu = self._cpu
         if cpu is None:
             return
-        stack: List[int] = []
-        if self.stack_qwords:
-            rsp = cpu.s.regs[4]
-            try:
-                for k in range(self.stack_qwords):
-                    stack.append(cpu.mmu.read(rsp + 8 * k, 8) & MASK64)
-            except Exception:  # an unmapped stack page ends the scan, nothing else happens
-                pass
+        stack = peek_qwords(cpu, cpu.s.regs[4], self.stack_qwords) if self.stack_qwords else []
         self.samples.append(Sample(cpu.s.rip & MASK64, stack))
 
     def report(self, symbols: Symbols, top: int, with_callers: int = 0, depth: int = 6) -> List[str]:

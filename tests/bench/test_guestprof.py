@@ -77,3 +77,20 @@ def test_tcg_kernel_refuses_an_unusable_symbol_file(tmp_path, content, message):
     done = subprocess.run([sys.executable, str(bench), "--guest-profile", str(path)],
                           capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_peek_reads_the_guest_stack_through_its_page_tables_and_leaves_the_tlb_alone():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from _guestprof import peek_qwords
+    from tcg.harness import KERNEL_BASE, long_mode_cpu
+
+    memory, cpu = long_mode_cpu(b"\xf4")  # identity-mapped 4 MiB, and again at KERNEL_BASE
+    values = [0xFFFFFFFF81000000 + k for k in range(6)]
+    for k, value in enumerate(values):
+        memory.write_u64(0x201FF0 + 8 * k, value)  # crosses from one 4 KiB page into the next
+    entries = dict(cpu.mmu.entries)
+    assert peek_qwords(cpu, 0x201FF0, 6) == values
+    assert peek_qwords(cpu, KERNEL_BASE + 0x201FF0, 6) == values  # the same bytes, kernel mapping
+    assert peek_qwords(cpu, 0x3FFFF0, 8) == [0, 0]  # stops where the mapping ends (4 MiB)
+    assert peek_qwords(cpu, 0x7FFF_0000_0000, 4) == []  # nothing mapped there
+    assert cpu.mmu.entries == entries  # no TLB fill: safe inside a signal handler
