@@ -23,8 +23,9 @@ import collections
 import signal
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from pyhv.accel.tcg.mmu import ADDR_MASK  # a page-table entry's address bits
+
 MASK64 = 0xFFFF_FFFF_FFFF_FFFF
-ADDR_MASK = 0x000F_FFFF_FFFF_F000  # a page-table entry's address bits
 USER = "(user)"  # a RIP in the lower half: guest user space
 UNKNOWN = "(unknown)"
 TEXT_TYPES = frozenset("tTwW")
