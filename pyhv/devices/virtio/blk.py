@@ -9,6 +9,9 @@ Given ``workers`` and a thread-safe backend (raw), long reads and writes run on 
 :class:`WorkerPool` in parallel and complete to the used ring in the order they finish,
 as virtio allows (2.7.8); shorter requests, for which a thread hand-off costs more than the
 I/O, run in line, and are published to the used ring in batches (:func:`publish_batch`).
+Requests run in line that continue one another on the disk (reads after reads, writes after
+writes, each starting where the one before it ends) go to the backend as one vectored call,
+as QEMU's virtio-blk merges them; each still completes with its own status.
 A FLUSH (and every other non-data request) waits for the pool to drain first, so it completes
 only after every write submitted before it; a reset waits the same way before the rings go.
 
@@ -123,6 +126,15 @@ def _data_length(request: BlockRequest) -> int:
     return 0
 
 
+def _adjacent(previous: BlockRequest, request: BlockRequest) -> bool:
+    """Whether ``request`` reads (or writes) on from where ``previous``, of the same kind, ends."""
+    kind = request.request_type
+    if kind != previous.request_type or kind not in (T_IN, T_OUT):
+        return False
+    length = _data_length(previous)
+    return length % SECTOR_SIZE == 0 and request.sector == previous.sector + length // SECTOR_SIZE
+
+
 class VirtioBlock(VirtioDevice):
     """One disk; ``serial`` is what VIRTIO_BLK_T_GET_ID returns (20 bytes at most);
     ``discard=False`` (QEMU's discard=ignore) leaves DISCARD unoffered; ``workers`` threads
@@ -173,6 +185,7 @@ class VirtioBlock(VirtioDevice):
     def process_queue(self, index: int) -> None:
         queue = self.queues[index]
         pool = self._pool
+        run: List[BlockRequest] = []  # requests for the backend in one call, see _adjacent
         unpublished = 0
         batch = publish_batch(queue.pending(self.memory))
         for chain in queue.iter_available(self.memory):
@@ -182,19 +195,60 @@ class VirtioBlock(VirtioDevice):
                     pool.submit(functools.partial(self._run_in_pool, index, request))
                     continue
                 if request.request_type not in (T_IN, T_OUT):
+                    self._run_in_line(index, run)
+                    run = []
                     pool.drain()
                     self._publish(wait=True)
+            if run and not _adjacent(run[-1], request):
+                self._run_in_line(index, run)
+                run = []
+            run.append(request)
             # Requests run here are published in batches, as QEMU's dataplane notifies once
             # per batch: an interrupt per request would have the driver refill one at a time,
             # each refill a hand-off between its thread and this one. The batch is short
             # enough that the driver refills while the rest of the ring is processed.
             unpublished += 1
-            publish = unpublished >= batch
-            self._complete(index, request.head, self._execute(request), publish=publish)
-            if publish:
+            if unpublished >= batch:
+                self._run_in_line(index, run)
+                run = []
+                self._publish(wait=False)
                 unpublished = 0
+        self._run_in_line(index, run)
         if unpublished:
             self._publish(wait=False)
+
+    def _run_in_line(self, index: int, run: List[BlockRequest]) -> None:
+        """Run ``run`` (adjacent requests, see :func:`_adjacent`) and complete each request,
+        unpublished: as one backend call where they all may, else one by one, so that a
+        failure gets the status of the request it belongs to."""
+        if len(run) > 1 and self._execute_merged(run):
+            written = run[0].request_type == T_IN
+            for request in run:
+                request.status[0] = S_OK
+                self._complete(index, request.head, (_data_length(request) if written else 0) + 1,
+                               publish=False)
+            return
+        for request in run:
+            self._complete(index, request.head, self._execute(request), publish=False)
+
+    def _execute_merged(self, run: List[BlockRequest]) -> bool:
+        """One readv or writev for all of ``run``; False (nothing reported yet) when a request
+        is out of range, the disk is read-only, or the backend fails."""
+        reading = run[0].request_type == T_IN
+        if not reading and self.backend.read_only:
+            return False
+        if not all(self._data_range(request.sector, _data_length(request)) for request in run):
+            return False
+        views = [view for request in run for view in (request.in_data if reading else request.out_data)]
+        offset = run[0].sector * SECTOR_SIZE
+        try:
+            if reading:
+                self.backend.readv(offset, views)
+            else:
+                self.backend.writev(offset, views)
+        except (BlockError, OSError):
+            return False  # run again one by one: reads and writes at fixed offsets repeat safely
+        return True
 
     @staticmethod
     def _runs_in_pool(request: BlockRequest) -> bool:

@@ -200,3 +200,108 @@ def test_discard_ignore_leaves_discard_unoffered(memory, plug, image):
     assert driver.features() >> blk.F_WRITE_ZEROES & 1
     assert request(driver, blk.T_DISCARD, out=struct.pack("<QII", 0, 8, 0))[0] == blk.S_UNSUPP
     assert image.read_bytes() == before
+
+
+def submit_all(driver, requests):
+    """Make every (type, sector, out bytes, in length) available, then kick once; each one's
+    (status, used length, bytes read), in order."""
+    memory, queue = driver.memory, driver.queues[0]
+    placed = []
+    for rtype, sector, out, in_length in requests:
+        header = driver.alloc(16)
+        memory.write(header, struct.pack("<IIQ", rtype, 0, sector))
+        buffers = [Buffer(header, 16, False)]
+        if out:
+            gpa = driver.alloc(len(out))
+            memory.write(gpa, out)
+            buffers.append(Buffer(gpa, len(out), False))
+        data = driver.alloc(in_length) if in_length else None
+        if in_length:
+            buffers.append(Buffer(data, in_length, True))
+        status = driver.alloc(1, fill=0xFF)
+        buffers.append(Buffer(status, 1, True))
+        placed.append((queue.add_chain(buffers), data, in_length, status))
+    for head, *_ in placed:
+        queue.publish(head)
+    driver.kick(0)
+    used = dict(queue.take_used())
+    return [(memory.read_u8(status), used.get(head), memory.read(data, n) if n else b"")
+            for head, data, n, status in placed]
+
+
+def spy(device, method):
+    """Record (offset, total bytes, views) of each call to the backend's ``method``."""
+    calls = []
+    original = getattr(device.backend, method)
+
+    def recording(offset, buffers):
+        calls.append((offset, sum(len(b) for b in buffers), len(buffers)))
+        return original(offset, buffers)
+
+    setattr(device.backend, method, recording)
+    return calls
+
+
+def test_adjacent_reads_go_to_the_backend_as_one_call(memory, plug, image):
+    driver, device = start(memory, plug, image)
+    calls = spy(device, "readv")
+    lengths = [512, 1024, 512, 2048, 512, 512, 1024, 512]  # 8 in one kick: published by 4
+    sectors = [sum(lengths[:k]) // 512 for k in range(len(lengths))]
+    results = submit_all(driver, [(blk.T_IN, sector, b"", n) for sector, n in zip(sectors, lengths)])
+    disk = image.read_bytes()
+    for (status, used, data), sector, n in zip(results, sectors, lengths):
+        assert (status, used, data) == (blk.S_OK, n + 1, disk[sector * 512:sector * 512 + n])
+    assert calls == [(0, 4096, 4), (4096, 2560, 4)]  # a run never crosses a publication
+
+
+def test_requests_that_do_not_continue_each_other_run_one_by_one(memory, plug, image):
+    driver, device = start(memory, plug, image)
+    reads, writes = spy(device, "readv"), spy(device, "writev")
+    results = submit_all(driver, [(blk.T_IN, 0, b"", 512), (blk.T_IN, 2, b"", 512),  # a gap
+                                  (blk.T_OUT, 3, b"w" * 512, 0), (blk.T_IN, 4, b"", 512)])  # a write between
+    assert [status for status, _, _ in results] == [blk.S_OK] * 4
+    assert reads == [(0, 512, 1), (1024, 512, 1), (2048, 512, 1)] and writes == [(1536, 512, 1)]
+
+
+def test_adjacent_writes_go_to_the_backend_as_one_call(memory, plug, image):
+    driver, device = start(memory, plug, image)
+    calls = spy(device, "writev")
+    results = submit_all(driver, [(blk.T_OUT, 1 + k, bytes([0x41 + k]) * 512, 0) for k in range(4)])
+    assert [(status, used) for status, used, _ in results] == [(blk.S_OK, 1)] * 4
+    assert calls == [(512, 1024, 2), (1536, 1024, 2)]
+    assert image.read_bytes()[512:2560] == b"A" * 512 + b"B" * 512 + b"C" * 512 + b"D" * 512
+
+
+def test_a_run_with_a_bad_request_reports_each_on_its_own(memory, plug, image):
+    """The last sector, then a read from past the end that continues it: the first is read,
+    the second fails alone."""
+    last = DISK_SIZE // 512 - 1
+    driver, device = start(memory, plug, image)
+    calls = spy(device, "readv")
+    results = submit_all(driver, [(blk.T_IN, last, b"", 512), (blk.T_IN, last + 1, b"", 512)] * 2)
+    assert [status for status, _, _ in results[:2]] == [blk.S_OK, blk.S_IOERR]
+    assert results[0][2] == image.read_bytes()[last * 512:(last + 1) * 512]
+    assert all(size == 512 for _, size, _ in calls)  # never one call for both
+
+
+def test_a_backend_failure_in_a_run_fails_only_its_request(memory, plug, image):
+    driver, device = start(memory, plug, image)
+    original = device.backend.readv
+
+    def failing(offset, buffers):
+        if offset <= 1024 < offset + sum(len(b) for b in buffers):
+            raise OSError(5, "Input/output error")  # sector 2 is unreadable
+        return original(offset, buffers)
+
+    device.backend.readv = failing
+    results = submit_all(driver, [(blk.T_IN, k, b"", 512) for k in range(4)])
+    assert [status for status, _, _ in results] == [blk.S_OK, blk.S_OK, blk.S_IOERR, blk.S_OK]
+    assert results[3][2] == image.read_bytes()[1536:2048]
+
+
+def test_adjacent_writes_to_a_read_only_disk_all_fail(memory, plug, image):
+    before = image.read_bytes()
+    driver, _device = start(memory, plug, image, read_only=True)
+    results = submit_all(driver, [(blk.T_OUT, k, b"x" * 512, 0) for k in range(4)])
+    assert [status for status, _, _ in results] == [blk.S_IOERR] * 4
+    assert image.read_bytes() == before

@@ -122,8 +122,8 @@ def test_inline_requests_are_published_in_batches(memory, plug, image, count, ba
     driver, device, transport = _start(memory, plug, image)
     queue = driver.queues[0]
     used_seen, status_seen = _used_before_each_read(device, queue, transport)
-    for sector in range(count):
-        queue.publish(_read_chain(driver, sector))
+    for k in range(count):
+        queue.publish(_read_chain(driver, 2 * k))  # not adjacent: one backend read each
     driver.kick(0)
     assert used_seen == [i - i % batch for i in range(count)]
     assert status_seen == [0] * batch + [spec.INT_USED_BUFFER] * (count - batch)
