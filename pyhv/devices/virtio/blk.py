@@ -222,10 +222,10 @@ class VirtioBlock(VirtioDevice):
         unpublished: as one backend call where they all may, else one by one, so that a
         failure gets the status of the request it belongs to."""
         if len(run) > 1 and self._execute_merged(run):
-            written = run[0].request_type == T_IN
+            reading = run[0].request_type == T_IN  # the bytes the device wrote into guest RAM
             for request in run:
                 request.status[0] = S_OK
-                self._complete(index, request.head, (_data_length(request) if written else 0) + 1,
+                self._complete(index, request.head, (_data_length(request) if reading else 0) + 1,
                                publish=False)
             return
         for request in run:

@@ -29,8 +29,8 @@ def start(memory, plug, image, read_only=False, serial="pyhv-disk-0", drop=0):
     return driver, device
 
 
-def request(driver, rtype, sector=0, out=b"", in_length=0, indirect=False, split_header=False):
-    """Submit one request; (status, used length, bytes read back)."""
+def request_buffers(driver, rtype, sector=0, out=b"", in_length=0, split_header=False):
+    """The buffers of one request in guest memory: (buffers, data address or None, status address)."""
     header = driver.alloc(16)
     driver.memory.write(header, struct.pack("<IIQ", rtype, 0, sector))
     buffers = [Buffer(header, 8, False), Buffer(header + 8, 8, False)] if split_header else [Buffer(header, 16, False)]
@@ -43,6 +43,12 @@ def request(driver, rtype, sector=0, out=b"", in_length=0, indirect=False, split
         buffers.append(Buffer(data, in_length, True))
     status = driver.alloc(1, fill=0xFF)
     buffers.append(Buffer(status, 1, True))
+    return buffers, data, status
+
+
+def request(driver, rtype, sector=0, out=b"", in_length=0, indirect=False, split_header=False):
+    """Submit one request; (status, used length, bytes read back)."""
+    buffers, data, status = request_buffers(driver, rtype, sector, out, in_length, split_header)
     head = driver.submit(0, buffers, indirect=indirect)
     used = driver.queues[0].take_used()
     assert [h for h, _ in used] == [head]
@@ -208,18 +214,7 @@ def submit_all(driver, requests):
     memory, queue = driver.memory, driver.queues[0]
     placed = []
     for rtype, sector, out, in_length in requests:
-        header = driver.alloc(16)
-        memory.write(header, struct.pack("<IIQ", rtype, 0, sector))
-        buffers = [Buffer(header, 16, False)]
-        if out:
-            gpa = driver.alloc(len(out))
-            memory.write(gpa, out)
-            buffers.append(Buffer(gpa, len(out), False))
-        data = driver.alloc(in_length) if in_length else None
-        if in_length:
-            buffers.append(Buffer(data, in_length, True))
-        status = driver.alloc(1, fill=0xFF)
-        buffers.append(Buffer(status, 1, True))
+        buffers, data, status = request_buffers(driver, rtype, sector, out, in_length)
         placed.append((queue.add_chain(buffers), data, in_length, status))
     for head, *_ in placed:
         queue.publish(head)
