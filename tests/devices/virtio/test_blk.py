@@ -300,3 +300,23 @@ def test_adjacent_writes_to_a_read_only_disk_all_fail(memory, plug, image):
     results = submit_all(driver, [(blk.T_OUT, k, b"x" * 512, 0) for k in range(4)])
     assert [status for status, _, _ in results] == [blk.S_IOERR] * 4
     assert image.read_bytes() == before
+
+
+def test_merged_reads_and_writes_on_qcow2(memory, plug, tmp_path):
+    """A qcow2 disk (64 KiB clusters): a merged run crosses a cluster boundary and unallocated
+    clusters, and reads back what the merged writes put there."""
+    from pyhv.block.ops import create_image
+
+    path = tmp_path / "disk.qcow2"
+    create_image(str(path), "qcow2", 1 << 20, {})
+    device = VirtioBlock(memory, open_image(str(path), "qcow2"))
+    driver, _transport, _irq = plug(device)
+    driver.start(1)
+    first = 127  # sectors 127-130 straddle the first cluster boundary (sector 128)
+    payloads = [bytes([0x30 + k]) * 512 for k in range(4)]
+    writes = submit_all(driver, [(blk.T_OUT, first + k, data, 0) for k, data in enumerate(payloads)])
+    assert [status for status, _, _ in writes] == [blk.S_OK] * 4
+    reads = submit_all(driver, [(blk.T_IN, first - 1 + k, b"", 512) for k in range(6)])
+    assert [status for status, _, _ in reads] == [blk.S_OK] * 6
+    assert [data for _, _, data in reads] == [bytes(512)] + payloads + [bytes(512)]
+    device.close()
