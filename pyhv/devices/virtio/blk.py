@@ -232,23 +232,20 @@ class VirtioBlock(VirtioDevice):
             self._complete(index, request.head, self._execute(request), publish=False)
 
     def _execute_merged(self, run: List[BlockRequest]) -> bool:
-        """One readv or writev for all of ``run``; False (nothing reported yet) when a request
-        is out of range, the disk is read-only, or the backend fails."""
-        reading = run[0].request_type == T_IN
-        if not reading and self.backend.read_only:
-            return False
-        if not all(self._data_range(request.sector, _data_length(request)) for request in run):
-            return False
-        views = [view for request in run for view in (request.in_data if reading else request.out_data)]
-        offset = run[0].sector * SECTOR_SIZE
+        """``run`` as one request through _read or _write: False (nothing reported yet) when
+        they refuse it or the backend fails. Adjacent requests, each of whole sectors but
+        perhaps the last, lie in range exactly when the whole does."""
+        if run[0].request_type == T_IN:
+            views = [view for request in run for view in request.in_data]
+            handler, out_data, in_data = self._read, [], views
+        else:
+            views = [view for request in run for view in request.out_data]
+            handler, out_data, in_data = self._write, views, []
         try:
-            if reading:
-                self.backend.readv(offset, views)
-            else:
-                self.backend.writev(offset, views)
+            status, _written = handler(run[0].sector, out_data, in_data)
         except (BlockError, OSError):
             return False  # run again one by one: reads and writes at fixed offsets repeat safely
-        return True
+        return status == S_OK
 
     @staticmethod
     def _runs_in_pool(request: BlockRequest) -> bool:
