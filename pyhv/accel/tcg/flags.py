@@ -7,13 +7,16 @@ Operations whose flags do not fit one of the lazy kinds (shifts, rotates, mul, b
 compute all six flags at once and store them with ``CC_EAGER``.
 
 64-bit operands and results come in either form: unsigned from the interpreter, signed
-(the register form, see :mod:`.state`) from the translated blocks. Bit tests read both
-alike; the unsigned comparisons fold them first.
+(the register form, see :mod:`.state`) from the translated blocks. At 8 bytes the readers
+fold all three to signed machine words first (:func:`_operands64`) and test them with word
+masks: on PyPy a mask of 2**64-1 or 2**63 makes every operation a long-integer call, and a
+64-bit cmp/jcc pair is among the interpreter's commonest (3.6 million in the Debian boot).
+An unsigned order is the signed order of the values with their sign bits flipped.
 """
 
 from __future__ import annotations
 
-from .state import AF, ARITH_FLAGS, CF, MASK64, OF, PF, RFLAGS_FIXED, SF, ZF, CpuState, signed64
+from .state import AF, ARITH_FLAGS, CF, OF, PF, RFLAGS_FIXED, SF, ZF, CpuState, signed64
 
 CC_EAGER = 0  # arithmetic flags live in state.rflags
 CC_ADD = 1  # res = a + b
@@ -24,15 +27,25 @@ CC_DEC = 5  # res = a - 1, CF kept in cc_cf
 CC_ADC = 6  # res = a + b + cc_cf
 CC_SBB = 7  # res = a - b - cc_cf
 
-SIZE_MASK = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFF_FFFF, 8: 0xFFFF_FFFF_FFFF_FFFF}
-SIGN_BIT = {1: 0x80, 2: 0x8000, 4: 0x8000_0000, 8: 0x8000_0000_0000_0000}
+# The masks below 8 bytes; 64-bit operands go through _operands64 instead.
+SIZE_MASK = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFF_FFFF}
+SIGN_BIT = {1: 0x80, 2: 0x8000, 4: 0x8000_0000}
+SIGN64 = signed64(1 << 63)  # -2**63: bit 63 of a signed word, a machine word on PyPy
+MAX64 = (1 << 63) - 1
 # PF is set when the low byte of the result has an even number of one bits.
 PARITY = tuple(PF if bin(i).count("1") % 2 == 0 else 0 for i in range(256))
 
 
-def _unsigned_operands(s: CpuState):
+def _operands64(s: CpuState):
+    """The 64-bit lazy operands and result as signed machine words, whatever their form."""
+    return signed64(s.cc_a), signed64(s.cc_b), signed64(s.cc_res)
+
+
+def _ordered_operands(s: CpuState):
+    """The lazy operands and result, ordered as the unsigned values they stand for."""
     if s.cc_size == 8:
-        return s.cc_a & MASK64, s.cc_b & MASK64, s.cc_res & MASK64
+        a, b, res = _operands64(s)
+        return a ^ SIGN64, b ^ SIGN64, res ^ SIGN64
     return s.cc_a, s.cc_b, s.cc_res
 
 
@@ -44,7 +57,7 @@ def get_cf(s: CpuState) -> int:
         return s.rflags & CF
     if op == CC_INC or op == CC_DEC:
         return s.cc_cf
-    a, b, res = _unsigned_operands(s)
+    a, b, res = _ordered_operands(s)
     if op == CC_SUB:
         return 1 if a < b else 0
     if op == CC_ADD:
@@ -64,7 +77,14 @@ def get_zf(s: CpuState) -> int:
 def get_sf(s: CpuState) -> int:
     if s.cc_op == CC_EAGER:
         return 1 if s.rflags & SF else 0
-    return 1 if s.cc_res & SIGN_BIT[s.cc_size] else 0
+    return 1 if _negative(s) else 0
+
+
+def _negative(s: CpuState) -> bool:
+    """The lazy result's sign bit."""
+    if s.cc_size == 8:
+        return signed64(s.cc_res) < 0
+    return bool(s.cc_res & SIGN_BIT[s.cc_size])
 
 
 def get_pf(s: CpuState) -> int:
@@ -77,16 +97,22 @@ def get_of(s: CpuState) -> int:
     op = s.cc_op
     if op == CC_EAGER:
         return 1 if s.rflags & OF else 0
-    sign = SIGN_BIT[s.cc_size]
-    a, b, res = s.cc_a, s.cc_b, s.cc_res
+    if s.cc_size == 8:
+        a, b, res = _operands64(s)
+        sign, low, high = SIGN64, SIGN64, MAX64
+    else:
+        a, b, res = s.cc_a, s.cc_b, s.cc_res
+        sign = SIGN_BIT[s.cc_size]
+        res &= SIZE_MASK[s.cc_size]
+        low, high = sign, sign - 1
     if op == CC_SUB or op == CC_SBB:
         return 1 if (a ^ b) & (a ^ res) & sign else 0
     if op == CC_ADD or op == CC_ADC:
         return 1 if (a ^ res) & (b ^ res) & sign else 0
-    if op == CC_INC:
-        return 1 if res & SIZE_MASK[s.cc_size] == sign else 0
+    if op == CC_INC:  # overflow: the largest positive value became the smallest negative one
+        return 1 if res == low else 0
     if op == CC_DEC:
-        return 1 if res & SIZE_MASK[s.cc_size] == sign - 1 else 0
+        return 1 if res == high else 0
     return 0
 
 
@@ -107,7 +133,7 @@ def arith_flags(s: CpuState) -> int:
     bits = PARITY[res & 0xFF]
     if res == 0:
         bits |= ZF
-    if res & SIGN_BIT[s.cc_size]:
+    if _negative(s):
         bits |= SF
     if get_cf(s):
         bits |= CF
@@ -158,11 +184,23 @@ def condition(s: CpuState, cc: int) -> bool:
     op = s.cc_op
     if op == CC_SUB:
         # The common cmp/jcc pair, straight from the operands.
-        a, b = s.cc_a, s.cc_b
-        if s.cc_size == 8:
-            a &= MASK64
-            b &= MASK64
         base = cc >> 1
+        if s.cc_size == 8:
+            a, b = signed64(s.cc_a), signed64(s.cc_b)
+            if base == 2:  # e / ne
+                r = a == b
+            elif base == 1:  # b / ae
+                r = (a ^ SIGN64) < (b ^ SIGN64)
+            elif base == 3:  # be / a
+                r = (a ^ SIGN64) <= (b ^ SIGN64)
+            elif base == 6:  # l / ge
+                r = a < b
+            elif base == 7:  # le / g
+                r = a <= b
+            else:
+                return _condition_generic(s, cc)
+            return (not r) if cc & 1 else r
+        a, b = s.cc_a, s.cc_b
         if base == 2:  # e / ne
             r = a == b
         elif base == 1:  # b / ae
