@@ -93,9 +93,12 @@ except ImportError:  # CPython: a plain call is already the cheapest
 # 6,000): the JIT spent 8.2 s of a 46 s boot tracing, and long traces of cold paths were the
 # costliest; pairs of whole boots, trace_limit=2000 against the default: 44.8/46.8 s,
 # 42.6/50.1 s, 44.1/48.3 s; against 1,500: 45.1/50.9 s; 1,000 and 3,000 were no better.
+# Later, with the boot at 25-29 s: a function compiled after 200 calls, not 100, was faster in
+# five pairs of five (29.3/27.6, 28.9/27.9, 26.9/26.9, 26.5/26.0, 26.9/26.6 s); 150 was even
+# with 200, 300 and 500 slower (by 0.9-2.4 s a pair).
 # PYHV_PYPY_JIT replaces the string (pypyjit.set_param syntax).
 PYPY_JIT_PARAMS = os.environ.get(
-    "PYHV_PYPY_JIT", "function_threshold=100,trace_eagerness=60,trace_limit=2000,"
+    "PYHV_PYPY_JIT", "function_threshold=200,trace_eagerness=60,trace_limit=2000,"
     "enable_opts=intbounds:rewrite:virtualize:string:pure:earlyforce:heap")
 if _call_opaque is not None and PYPY_JIT_PARAMS:
     import pypyjit
