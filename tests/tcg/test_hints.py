@@ -61,6 +61,23 @@ def test_a_block_translated_by_one_boot_is_translated_early_by_the_next(tmp_path
 
 
 @needs_as
+def test_a_boot_without_earlier_hints_names_only_the_blocks_it_notes(tmp_path, monkeypatch):
+    """No block is looked up when there is nothing to find: a first boot builds 45,000 blocks
+    and would hash each one for nothing."""
+    named = []
+    real_block_key = hints_module.block_key
+    monkeypatch.setattr("pyhv.accel.tcg.cpu.block_key",
+                        lambda *args: named.append(args) or real_block_key(*args))
+    first = _loop_cpu(tmp_path / "hints.json", rounds=2 * TRANSLATE_AFTER)
+    assert len(named) == 1  # the loop's block, noted HOT when it was translated
+    _end_of_boot(first)
+
+    named.clear()
+    _loop_cpu(tmp_path / "hints.json", rounds=200)
+    assert len(named) >= 2  # looked up as the blocks were built, and noted again
+
+
+@needs_as
 def test_a_hint_is_for_the_same_bytes_only(tmp_path):
     path = tmp_path / "hints.json"
     _end_of_boot(_loop_cpu(path, rounds=2 * TRANSLATE_AFTER, step=3))

@@ -439,7 +439,8 @@ class Cpu:
                 break
         block = Block(phys, rip, bits, cs_base, insns, spans)
         block.links = tuple(links)
-        if self.hints is not None and self.translate_after:
+        if self.hints is not None and self.hints.previous and self.translate_after:
+            # A first boot has no hints to look up: it names (hashes) only what it notes.
             self._apply_hint(block)
         self.blocks[phys] = block
         for ppn in spans:
