@@ -5,10 +5,11 @@ A block is translated only after TRANSLATE_AFTER interpreted runs (see .cpu): tr
 compiling one costs about as much as interpreting it that often, and most blocks never get
 that hot. The blocks that do are the same from one boot of a kernel to the next, and their
 warm-up takes about a fifth of a Debian boot on PyPy (58 million of its 457 million
-instructions, each interpreted at about four times the cost of translated code). So when a boot ends the
-accelerator writes down which blocks it translated (HOT) and which ran often enough to join
-a translated block's region (PART, see Cpu._region); the next boot of the same kernel reads
-that back, and a block it decodes that has a hint starts with the heat it had then.
+instructions, each interpreted at about four times the cost of translated code). So when a
+boot ends the accelerator writes down which blocks it translated (HOT) and which ran often
+enough to join a translated block's region (PART, see Cpu._region); the next boot of the same
+kernel reads that back, and a block it decodes that has a hint starts with the heat it had
+then. A boot with no hints file yet looks nothing up (Cpu._build_block).
 
 A hint changes when a block is translated, never what runs: a block is named by its RIP, its
 mode and a CRC of its instruction bytes, so code that changed (a rebuilt kernel, a module
