@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 
 DEBIAN_PACKAGES=(
   python3-venv pypy3 pypy3-venv           # the two runtimes
+  pypy3-dev                                # PyPy's headers: lz4's C extension builds against them
   binutils                                 # as/ld/objcopy build the test guests
   qemu-system-x86 qemu-utils               # peers and oracles in tests and benchmarks
   acpica-tools busybox-static cpio e2fsprogs lz4
@@ -27,5 +28,5 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q -e '.[test,fast]'
 [ -x .venv-pypy/bin/python ] || pypy3 -m venv .venv-pypy
-.venv-pypy/bin/pip install -q -e '.[test]'
+.venv-pypy/bin/pip install -q -e '.[test,fast]'
 echo "pyhv is set up: .venv (CPython) and .venv-pypy (PyPy)"
