@@ -372,7 +372,14 @@ def _string(b: SnippetBuilder) -> _Parts:
     b.fixed.add(0)
     prefix = "addr32 " if addr32 else ""
     on_fault = ARITH if rep and op in ("cmps", "scas") else 0
-    return _Parts(f"{prefix}{rep}{op}{SUFFIX[size]}", fault_undefined_flags=on_fault)
+    high: Tuple[str, ...] = ()
+    if addr32 and rep and count == 0:
+        # No iteration: AMD (and QEMU) leave RCX, RSI and RDI alone. Intel (a Xeon of 2023)
+        # clears bits 32-63 of RCX, and of the pointers movs and stos write through (RSI and
+        # RDI, RDI), as if it wrote ECX, ESI and EDI; lods, cmps and scas keep theirs.
+        high = ("rcx",) + {"movs": ("rsi", "rdi"), "stos": ("rdi",)}.get(op, ())
+    return _Parts(f"{prefix}{rep}{op}{SUFFIX[size]}", fault_undefined_flags=on_fault,
+                  undefined_high_regs=high)
 
 
 def _invalid(b: SnippetBuilder) -> _Parts:
