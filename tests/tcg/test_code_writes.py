@@ -98,3 +98,18 @@ def test_a_device_write_beside_code_does_not_stop_the_cpu() -> None:
     _, cpu, block = _looped_cpu()
     cpu.memory.note_device_write(CODE + 0x1000, 0x1000)  # the next page: no blocks there
     assert not cpu.exit_request
+
+
+@needs_as
+def test_a_block_built_over_decoded_bytes_reuses_their_instructions_until_they_change() -> None:
+    _, cpu, block = _looped_cpu()
+    dec_ecx = block.insns[1]  # inc %rax (3 bytes), then dec %ecx
+    assert dec_ecx.addr == LOOP_START + 3
+    # A block that begins inside the loop's (a jump target there) decodes nothing again.
+    inside = cpu._build_block(LOOP_START + 3, LOOP_START + 3)
+    assert inside.insns[0] is dec_ecx
+    # dec %ecx (ff c9) becomes inc %ecx (ff c1): the bytes differ, so it is decoded anew.
+    cpu.mmu.write(LOOP_START + 4, 1, 0xC1)
+    rebuilt = cpu._build_block(LOOP_START + 3, LOOP_START + 3)
+    assert rebuilt.insns[0] is not dec_ecx
+    assert rebuilt.insns[0].spec.name != dec_ecx.spec.name
