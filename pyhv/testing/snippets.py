@@ -375,8 +375,8 @@ def _string(b: SnippetBuilder) -> _Parts:
     high: Tuple[str, ...] = ()
     if addr32 and rep and count == 0:
         # No iteration: AMD (and QEMU) leave RCX, RSI and RDI alone. Intel (a Xeon of 2023)
-        # clears bits 32-63 of RCX, and of the pointers movs and stos write through (RSI and
-        # RDI, RDI), as if it wrote ECX, ESI and EDI; lods, cmps and scas keep theirs.
+        # clears bits 32-63 of RCX, and of RSI and RDI after movs and of RDI after stos, as
+        # if it wrote ECX, ESI and EDI; after lods, cmps and scas it keeps RSI's and RDI's.
         high = ("rcx",) + {"movs": ("rsi", "rdi"), "stos": ("rdi",)}.get(op, ())
     return _Parts(f"{prefix}{rep}{op}{SUFFIX[size]}", fault_undefined_flags=on_fault,
                   undefined_high_regs=high)
