@@ -5,6 +5,9 @@ On the nested kvm_pvm hosts pyhv is developed on, the kernel dies in its int3 se
 PYHV_TEST_KVM_LINUX=1 on a host with real VT-x/AMD-V. The GPU machines lent to some tasks
 are kvm_pvm too (2026-11-26): there the kernel first stalls where it calibrates the TSC
 against the PIT, and with tsc_early_khz= it reaches the same int3 (54 s of guest time).
+That backend runs the guest kernel's code through KVM's instruction emulator (about 16,000
+instructions a second, host tracepoints; README "Linux under KVM on nested hosts"), so even
+without the int3 failure a boot would take hours there.
 """
 
 from __future__ import annotations
