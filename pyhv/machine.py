@@ -36,17 +36,22 @@ def create_accelerator(names, platform: Platform, notice: Callable[[str], None],
     """The first accelerator of ``names`` that works here (QEMU's ``-accel kvm:tcg``).
 
     With a choice left and a Linux kernel to boot, KVM must also be able to run Linux
-    (see :mod:`.accel.kvm_probe`); a lone ``-accel kvm`` is taken as asked.
+    (see :mod:`.accel.kvm_probe`). A lone ``-accel kvm`` is taken as asked, with a warning
+    where that KVM cannot run Linux: on such a host the kernel would otherwise crawl for
+    minutes with nothing on the console (``quiet``) before it stops.
     """
     failures: List[str] = []
     for position, name in enumerate(names):
-        if name == "kvm" and boots_linux and position < len(names) - 1:
+        if name == "kvm" and boots_linux:
             from .accel.kvm_probe import linux_blocker
 
             blocker = linux_blocker(_kvm_device())
-            if blocker is not None:
+            if blocker is not None and position < len(names) - 1:
                 failures.append(f"{name}: {blocker}")
                 continue
+            if blocker is not None:
+                notice(f"pyhv: warning: {blocker}; the Linux kernel will not boot here "
+                       "(-accel tcg, or kvm:tcg, runs it on the software CPU)")
         try:
             accel = _ACCELERATORS[name](platform)
         except AccelError as err:

@@ -83,16 +83,33 @@ def test_kvm_tcg_falls_back_to_tcg_for_linux_when_kvm_cannot_run_it(monkeypatch)
 
 
 @needs_kvm
-def test_the_probe_is_not_asked_without_a_choice_or_without_linux(monkeypatch):
+def test_the_probe_is_not_asked_without_linux(monkeypatch):
     def refuse(path):
         raise AssertionError("probed")
 
     monkeypatch.setattr(kvm_probe, "linux_blocker", refuse)
-    for names, linux in ((("kvm",), True), (("kvm", "tcg"), False)):
+    for names in (("kvm",), ("kvm", "tcg")):
         notices = []
-        accel = create_accelerator(names, _platform(), notices.append, boots_linux=linux)
+        accel = create_accelerator(names, _platform(), notices.append, boots_linux=False)
         assert type(accel).__name__ == "KvmAccelerator" and notices == []
         accel.close()
+
+
+@needs_kvm
+@pytest.mark.parametrize("blocker", [None, "no int3 here"])
+def test_a_lone_kvm_is_taken_as_asked_with_a_warning_if_linux_cannot_run(monkeypatch, blocker):
+    monkeypatch.setattr(kvm_probe, "linux_blocker", lambda path: blocker)
+    notices = []
+    accel = create_accelerator(("kvm",), _platform(), notices.append, boots_linux=True)
+    try:
+        assert type(accel).__name__ == "KvmAccelerator"
+    finally:
+        accel.close()
+    if blocker is None:
+        assert notices == []
+    else:
+        assert len(notices) == 1 and notices[0].startswith("pyhv: warning: no int3 here;")
+        assert "-accel tcg" in notices[0]
 
 
 def test_only_a_bzimage_counts_as_a_linux_kernel(tmp_path):
