@@ -46,10 +46,10 @@ def create_accelerator(names, platform: Platform, notice: Callable[[str], None],
             from .accel.kvm_probe import linux_blocker
 
             blocker = linux_blocker(_kvm_device())
-            if blocker is not None and position < len(names) - 1:
-                failures.append(f"{name}: {blocker}")
-                continue
             if blocker is not None:
+                if position < len(names) - 1:
+                    failures.append(f"{name}: {blocker}")
+                    continue
                 notice(f"pyhv: warning: {blocker}; the Linux kernel will not boot here "
                        "(-accel tcg, or kvm:tcg, runs it on the software CPU)")
         try:
