@@ -5,10 +5,11 @@ the last writable byte. Requests run when the driver kicks, on the machine's I/O
 (iothread.py) or, without one, on the notifying thread; data moves with the backend's
 ``readv``/``writev`` straight between the disk and memoryviews of guest RAM.
 
-Given ``workers`` and a thread-safe backend (raw), long reads and writes run on a
-:class:`WorkerPool` in parallel and complete to the used ring in the order they finish,
-as virtio allows (2.7.8); shorter requests, for which a thread hand-off costs more than the
-I/O, run in line, and are published to the used ring in batches (:func:`publish_batch`).
+Given ``workers`` and a thread-safe backend (raw), long reads run on a :class:`WorkerPool`
+in parallel and complete to the used ring in the order they finish, as virtio allows (2.7.8),
+published in batches as the workers finish them. Writes and shorter requests, for which a
+thread hand-off costs more than it overlaps, run in line, and are published to the used ring
+in batches too (:func:`publish_batch`).
 Requests run in line that continue one another on the disk (reads after reads, writes after
 writes, each starting where the one before it ends) go to the backend as one vectored call,
 as QEMU's virtio-blk merges them; each still completes with its own status.
@@ -26,6 +27,7 @@ from __future__ import annotations
 import collections
 import functools
 import logging
+import os
 import struct
 import threading
 from typing import Callable, Deque, Dict, List, NamedTuple, Optional, Tuple
@@ -69,12 +71,27 @@ MAX_DISCARD_SECTORS = 0x3F_FFFF  # 2 GiB - 512 per segment, QEMU's request limit
 MAX_DISCARD_SEGMENTS = 32
 DISCARD_ALIGNMENT_SECTORS = 8  # 4 KiB: a hole can only be punched in whole host pages
 WRITE_ZEROES_FLAG_UNMAP = 0x1
-# Off by default: with in-line requests published in batches, the I/O thread alone moved
-# 1 MiB requests at 69% / 70% of the host (reads / writes) on CPython and 88% / 88% on
-# PyPy, against 59% / 53% and 79% / 82% with two workers, measured in one alternating run
-# on the 2-core development machine (load 2): each worker completion is a wake-up of the
-# driver and a GIL hand-off, and a second copy in parallel gained nothing there.
-DEFAULT_WORKERS = 0
+# Two worker threads for long reads where the process may use two CPUs or more, else none.
+# Measured with bench/blk.py on PyPy on a 2-core Intel host (2026-11-27), 1 MiB reads with
+# 8 in flight: 110-125% of the one-thread host with two workers against 82-86% in line, since
+# a second copy in parallel pays there (the host's own two threads: 1.7-1.9x); pinned to one
+# CPU the workers cost 10% (79-90% against 95-107% in line).
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, as ``taskset`` sets it)."""
+    getaffinity = getattr(os, "sched_getaffinity", None)  # PyPy 3.9 has none
+    if getaffinity is not None:
+        return len(getaffinity(0))
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Cpus_allowed:"):
+                    return bin(int(line.split()[1].replace(",", ""), 16)).count("1")
+    except (OSError, ValueError):
+        pass
+    return os.cpu_count() or 1
+
+
+DEFAULT_WORKERS = 2 if usable_cpus() >= 2 else 0
 # Below this, handing a request to a worker (a wake-up, a GIL hand-off) costs more than the
 # copy it would overlap.
 PARALLEL_MIN_BYTES = 256 * 1024
@@ -161,6 +178,11 @@ class VirtioBlock(VirtioDevice):
         # interrupts while it holds _used_lock (the queue's thread and the workers share it).
         self._completed: Deque[Tuple[int, int, int]] = collections.deque()  # (queue, head, length)
         self._used_lock = threading.Lock()
+        # Requests in the workers' hands, and how many completions they publish at a time
+        # (see _run_in_pool); _pool_lock makes "the last one out publishes" exact.
+        self._in_pool = 0
+        self._pool_batch = 1
+        self._pool_lock = threading.Lock()
         self._handlers: Dict[int, Callable[[int, List[memoryview], List[memoryview]], Tuple[int, int]]] = {
             T_IN: self._read,
             T_OUT: self._write,
@@ -188,10 +210,13 @@ class VirtioBlock(VirtioDevice):
         run: List[BlockRequest] = []  # requests for the backend in one call, see _adjacent
         unpublished = 0
         batch = publish_batch(queue.pending(self.memory))
+        self._pool_batch = batch
         for chain in queue.iter_available(self.memory):
             request = self._parse(chain)
             if pool is not None:
                 if self._runs_in_pool(request):
+                    with self._pool_lock:
+                        self._in_pool += 1
                     pool.submit(functools.partial(self._run_in_pool, index, request))
                     continue
                 if request.request_type not in (T_IN, T_OUT):
@@ -225,11 +250,10 @@ class VirtioBlock(VirtioDevice):
             reading = run[0].request_type == T_IN  # the bytes the device wrote into guest RAM
             for request in run:
                 request.status[0] = S_OK
-                self._complete(index, request.head, (_data_length(request) if reading else 0) + 1,
-                               publish=False)
+                self._completed.append((index, request.head, (_data_length(request) if reading else 0) + 1))
             return
         for request in run:
-            self._complete(index, request.head, self._execute(request), publish=False)
+            self._completed.append((index, request.head, self._execute(request)))
 
     def _execute_merged(self, run: List[BlockRequest]) -> bool:
         """``run`` as one request through _read or _write: False (nothing reported yet) when
@@ -249,7 +273,9 @@ class VirtioBlock(VirtioDevice):
 
     @staticmethod
     def _runs_in_pool(request: BlockRequest) -> bool:
-        return _data_length(request) >= PARALLEL_MIN_BYTES
+        # Only reads: Linux serializes buffered writes to one file on its inode lock, so a
+        # second writer waits for the first and the hand-off is all it adds.
+        return request.request_type == T_IN and total_length(request.in_data) >= PARALLEL_MIN_BYTES
 
     def _run_in_pool(self, index: int, request: BlockRequest) -> None:
         """A worker's job: run the request and complete it, whatever happens, so the guest
@@ -261,14 +287,16 @@ class VirtioBlock(VirtioDevice):
                           request.request_type, request.sector)
             request.status[0] = S_IOERR
             length = 1
-        self._complete(index, request.head, length)
-
-    # --- completion ---------------------------------------------------------------------------
-    def _complete(self, index: int, head: int, length: int, publish: bool = True) -> None:
-        self._completed.append((index, head, length))
+        # Published in batches, as in line: the driver refills while the other workers copy.
+        # The last request out of the pool always publishes, so none waits for a batch.
+        self._completed.append((index, request.head, length))
+        with self._pool_lock:
+            self._in_pool -= 1
+            publish = not self._in_pool or len(self._completed) >= self._pool_batch
         if publish:
             self._publish(wait=False)
 
+    # --- completion ---------------------------------------------------------------------------
     def _publish(self, wait: bool) -> None:
         """Move completed requests to their used rings and interrupt if the driver asks.
 

@@ -1,11 +1,15 @@
-"""virtio-blk's worker pool: long requests complete in the order they finish, a FLUSH waits
-for the writes before it, a reset and close wait for the requests in flight, a bad chain
-still means NEEDS_RESET without losing what was already handed out, and a backend that is
-not thread-safe never leaves the queue's thread."""
+"""virtio-blk's worker pool: long reads complete in the order they finish and are published
+in batches, writes stay in line, a FLUSH waits for the requests in the workers' hands, a
+reset and close wait for the requests in flight, a bad chain still means NEEDS_RESET without
+losing what was already handed out, and a backend that is not thread-safe never leaves the
+queue's thread."""
 
 from __future__ import annotations
 
+import shutil
 import struct
+import subprocess
+import sys
 import threading
 import time
 
@@ -17,7 +21,7 @@ from pyhv.devices.virtio.blk import VirtioBlock
 from pyhv.devices.virtio.iothread import IoThread
 from pyhv.devices.virtio.mock_driver import Buffer
 
-POOL_WORKERS = 2  # the pool is off by default; these tests are about it
+POOL_WORKERS = 2  # the default is none on one CPU; these tests are about the pool
 
 WAIT_S = 10  # only a broken device ever waits this long
 CHUNK = 4096  # every data request of these tests is one chunk
@@ -189,24 +193,56 @@ def served(memory, plug, backend):
     device.close()
 
 
-def test_flush_completes_after_the_writes_submitted_before_it(served, backend):
+def test_writes_stay_on_the_queue_thread_even_when_long(rig, backend):
+    # Linux serializes buffered writes to one file, so a worker would only add a hand-off.
+    driver, _device = rig
+    first, second = write(driver, 0, 0xA1), write(driver, 1, 0xB2)
+    driver.kick(0)
+    assert [head for head, _ in driver.queues[0].take_used()] == [first.head, second.head]  # at once
+    assert backend.threads == {threading.current_thread().name}
+    assert backend.read(0, 2 * CHUNK) == b"\xa1" * CHUNK + b"\xb2" * CHUNK
+
+
+def test_a_flush_waits_for_the_requests_in_the_workers_hands(served, backend):
     driver, _device = served
     backend.gates[0] = threading.Event()
-    first = write(driver, 0, 0xA1)
-    second = write(driver, 1, 0xB2)
+    slow = read(driver, 0)
+    written = write(driver, 1, 0xB2)
     flush = Request(driver, blk.T_FLUSH).queue()
     driver.kick(0)
-    wait_until(lambda: backend.started("write", 0), "the gated write to start")
-    wait_until(lambda: ("write-end", CHUNK) in backend.log, "the second write to end")
+    wait_until(lambda: backend.started("read", 0), "the gated read to start")
+    wait_until(lambda: ("write-end", CHUNK) in backend.log, "the write to end")
     time.sleep(0.05)
     assert ("flush",) not in backend.log
     assert flush.status == 0xFF
     backend.gates[0].set()
     heads = [head for head, _length in used_heads(driver, 3)]
-    assert heads == [second.head, first.head, flush.head]
-    assert backend.log.index(("write-end", 0)) < backend.log.index(("flush",))
-    assert first.status == second.status == flush.status == blk.S_OK
-    assert backend.read(0, 2 * CHUNK) == b"\xa1" * CHUNK + b"\xb2" * CHUNK
+    assert sorted(heads[:2]) == sorted([slow.head, written.head]) and heads[2] == flush.head
+    assert backend.log.index(("read-end", 0)) < backend.log.index(("flush",))
+    assert slow.status == written.status == flush.status == blk.S_OK
+    assert slow.read_back == DISK[:CHUNK] and backend.read(CHUNK, CHUNK) == b"\xb2" * CHUNK
+
+
+def test_workers_publish_in_batches_and_the_last_one_out_publishes(rig, backend):
+    # Five reads found in one pass: published two at a time (half of what the pass found), as
+    # in line, so the driver refills while the other workers copy; and the last completion
+    # publishes whatever is left, so no request waits for a batch that never fills.
+    driver, device = rig
+    gates = [backend.gates.setdefault(chunk * CHUNK, threading.Event()) for chunk in range(5)]
+    requests = [read(driver, chunk) for chunk in range(5)]
+    driver.kick(0)
+    queue = driver.queues[0]
+    for chunk, published in ((0, []), (1, [0, 1]), (2, []), (3, [2, 3]), (4, [4])):
+        gates[chunk].set()
+        if published:
+            assert sorted(head for head, _ in used_heads(driver, len(published))) == \
+                sorted(requests[c].head for c in published)
+        else:
+            wait_until(lambda: ("read-end", chunk * CHUNK) in backend.log, f"read {chunk} to end")
+            time.sleep(0.05)
+            assert queue.take_used() == []
+    assert device.requests_in_flight == 0
+    assert all(r.read_back == DISK[c * CHUNK:(c + 1) * CHUNK] for c, r in enumerate(requests))
 
 
 def test_reset_waits_for_the_requests_in_flight(rig, backend):
@@ -329,3 +365,16 @@ def test_a_completion_that_finds_the_used_ring_busy_is_published_by_its_holder(r
     assert [head for head, _ in seen] == [first.head, second.head]
     assert len(set(calls)) == 1  # ... and was published by the thread that held the ring
     assert second.read_back == DISK[CHUNK:2 * CHUNK]
+
+
+@pytest.mark.parametrize("cpus, workers", [("0", 0), ("0,1", 2)])
+def test_the_default_pool_follows_the_cpus_the_process_may_use(cpus, workers):
+    if cpus == "0,1" and blk.usable_cpus() < 2:
+        pytest.skip("this host lets the tests use one CPU")
+    if shutil.which("taskset") is None:
+        pytest.skip("taskset (util-linux) is not installed")
+    out = subprocess.run(
+        ["taskset", "-c", cpus, sys.executable, "-c",
+         "from pyhv.devices.virtio import blk; print(blk.usable_cpus(), blk.DEFAULT_WORKERS)"],
+        check=True, capture_output=True, text=True).stdout.split()
+    assert out == [str(len(cpus.split(","))), str(workers)]
