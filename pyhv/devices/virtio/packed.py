@@ -29,7 +29,8 @@ from typing import Dict, Iterator, List, Optional
 from ...errors import GuestAddressError
 from ...memory import GuestMemory
 from .queue import (DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, DESCRIPTOR_SIZE, MASK64, MAX_QUEUE_SIZE,
-                    Descriptor, DescriptorChain, VirtqueueError, check_areas, indirect_table, memory_fence)
+                    Descriptor, DescriptorChain, QueueSetup, VirtqueueError, check_areas, indirect_table,
+                    memory_fence)
 
 DESC_F_AVAIL = 1 << 7
 DESC_F_USED = 1 << 15
@@ -47,7 +48,7 @@ EVENT_OFFSET_MASK = (1 << EVENT_WRAP_SHIFT) - 1
 # addr, len, buffer id, flags. The address is read signed, as queue.py explains: no PyPy long
 # integers, and an address of 2**63 and up is negative and refused like any outside RAM.
 _RING_ENTRY = struct.Struct("<qIHH")
-_FLAGS = struct.Struct("<H")
+_U16 = struct.Struct("<H")
 _FLAGS_OFFSET = 14  # of a descriptor
 _LENGTH_OFFSET = 8
 
@@ -76,28 +77,23 @@ def event_passed(event: int, new: int, old: int, size: int) -> bool:
     return (new - event - 1) % span < (new - old) % span
 
 
-class PackedQueue:
-    """Device-side state of one packed virtqueue, as the transport's registers set it."""
+class PackedQueue(QueueSetup):
+    """Device-side state of one packed virtqueue, as the transport's registers set it:
+    ``desc_table`` is the descriptor ring, ``avail_ring`` the driver event suppression area,
+    ``used_ring`` the device event suppression area."""
 
     def __init__(self, max_size: int) -> None:
         if not 0 < max_size <= MAX_QUEUE_SIZE:
             raise ValueError(f"queue maximum {max_size} is not between 1 and {MAX_QUEUE_SIZE}")
-        self.max_size = max_size
-        self.reset()
+        super().__init__(max_size)
 
     def reset(self) -> None:
-        self.size = self.max_size
-        self.ready = False
-        self.desc_table = 0  # the descriptor ring
-        self.avail_ring = 0  # the driver event suppression area
-        self.used_ring = 0  # the device event suppression area
+        super().reset()
         self.next_avail = 0  # chains taken, modulo 2**16
         self.avail_index = 0  # ring position of the next chain's head
         self.avail_wrap = 1  # the driver's wrap counter expected there
         self.used_index = 0  # ring position of the next used descriptor
         self.used_wrap = 1
-        self.event_idx = False  # VIRTIO_F_EVENT_IDX negotiated
-        self.indirect = False  # VIRTIO_F_INDIRECT_DESC negotiated
         self.signalled_used: Optional[int] = None  # lap position at the last interrupt decision
         self.draining = False  # between disable_notifications and enable_notifications
         # Buffer id -> ring slots its chain took: the used descriptor steps over that many.
@@ -113,23 +109,23 @@ class PackedQueue:
             ("device event suppression area", self.used_ring, EVENT_SUPPRESS_SIZE, 4),
         ))
 
-    # --- guest memory access ---------------------------------------------------------------
-    def _ring(self, memory: GuestMemory) -> memoryview:
-        """The whole ring as one view: one bounds check per call, not per descriptor."""
-        try:
-            return memory.view(self.desc_table, DESCRIPTOR_SIZE * self.size)
-        except GuestAddressError as err:
-            raise VirtqueueError(f"descriptor ring: {err}") from err
-
+    # --- guest memory access: views, each bounds-checked once by GuestMemory ------------------
     @staticmethod
-    def _store(memory: GuestMemory, gpa: int, value: int) -> None:
+    def _view(memory: GuestMemory, gpa: int, size: int, name: str) -> memoryview:
         try:
-            memory.write_u16(gpa, value)
+            return memory.view(gpa, size)
         except GuestAddressError as err:
-            raise VirtqueueError(str(err)) from err
+            raise VirtqueueError(f"{name}: {err}") from err
+
+    def _ring(self, memory: GuestMemory) -> memoryview:
+        """The whole ring: one bounds check per call, not per descriptor."""
+        return self._view(memory, self.desc_table, DESCRIPTOR_SIZE * self.size, "descriptor ring")
+
+    def _device_area(self, memory: GuestMemory) -> memoryview:
+        return self._view(memory, self.used_ring, EVENT_SUPPRESS_SIZE, "device event suppression area")
 
     def _head_available(self, ring: memoryview) -> bool:
-        flags = _FLAGS.unpack_from(ring, DESCRIPTOR_SIZE * self.avail_index + _FLAGS_OFFSET)[0]
+        flags = _U16.unpack_from(ring, DESCRIPTOR_SIZE * self.avail_index + _FLAGS_OFFSET)[0]
         return flags & _WRAP_BITS == avail_flags(self.avail_wrap)
 
     # --- the available side -------------------------------------------------------------
@@ -140,7 +136,7 @@ class PackedQueue:
         size, index, wrap = self.size, self.avail_index, self.avail_wrap
         chains = 0
         for _ in range(size):
-            flags = _FLAGS.unpack_from(ring, DESCRIPTOR_SIZE * index + _FLAGS_OFFSET)[0]
+            flags = _U16.unpack_from(ring, DESCRIPTOR_SIZE * index + _FLAGS_OFFSET)[0]
             if flags & _WRAP_BITS != avail_flags(wrap):
                 break
             if not flags & DESC_F_NEXT:
@@ -190,7 +186,7 @@ class PackedQueue:
         if self.event_idx and not self.draining:
             # A consumer outside a drain (a back-end thread filling receive buffers) wants a
             # kick for the chain after this one.
-            self._store(memory, self.used_ring, self._avail_event())
+            _U16.pack_into(self._device_area(memory), 0, self._avail_event())
         if memory.device_write_watchers:
             for descriptor in descriptors:
                 if descriptor.writable:
@@ -247,19 +243,20 @@ class PackedQueue:
     def disable_notifications(self, memory: GuestMemory) -> None:
         """While the device drains the ring, the driver need not kick it."""
         self.draining = True
-        self._store(memory, self.used_ring + EVENT_FLAGS_OFFSET, EVENT_FLAG_DISABLE)
+        _U16.pack_into(self._device_area(memory), EVENT_FLAGS_OFFSET, EVENT_FLAG_DISABLE)
 
     def enable_notifications(self, memory: GuestMemory) -> bool:
         """Ask for a kick at the next chain the driver makes available; True when one was
         made available meanwhile (whose kick the driver skipped), so the device must drain again."""
         self.draining = False
+        area = self._device_area(memory)
         if self.event_idx:
             # The position before the flags that make the driver look at it (x86 keeps
             # store order).
-            self._store(memory, self.used_ring, self._avail_event())
-            self._store(memory, self.used_ring + EVENT_FLAGS_OFFSET, EVENT_FLAG_DESC)
+            _U16.pack_into(area, 0, self._avail_event())
+            _U16.pack_into(area, EVENT_FLAGS_OFFSET, EVENT_FLAG_DESC)
         else:
-            self._store(memory, self.used_ring + EVENT_FLAGS_OFFSET, EVENT_FLAG_ENABLE)
+            _U16.pack_into(area, EVENT_FLAGS_OFFSET, EVENT_FLAG_ENABLE)
         # The driver stores a head's flags, then loads ours; we store ours, then load its
         # flags: without a full barrier on both sides each could miss the other.
         memory_fence()
@@ -290,11 +287,10 @@ class PackedQueue:
         # The used flags are stored before the driver's event area is loaded (as in
         # enable_notifications, with the roles swapped).
         memory_fence()
-        try:
-            off_wrap = memory.read_u16(self.avail_ring)
-            flags = memory.read_u16(self.avail_ring + EVENT_FLAGS_OFFSET)
-        except GuestAddressError as err:
-            raise VirtqueueError(str(err)) from err
+        area = self._view(memory, self.avail_ring, EVENT_SUPPRESS_SIZE, "driver event suppression area")
+        # The flags before the position they make us look at (the driver stores them last).
+        flags = _U16.unpack_from(area, EVENT_FLAGS_OFFSET)[0]
+        off_wrap = _U16.unpack_from(area, 0)[0]
         size = self.size
         old, new = self.signalled_used, lap_position(self.used_index, self.used_wrap, size)
         self.signalled_used = new

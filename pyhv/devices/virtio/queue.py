@@ -101,12 +101,11 @@ def indirect_table(memory: GuestMemory, addr: int, length: int) -> memoryview:
     return memory.view(addr, length)
 
 
-class SplitQueue:
-    """Device-side state of one split virtqueue, as the transport's registers set it."""
+class QueueSetup:
+    """What the transport's registers and the negotiated features set for a queue, the same
+    for both ring layouts (the three addresses carry the split layout's names)."""
 
     def __init__(self, max_size: int) -> None:
-        if not _is_power_of_two(max_size) or max_size > MAX_QUEUE_SIZE:
-            raise ValueError(f"queue maximum {max_size} is not a power of two up to {MAX_QUEUE_SIZE}")
         self.max_size = max_size
         self.reset()
 
@@ -116,10 +115,22 @@ class SplitQueue:
         self.desc_table = 0
         self.avail_ring = 0
         self.used_ring = 0
-        self.next_avail = 0
-        self.next_used = 0
         self.event_idx = False  # VIRTIO_F_EVENT_IDX negotiated
         self.indirect = False  # VIRTIO_F_INDIRECT_DESC negotiated
+
+
+class SplitQueue(QueueSetup):
+    """Device-side state of one split virtqueue, as the transport's registers set it."""
+
+    def __init__(self, max_size: int) -> None:
+        if not _is_power_of_two(max_size) or max_size > MAX_QUEUE_SIZE:
+            raise ValueError(f"queue maximum {max_size} is not a power of two up to {MAX_QUEUE_SIZE}")
+        super().__init__(max_size)
+
+    def reset(self) -> None:
+        super().reset()
+        self.next_avail = 0
+        self.next_used = 0
         self.signalled_used: Optional[int] = None
         self.draining = False  # between disable_notifications and enable_notifications
 
