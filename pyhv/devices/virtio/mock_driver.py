@@ -19,10 +19,11 @@ from typing import Deque, Dict, List, NamedTuple, Optional, Sequence, Tuple, Uni
 
 from ...memory import GuestMemory
 from . import mmio, spec
-from .packed import (DESC_F_AVAIL, DESC_F_USED, EVENT_FLAG_DESC, EVENT_FLAG_DISABLE, EVENT_FLAG_ENABLE, EVENT_FLAGS_OFFSET,
-                     EVENT_OFFSET_MASK, EVENT_SUPPRESS_SIZE, EVENT_WRAP_SHIFT, avail_flags, event_passed,
-                     lap_position, used_flags)
-from .queue import DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, DESCRIPTOR_SIZE, USED_F_NO_NOTIFY, memory_fence
+from .packed import (DESC_F_AVAIL, DESC_F_USED, EVENT_FLAG_DESC, EVENT_FLAG_DISABLE, EVENT_FLAG_ENABLE,
+                     EVENT_FLAGS_OFFSET, EVENT_OFFSET_MASK, EVENT_SUPPRESS_SIZE, EVENT_WRAP_SHIFT, PackedQueue,
+                     avail_flags, event_passed, lap_position, used_flags)
+from .queue import (DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, DESCRIPTOR_SIZE, USED_F_NO_NOTIFY, SplitQueue,
+                    memory_fence)
 
 
 class Buffer(NamedTuple):
@@ -268,6 +269,16 @@ class MockPackedQueue:
 
 
 MockQueue = Union[MockSplitQueue, MockPackedQueue]
+DeviceQueue = Union[SplitQueue, PackedQueue]
+
+
+def connect(queue: DeviceQueue, mock: MockQueue, event_idx: bool = False, indirect: bool = True) -> DeviceQueue:
+    """Point a device-side ``queue`` at the rings ``mock`` laid out, ready, with the
+    features given, as the transport's registers and the feature negotiation would."""
+    queue.size = mock.size
+    queue.desc_table, queue.avail_ring, queue.used_ring = mock.addresses
+    queue.ready, queue.event_idx, queue.indirect = True, event_idx, indirect
+    return queue
 
 
 def mock_queue(memory: GuestMemory, base: int, size: int, packed: bool) -> MockQueue:

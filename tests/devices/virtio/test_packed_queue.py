@@ -8,32 +8,20 @@ import random
 import pytest
 
 from pyhv.devices.virtio import packed
-from pyhv.devices.virtio.mock_driver import Buffer, MockPackedQueue
+from pyhv.devices.virtio.mock_driver import Buffer, MockPackedQueue, connect
 from pyhv.devices.virtio.packed import (DESC_F_AVAIL, DESC_F_USED, EVENT_FLAG_DESC, EVENT_FLAG_DISABLE,
                                         EVENT_FLAG_ENABLE, PackedQueue)
 from pyhv.devices.virtio.queue import (DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, MAX_QUEUE_SIZE, Descriptor,
                                        VirtqueueError)
-from pyhv.memory import GuestMemory, MiB
+from pyhv.memory import MiB
 
-RAM = 2 * MiB
+RAM = 4 * MiB  # conftest's memory
 A = DESC_F_AVAIL  # the flags of a descriptor made available in the first lap
-
-
-@pytest.fixture
-def memory():
-    mem = GuestMemory(RAM)
-    yield mem
-    mem.close()
 
 
 def make_queue(memory, size=8, max_size=8, event_idx=False, indirect=True):
     driver = MockPackedQueue(memory, 0x1000, size)
-    queue = PackedQueue(max_size)
-    queue.size = size
-    queue.desc_table, queue.avail_ring, queue.used_ring = driver.addresses
-    queue.ready = True
-    queue.event_idx = event_idx
-    queue.indirect = indirect
+    queue = connect(PackedQueue(max_size), driver, event_idx, indirect)
     queue.validate(memory)
     return driver, queue
 
@@ -167,11 +155,15 @@ def test_indirect_table_entries_are_taken_in_order_whatever_next_says(memory):
     assert chain.head == 5 and [d.gpa for d in chain.descriptors] == [0x8000, 0x9000, 0xA000]
 
 
-def test_indirect_refused_when_not_negotiated(memory):
-    driver, queue = make_queue(memory, indirect=False)
-    driver.publish(driver.add_indirect_chain([Buffer(0x8000, 8, True)], 0x20000))
+def test_an_indirect_chain_needs_indirect_desc(memory):
+    driver, queue = make_queue(memory)
+    head = driver.add_indirect_chain([Buffer(0x8000, 8, True)], 0x20000)
+    driver.publish(head)
+    queue.indirect = False  # VIRTIO_F_INDIRECT_DESC not negotiated
     with pytest.raises(VirtqueueError, match="not negotiated"):
         queue.pop(memory)
+    queue.indirect = True
+    assert queue.pop(memory) == (head, [Descriptor(0x8000, 8, True)])
 
 
 def test_buffer_id_comes_from_the_last_descriptor(memory):
