@@ -64,8 +64,8 @@ def used_flags(wrap: int) -> int:
 
 
 def lap_position(index: int, wrap: int, size: int) -> int:
-    """A ring position and its wrap counter as one number modulo ``2 * size``: two laps
-    tell apart every distance a notification decision needs (at most one ring)."""
+    """A ring position and its wrap counter as one number modulo ``2 * size``, which tells
+    apart every distance shorter than two laps."""
     return index + (size if wrap else 0)
 
 
@@ -95,9 +95,11 @@ class PackedQueue(QueueSetup):
         self.used_index = 0  # ring position of the next used descriptor
         self.used_wrap = 1
         self.signalled_used: Optional[int] = None  # lap position at the last interrupt decision
+        self.used_since_decision = 0  # slots: a decision must not mistake two laps for none
         self.draining = False  # between disable_notifications and enable_notifications
         # Buffer id -> ring slots its chain took: the used descriptor steps over that many.
         self.in_flight: Dict[int, int] = {}
+        self.slots_in_flight = 0
 
     def validate(self, memory: GuestMemory) -> None:
         """Check the size (any from 1 up: packed rings need no power of two) and the areas."""
@@ -181,7 +183,11 @@ class PackedQueue(QueueSetup):
             raise VirtqueueError(f"buffer id {buffer_id} is not below the queue size {size}")
         if buffer_id in self.in_flight:
             raise VirtqueueError(f"buffer id {buffer_id} is made available again before it was used")
+        if self.slots_in_flight + slots > size:
+            # The driver wrapped onto slots whose buffers the device has not given back.
+            raise VirtqueueError(f"chain at ring slot {self.avail_index} overlaps buffers still in flight")
         self.in_flight[buffer_id] = slots
+        self.slots_in_flight += slots
         self._advance_avail(slots)
         if self.event_idx and not self.draining:
             # A consumer outside a drain (a back-end thread filling receive buffers) wants a
@@ -221,7 +227,9 @@ class PackedQueue(QueueSetup):
     def unpop(self, chain: DescriptorChain) -> None:
         """Leave ``chain``, the one :meth:`pop` returned last, for the next pop (a receive
         buffer too small for the frame at hand waits for a shorter one)."""
-        self.avail_index -= self.in_flight.pop(chain.head)
+        slots = self.in_flight.pop(chain.head)
+        self.slots_in_flight -= slots
+        self.avail_index -= slots
         if self.avail_index < 0:
             self.avail_index += self.size
             self.avail_wrap ^= 1
@@ -277,6 +285,8 @@ class PackedQueue(QueueSetup):
                              used_flags(self.used_wrap) | (DESC_F_WRITE if length else 0))
         except GuestAddressError as err:
             raise VirtqueueError(str(err)) from err
+        self.slots_in_flight -= slots
+        self.used_since_decision += slots
         self.used_index += slots
         if self.used_index >= self.size:
             self.used_index -= self.size
@@ -292,11 +302,15 @@ class PackedQueue(QueueSetup):
         flags = _U16.unpack_from(area, EVENT_FLAGS_OFFSET)[0]
         off_wrap = _U16.unpack_from(area, 0)[0]
         size = self.size
-        old, new = self.signalled_used, lap_position(self.used_index, self.used_wrap, size)
-        self.signalled_used = new
+        first = self.signalled_used is None
+        new = self.signalled_used = lap_position(self.used_index, self.used_wrap, size)
+        moved, self.used_since_decision = self.used_since_decision, 0
         if flags == EVENT_FLAG_DISABLE:
             return False
-        if flags != EVENT_FLAG_DESC or not self.event_idx or old is None:
-            return True  # ENABLE, and what a driver may not write (DESC without EVENT_IDX)
+        if flags != EVENT_FLAG_DESC or not self.event_idx or first or moved >= 2 * size:
+            # ENABLE; what a driver may not write (DESC without EVENT_IDX); the first
+            # decision; or so many slots used (a driver polling the ring and refilling it)
+            # that every position was passed.
+            return True
         event = lap_position(off_wrap & EVENT_OFFSET_MASK, off_wrap >> EVENT_WRAP_SHIFT, size)
-        return event_passed(event, new, old, size)
+        return event_passed(event, new, new - moved, size)

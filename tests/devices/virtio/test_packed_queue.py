@@ -412,6 +412,19 @@ def test_hostile_rings_raise_virtqueue_error(memory, case):
             queue.pop(memory)
 
 
+def test_a_chain_on_slots_still_in_flight_is_refused(memory):
+    """A driver that wraps onto slots the device has not given back (ids all distinct)."""
+    driver, queue = make_queue(memory, size=4, max_size=4)
+    for index in range(4):
+        driver.write_descriptor(index, 0x8000, 8, A, buffer_id=index)
+    chains = list(queue.iter_available(memory))
+    queue.add_used(memory, chains[3].head, 0)  # used at slot 0, and slot 3 is free again
+    driver.write_descriptor(1, 0x8000, 8, DESC_F_USED, buffer_id=3)  # slot 1 of the next lap: in flight
+    driver.write_descriptor(0, 0x8000, 8, DESC_F_USED | DESC_F_NEXT, buffer_id=3)
+    with pytest.raises(VirtqueueError, match="overlaps buffers still in flight"):
+        queue.pop(memory)
+
+
 def test_endless_chain_is_reported_as_such(memory):
     driver, queue = make_queue(memory)
     _endless(driver)
@@ -433,3 +446,16 @@ def test_longest_legal_chain_is_the_whole_ring(memory):
     chain = queue.pop(memory)
     assert chain.head == head and len(chain.descriptors) == 8
     assert (queue.avail_index, queue.avail_wrap) == (0, 0)
+
+
+def test_event_idx_decision_after_more_than_two_laps_interrupts(memory):
+    """Positions repeat every two laps: after that many slots the named one was passed,
+    whatever the positions before and after say."""
+    driver, queue = make_queue(memory, size=4, max_size=4, event_idx=True)
+    use_one(driver, queue, memory)
+    queue.needs_notification(memory)
+    driver.set_driver_event(EVENT_FLAG_DESC, index=3, wrap=1)
+    for _ in range(8):  # slots 1, 2, 3, 0 (wrap 0), 1, 2, 3, 0 (wrap 1): back where it was
+        use_one(driver, queue, memory)
+        driver.take_used()
+    assert queue.needs_notification(memory)
