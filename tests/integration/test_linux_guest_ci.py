@@ -282,6 +282,55 @@ def test_one_boot_checks_kernel_timer_virtio_disks_and_rng(guest, tmp_path):
         f"the raw disk starts with {written!r}, not what the guest wrote\n{run.describe()}"
 
 
+PACKED_BIT = 34  # VIRTIO_F_RING_PACKED: a character of /sys/bus/virtio/devices/*/features
+
+
+@pytest.mark.slow
+@needs_pypy
+def test_linux_drives_packed_virtqueues_on_blk_and_rng(guest, tmp_path):
+    """``packed=on`` on a virtio-blk-pci disk and virtio-rng-pci: Linux's virtio_ring takes
+    packed rings (bit 34 in the features it accepted), reads what the host put on the disk,
+    writes what the host then finds there, and reads random bytes."""
+    image = tmp_path / "packed.img"
+    host_content = "pyhv-host-" + secrets.token_hex(16)
+    guest_content = "pyhv-packed-" + secrets.token_hex(16)
+    with open(image, "wb") as stream:
+        stream.truncate(DISK_SIZE)
+        stream.write(host_content.encode() + b"\n")
+    command = guest_command([
+        step("features", "for d in /sys/bus/virtio/devices/*; do "
+             "echo virtio device $(cat $d/device) features $(cat $d/features); done"),
+        step("read", f"head -c {len(host_content)} /dev/vda; echo"),
+        step("write", f"echo {guest_content} | dd of=/dev/vda bs=512 seek=8 conv=fsync 2>/dev/null",
+             "echo 3 > /proc/sys/vm/drop_caches",
+             f"dd if=/dev/vda bs=512 skip=8 count=1 2>/dev/null | head -c {len(guest_content)}; echo"),
+        step("hwrng", f"head -c {HWRNG_BYTES} /dev/hwrng | od -An -v -tx1"),
+        step("end", drain_console_and_power_off()),
+    ])
+    run = boot(guest, command, ["-drive", f"file={image},if=none,id=d0,format=raw",
+                                "-device", "virtio-blk-pci,drive=d0,packed=on",
+                                "-device", "virtio-rng-pci,packed=on"])
+    steps = split_steps(run.stdout)
+    print(section(steps, "features", run))
+    features = dict(re.findall(r"^virtio device (0x[0-9a-f]+) features ([01]+)\s*$",
+                               section(steps, "features", run), re.MULTILINE))
+    for device_id, name in (("0x0002", "virtio-blk"), ("0x0004", "virtio-rng")):
+        assert device_id in features and features[device_id][PACKED_BIT] == "1", \
+            f"step features: {name} without VIRTIO_F_RING_PACKED\n{run.describe()}"
+    assert host_content in section(steps, "read", run), f"step read\n{run.describe()}"
+    assert guest_content in section(steps, "write", run), f"step write\n{run.describe()}"
+    random_bytes = " ".join(re.findall(r"^((?: [0-9a-f]{2})+)\s*$", section(steps, "hwrng", run),
+                                       re.MULTILINE)).split()
+    assert len(random_bytes) == HWRNG_BYTES and set(random_bytes) != {"00"}, f"step hwrng\n{run.describe()}"
+    section(steps, "end", run)
+    assert run.status == 0 and "reboot: Power down" in run.stdout, f"step end (poweroff)\n{run.describe()}"
+    with open(image, "rb") as stream:
+        stream.seek(8 * 512)
+        written = stream.read(len(guest_content) + 1)
+    assert written == (guest_content + "\n").encode(), \
+        f"sector 8 holds {written!r}, not what the guest wrote\n{run.describe()}"
+
+
 def _ip(*args: str, netns: Optional[str] = None) -> subprocess.CompletedProcess:
     prefix = ["ip", "netns", "exec", netns] if netns else []
     return subprocess.run(prefix + ["ip", *args], capture_output=True, text=True)

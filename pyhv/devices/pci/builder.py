@@ -1,5 +1,6 @@
 """Building the PCI side of a machine from QEMU options: the host bridge, ``-netdev`` and
-``-device virtio-{blk,net,rng}-pci``.
+``-device virtio-{blk,net,rng}-pci`` (each with ``packed=on|off``, default off: offer packed
+virtqueues).
 
 Call order for the machine builder: ``PciBuilder(...)`` once (it attaches the host bridge,
 0xCF8/0xCFC and the ECAM window), :meth:`PciBuilder.add_netdev` for each ``-netdev``, then
@@ -25,7 +26,7 @@ from ...memory import GuestMemory
 from ...net.backend import NetBackend, open_netdev, parse_netdev
 from ..virtio.blk import VirtioBlock
 from ..virtio.device import VirtioDevice
-from ..virtio.drives import DriveSpec
+from ..virtio.drives import DriveSpec, pop_on_off
 from ..virtio.net import DEFAULT_MAC, VirtioNet, parse_mac
 from ..virtio.pci import VirtioPciFunction
 from ..virtio.rng import VirtioRng
@@ -107,7 +108,8 @@ class PciBuilder:
         self.slots.append(placed)
         return placed
 
-    def attach_drive(self, drive: DriveSpec, serial: str = "", driver: str = "virtio-blk-pci") -> VirtioBlock:
+    def attach_drive(self, drive: DriveSpec, serial: str = "", driver: str = "virtio-blk-pci",
+                     packed: bool = False) -> VirtioBlock:
         """A virtio-blk device for ``drive`` (also for ``-drive if=virtio`` on a PCI machine)."""
         if drive.id in self._used_drives:
             raise ConfigError(f"-device {driver}: drive '{drive.id}' is already used by {self._used_drives[drive.id]}")
@@ -116,7 +118,7 @@ class PciBuilder:
         except BlockError as err:
             raise ConfigError(f"drive '{drive.id}': {err}") from err
         self._used_drives[drive.id] = driver
-        return VirtioBlock(self.memory, backend, serial, drive.discard)
+        return VirtioBlock(self.memory, backend, serial, drive.discard, packed=packed)
 
     # --- running ----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -148,6 +150,7 @@ def _slot_property(driver: str, props: Dict[str, str]) -> Optional[int]:
 def _blk(builder: PciBuilder, driver: str, props: Dict[str, str]) -> VirtioDevice:
     drive_id = props.pop("drive", "")
     serial = props.pop("serial", "")
+    packed = pop_on_off(f"-device {driver}", props, "packed")
     if not drive_id:
         raise ConfigError(f"-device {driver}: drive=ID is missing")
     drive = builder.drives.get(drive_id)
@@ -155,10 +158,11 @@ def _blk(builder: PciBuilder, driver: str, props: Dict[str, str]) -> VirtioDevic
         raise ConfigError(f"-device {driver}: no -drive or -blockdev with id '{drive_id}'")
     if len(serial.encode()) > 20:
         raise ConfigError(f"-device {driver}: serial '{serial}' is longer than 20 bytes")
-    return builder.attach_drive(drive, serial, driver)
+    return builder.attach_drive(drive, serial, driver, packed)
 
 
 def _net(builder: PciBuilder, driver: str, props: Dict[str, str]) -> VirtioDevice:
+    packed = pop_on_off(f"-device {driver}", props, "packed")
     netdev = props.pop("netdev", "")
     if not netdev:
         raise ConfigError(f"-device {driver}: netdev=ID is missing")
@@ -175,11 +179,11 @@ def _net(builder: PciBuilder, driver: str, props: Dict[str, str]) -> VirtioDevic
         mac = DEFAULT_MAC[:5] + bytes([(DEFAULT_MAC[5] + builder._nic_count) & 0xFF])
     builder._nic_count += 1
     builder._netdev_users[netdev] = driver
-    return VirtioNet(builder.memory, backend, mac)
+    return VirtioNet(builder.memory, backend, mac, packed)
 
 
 def _rng(builder: PciBuilder, driver: str, props: Dict[str, str]) -> VirtioDevice:
-    return VirtioRng(builder.memory)
+    return VirtioRng(builder.memory, pop_on_off(f"-device {driver}", props, "packed"))
 
 
 DEVICE_FACTORIES: Dict[str, Callable[[PciBuilder, str, Dict[str, str]], VirtioDevice]] = {

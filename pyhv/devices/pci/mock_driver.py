@@ -13,7 +13,7 @@ from ...bus import Bus
 from ...memory import GuestMemory
 from ..virtio import pci as vpci
 from ..virtio import spec
-from ..virtio.mock_driver import Buffer, MockSplitQueue
+from ..virtio.mock_driver import Buffer, MockQueue, mock_queue
 from ..virtio.queue import DESCRIPTOR_SIZE
 from . import config as cfg
 from .host import CONFIG_ADDRESS_PORT, CONFIG_DATA_PORT
@@ -92,7 +92,8 @@ class MockVirtioPciDriver:
         self.mmio = mmio
         self.memory = memory
         self.slot = slot
-        self.queues: List[Optional[MockSplitQueue]] = []
+        self.queues: List[Optional[MockQueue]] = []
+        self.packed = False  # VIRTIO_F_RING_PACKED accepted
         self._ring_cursor = ring_area
         self._data_cursor = data_area
         self.regions: Dict[int, int] = {}  # cfg_type -> guest physical address
@@ -170,18 +171,18 @@ class MockVirtioPciDriver:
         self.set_status(spec.STATUS_ACKNOWLEDGE | spec.STATUS_DRIVER | spec.STATUS_FEATURES_OK)
         if not self.status() & spec.STATUS_FEATURES_OK:
             raise AssertionError("the device refused FEATURES_OK")
+        self.packed = bool(accepted >> spec.F_RING_PACKED & 1)
         return accepted
 
-    def setup_queue(self, index: int, size: Optional[int] = None, vector: Optional[int] = None) -> MockSplitQueue:
+    def setup_queue(self, index: int, size: Optional[int] = None, vector: Optional[int] = None) -> MockQueue:
         self.common_write(vpci.QUEUE_SELECT, 2, index)
         size = self.common_read(vpci.QUEUE_SIZE, 2) if size is None else size
-        queue = MockSplitQueue(self.memory, self._ring_cursor, max(size, 1))
+        queue = mock_queue(self.memory, self._ring_cursor, max(size, 1), self.packed)
         self._ring_cursor = _align(queue.end, 4096)
         self.common_write(vpci.QUEUE_SIZE, 2, size)
         if vector is not None:
             self.common_write(vpci.QUEUE_MSIX_VECTOR, 2, vector)
-        for offset, address in ((vpci.QUEUE_DESC, queue.desc_table), (vpci.QUEUE_DRIVER, queue.avail_ring),
-                                (vpci.QUEUE_DEVICE, queue.used_ring)):
+        for offset, address in zip((vpci.QUEUE_DESC, vpci.QUEUE_DRIVER, vpci.QUEUE_DEVICE), queue.addresses):
             self.common_write(offset, 4, address & 0xFFFF_FFFF)
             self.common_write(offset + 4, 4, address >> 32)
         self.common_write(vpci.QUEUE_ENABLE, 2, 1)

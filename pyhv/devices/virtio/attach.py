@@ -10,7 +10,8 @@ DSDT entries (_HID "LNRO0005", a Memory32Fixed and an Interrupt resource per
 built with ``CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES``.
 
 QEMU driver names: ``virtio-blk-device`` (``drive=ID``, ``serial=S``), ``virtio-rng-device``,
-``virtio-serial-device`` followed by ``virtconsole,chardev=ID`` (one console port).
+``virtio-serial-device`` followed by ``virtconsole,chardev=ID`` (one console port). Each of
+the three devices takes ``packed=on|off`` (default off): offer packed virtqueues.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from ...memory import GuestMemory
 from .blk import VirtioBlock
 from .console import VirtioConsole
 from .device import VirtioDevice
-from .drives import DriveSpec, parse_blockdev, parse_drive
+from .drives import DriveSpec, parse_blockdev, parse_drive, pop_on_off
 from .mmio import MMIO_WINDOW_SIZE, VirtioMmioTransport
 from .rng import VirtioRng
 
@@ -122,7 +123,7 @@ class VirtioMmioBuilder:
             slot.transport.device.close()
 
     # --- devices ------------------------------------------------------------------------------
-    def _attach_blk(self, drive: DriveSpec, serial: str, driver: str) -> MmioSlot:
+    def _attach_blk(self, drive: DriveSpec, serial: str, driver: str, packed: bool = False) -> MmioSlot:
         if drive.id in self._used_drives:
             raise ConfigError(f"-device {driver}: drive '{drive.id}' is already used by "
                               f"{self._used_drives[drive.id]}")
@@ -131,7 +132,7 @@ class VirtioMmioBuilder:
         except BlockError as err:
             raise ConfigError(f"drive '{drive.id}': {err}") from err
         self._used_drives[drive.id] = driver
-        return self.attach(VirtioBlock(self.memory, backend, serial, drive.discard), driver)
+        return self.attach(VirtioBlock(self.memory, backend, serial, drive.discard, packed=packed), driver)
 
 
 def _refuse_unknown(driver: str, props: Dict[str, str]) -> None:
@@ -142,6 +143,7 @@ def _refuse_unknown(driver: str, props: Dict[str, str]) -> None:
 def _blk_device(builder: VirtioMmioBuilder, props: Dict[str, str]) -> MmioSlot:
     drive_id = props.pop("drive", "")
     serial = props.pop("serial", "")
+    packed = pop_on_off("-device virtio-blk-device", props, "packed")
     _refuse_unknown("virtio-blk-device", props)
     if not drive_id:
         raise ConfigError("-device virtio-blk-device: drive=ID is missing")
@@ -150,18 +152,20 @@ def _blk_device(builder: VirtioMmioBuilder, props: Dict[str, str]) -> MmioSlot:
         raise ConfigError(f"-device virtio-blk-device: no -drive or -blockdev with id '{drive_id}'")
     if len(serial.encode()) > 20:
         raise ConfigError(f"-device virtio-blk-device: serial '{serial}' is longer than 20 bytes")
-    return builder._attach_blk(drive, serial, "virtio-blk-device")
+    return builder._attach_blk(drive, serial, "virtio-blk-device", packed)
 
 
 def _rng_device(builder: VirtioMmioBuilder, props: Dict[str, str]) -> MmioSlot:
+    packed = pop_on_off("-device virtio-rng-device", props, "packed")
     _refuse_unknown("virtio-rng-device", props)
-    return builder.attach(VirtioRng(builder.memory), "virtio-rng-device")
+    return builder.attach(VirtioRng(builder.memory, packed), "virtio-rng-device")
 
 
 def _serial_device(builder: VirtioMmioBuilder, props: Dict[str, str]) -> MmioSlot:
+    packed = pop_on_off("-device virtio-serial-device", props, "packed")
     _refuse_unknown("virtio-serial-device", props)
     # Output goes nowhere until a virtconsole port names its back-end, as in QEMU.
-    console = VirtioConsole(builder.memory, NullBackend())
+    console = VirtioConsole(builder.memory, NullBackend(), packed)
     builder._open_console = console
     return builder.attach(console, "virtio-serial-device")
 

@@ -155,20 +155,21 @@ def _adjacent(previous: BlockRequest, request: BlockRequest) -> bool:
 class VirtioBlock(VirtioDevice):
     """One disk; ``serial`` is what VIRTIO_BLK_T_GET_ID returns (20 bytes at most);
     ``discard=False`` (QEMU's discard=ignore) leaves DISCARD unoffered; ``workers`` threads
-    serve long requests of a thread-safe backend (0: every request in line)."""
+    serve long requests of a thread-safe backend (0: every request in line); ``packed``
+    offers packed virtqueues."""
 
     device_id = spec.ID_BLOCK
     name = "virtio-blk"
     runs_on_iothread = True
 
     def __init__(self, memory: GuestMemory, backend: BlockBackend, serial: str = "",
-                 discard: bool = True, workers: int = DEFAULT_WORKERS) -> None:
+                 discard: bool = True, workers: int = DEFAULT_WORKERS, packed: bool = False) -> None:
         features = spec.bit(F_SEG_MAX) | spec.bit(F_BLK_SIZE) | spec.bit(F_FLUSH)
         if backend.read_only:
             features |= spec.bit(F_RO)
         else:
             features |= spec.bit(F_WRITE_ZEROES) | (spec.bit(F_DISCARD) if discard else 0)
-        super().__init__(memory, [QUEUE_SIZE], features)
+        super().__init__(memory, [QUEUE_SIZE], features, packed)
         self.backend = backend
         self.serial = serial.encode()[:ID_BYTES]
         self._pool: Optional[WorkerPool] = None

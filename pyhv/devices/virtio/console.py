@@ -35,8 +35,8 @@ class VirtioConsole(VirtioDevice):
     device_id = spec.ID_CONSOLE
     name = "virtio-console"
 
-    def __init__(self, memory: GuestMemory, backend: CharBackend) -> None:
-        super().__init__(memory, [QUEUE_SIZE, QUEUE_SIZE], spec.bit(F_EMERG_WRITE))
+    def __init__(self, memory: GuestMemory, backend: CharBackend, packed: bool = False) -> None:
+        super().__init__(memory, [QUEUE_SIZE, QUEUE_SIZE], spec.bit(F_EMERG_WRITE), packed)
         self.backend = backend
         self.pending_input = bytearray()
         self.dropped_input = 0

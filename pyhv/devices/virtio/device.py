@@ -20,17 +20,20 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable, Sequence
+from typing import Callable, List, Sequence, Union
 
 from ...memory import GuestMemory
 from . import spec
+from .packed import PackedQueue
 from .queue import SplitQueue, VirtqueueError
 
 log = logging.getLogger("pyhv.virtio")
 
 Interrupt = Callable[[int], None]  # called with spec.INT_USED_BUFFER or spec.INT_CONFIG_CHANGE
+Virtqueue = Union[SplitQueue, PackedQueue]
 
-# Offered by every device: the split-ring features queue.py implements.
+# Offered by every device: the ring features both queue layouts implement. VIRTIO_F_RING_PACKED
+# is offered only by a device created with ``packed=True`` (QEMU's packed=on, off by default).
 COMMON_FEATURES = (spec.bit(spec.F_VERSION_1) | spec.bit(spec.F_EVENT_IDX)
                    | spec.bit(spec.F_INDIRECT_DESC))
 
@@ -45,10 +48,12 @@ class VirtioDevice:
     # I/O thread); devices with back-end threads of their own (console, net) keep it False.
     runs_on_iothread = False
 
-    def __init__(self, memory: GuestMemory, queue_sizes: Sequence[int], features: int = 0) -> None:
+    def __init__(self, memory: GuestMemory, queue_sizes: Sequence[int], features: int = 0,
+                 packed: bool = False) -> None:
         self.memory = memory
-        self.queues = [SplitQueue(size) for size in queue_sizes]
-        self.avail_features = COMMON_FEATURES | features
+        # Split until the driver accepts VIRTIO_F_RING_PACKED (see _use_ring_layout).
+        self.queues: List[Virtqueue] = [SplitQueue(size) for size in queue_sizes]
+        self.avail_features = COMMON_FEATURES | features | (spec.bit(spec.F_RING_PACKED) if packed else 0)
         self.acked_features = 0
         self.status = 0
         self.config_generation = 0
@@ -86,8 +91,11 @@ class VirtioDevice:
             return
         newly = value & ~self.status
         self.status = value | (self.status & spec.STATUS_DEVICE_NEEDS_RESET)
-        if newly & spec.STATUS_FEATURES_OK and not self._features_acceptable():
-            self.status &= ~spec.STATUS_FEATURES_OK  # the driver reads it back and gives up
+        if newly & spec.STATUS_FEATURES_OK:
+            if self._features_acceptable():
+                self._use_ring_layout()
+            else:
+                self.status &= ~spec.STATUS_FEATURES_OK  # the driver reads it back and gives up
         if newly & spec.STATUS_DRIVER_OK and self.status & spec.STATUS_FEATURES_OK:
             self._activate()
 
@@ -101,6 +109,18 @@ class VirtioDevice:
                         self.name)
             return False
         return True
+
+    def _use_ring_layout(self) -> None:
+        """Make every queue the kind the features ask for. The driver sets its queues up
+        after FEATURES_OK (3.1.1), but whatever it wrote before is carried over."""
+        kind = PackedQueue if self.has_feature(spec.F_RING_PACKED) else SplitQueue
+        for index, queue in enumerate(self.queues):
+            if type(queue) is kind:
+                continue
+            fresh = kind(queue.max_size)
+            fresh.size, fresh.ready = queue.size, queue.ready
+            fresh.desc_table, fresh.avail_ring, fresh.used_ring = queue.desc_table, queue.avail_ring, queue.used_ring
+            self.queues[index] = fresh
 
     def _activate(self) -> None:
         for queue in self.queues:
@@ -164,7 +184,7 @@ class VirtioDevice:
         except VirtqueueError as err:
             self.fail(index, err)
 
-    def signal_used(self, queue: SplitQueue) -> None:
+    def signal_used(self, queue: Virtqueue) -> None:
         """Interrupt the driver if it asked for one for the entries just used."""
         if queue.needs_notification(self.memory):
             self.interrupt(spec.INT_USED_BUFFER)

@@ -55,6 +55,13 @@ def _on_off(option: str, key: str, value: str) -> bool:
     raise ConfigError(f"{option}: {key} expects on or off, got '{value}'")
 
 
+def pop_on_off(option: str, props: Dict[str, str], key: str, default: bool = False) -> bool:
+    """An on/off property (QEMU's spellings: on/off, yes/no, true/false) taken out of
+    ``props``, the device's properties, so that what is left over can be refused."""
+    value = props.pop(key, None)
+    return default if value is None else _on_off(option, key, value)
+
+
 def _format(option: str, value: Optional[str]) -> Optional[str]:
     if value is not None and value not in FORMATS:
         raise ConfigError(f"{option}: unknown format '{value}' (known: {', '.join(FORMATS)})")

@@ -4,16 +4,26 @@ chains (direct and indirect), kicks through the MMIO registers, used-ring reads.
 Every device is tested the way a guest drives it, as with rust-vmm's ``MockSplitQueue``.
 The mock also writes raw descriptors, so tests can build the hostile cases (loops,
 out-of-RAM buffers, bad indirect tables) that a real driver never would.
+
+Split rings are :class:`MockSplitQueue`, packed rings :class:`MockPackedQueue`; the drivers
+(this MMIO one and pci/mock_driver.py) set up packed ones when the device offers
+VIRTIO_F_RING_PACKED and the test does not drop it, as Linux does. Both kinds take chains
+with ``add_chain``/``add_indirect_chain``, ``publish`` them and return ``take_used``.
 """
 
 from __future__ import annotations
 
+import collections
 import struct
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from typing import Deque, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from ...memory import GuestMemory
 from . import mmio, spec
-from .queue import DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, DESCRIPTOR_SIZE, USED_F_NO_NOTIFY, memory_fence
+from .packed import (DESC_F_AVAIL, DESC_F_USED, EVENT_FLAG_DESC, EVENT_FLAG_DISABLE, EVENT_FLAG_ENABLE,
+                     EVENT_FLAGS_OFFSET, EVENT_OFFSET_MASK, EVENT_SUPPRESS_SIZE, EVENT_WRAP_SHIFT, PackedQueue,
+                     avail_flags, event_passed, lap_position, used_flags)
+from .queue import (DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, DESCRIPTOR_SIZE, USED_F_NO_NOTIFY, SplitQueue,
+                    memory_fence)
 
 
 class Buffer(NamedTuple):
@@ -41,6 +51,11 @@ class MockSplitQueue:
         self.avail_idx = 0
         self.kicked_idx = 0  # avail_idx when kick_needed last ran
         self.last_used = 0
+
+    @property
+    def addresses(self) -> Tuple[int, int, int]:
+        """What the transport's three queue address registers get."""
+        return self.desc_table, self.avail_ring, self.used_ring
 
     def write_descriptor(self, index: int, gpa: int, length: int, flags: int = 0, next_index: int = 0,
                          table: Optional[int] = None) -> None:
@@ -113,6 +128,164 @@ class MockSplitQueue:
         return entries
 
 
+class MockPackedQueue:
+    """The driver's half of one packed queue of ``size`` entries placed at ``base``, written
+    as Linux's virtio_ring writes it: a chain's descriptors in ring order, each with the
+    AVAIL/USED bits of the lap it lies in, the head's flags withheld until :meth:`publish`;
+    buffer ids from a free list; used descriptors read in ring order, stepping over the
+    slots each buffer's chain took."""
+
+    _ENTRY = struct.Struct("<QIHH")  # addr, len, buffer id, flags
+
+    def __init__(self, memory: GuestMemory, base: int, size: int) -> None:
+        self.memory = memory
+        self.size = size
+        self.desc_ring = base
+        self.driver_area = base + DESCRIPTOR_SIZE * size
+        self.device_area = self.driver_area + EVENT_SUPPRESS_SIZE
+        self.end = self.device_area + EVENT_SUPPRESS_SIZE
+        memory.fill(base, self.end - base)
+        self.next_avail = 0  # ring position of the next chain
+        self.avail_wrap = 1
+        self.kicked = lap_position(0, 1, size)  # where kick_needed last looked
+        self.last_used = 0
+        self.used_wrap = 1
+        self.free_ids: Deque[int] = collections.deque(range(size))
+        self.free_slots = size
+        self.slots_of: Dict[int, int] = {}  # buffer id -> ring slots its chain took
+        self.unpublished: Dict[int, Tuple[int, int]] = {}  # buffer id -> (head slot, head flags)
+
+    @property
+    def addresses(self) -> Tuple[int, int, int]:
+        """What the transport's three queue address registers get."""
+        return self.desc_ring, self.driver_area, self.device_area
+
+    def avail_flags(self) -> int:
+        """The AVAIL/USED bits that make a descriptor available at the next ring position."""
+        return avail_flags(self.avail_wrap)
+
+    def write_descriptor(self, index: int, gpa: int, length: int, flags: int = 0, buffer_id: int = 0,
+                         table: Optional[int] = None) -> None:
+        """One raw descriptor, flags exactly as given (tests add :meth:`avail_flags` themselves)."""
+        table = self.desc_ring if table is None else table
+        self.memory.write(table + DESCRIPTOR_SIZE * index, self._ENTRY.pack(gpa, length, buffer_id, flags))
+
+    def _take(self, slots: int) -> Tuple[int, int, int]:
+        """A free buffer id and the first ring slot and wrap counter for ``slots`` slots."""
+        if slots > self.free_slots or not self.free_ids:
+            raise AssertionError(f"no room for {slots} descriptors: {self.free_slots} slots free")
+        buffer_id = self.free_ids.popleft()
+        start, wrap = self.next_avail, self.avail_wrap
+        self.free_slots -= slots
+        self.slots_of[buffer_id] = slots
+        self.next_avail += slots
+        if self.next_avail >= self.size:
+            self.next_avail -= self.size
+            self.avail_wrap ^= 1
+        return buffer_id, start, wrap
+
+    def _write_head(self, buffer_id: int, index: int, gpa: int, length: int, flags: int) -> None:
+        """Everything of the head but its flags, which :meth:`publish` writes."""
+        self.memory.write(self.desc_ring + DESCRIPTOR_SIZE * index, struct.pack("<QIH", gpa, length, buffer_id))
+        self.unpublished[buffer_id] = (index, flags)
+
+    def add_chain(self, buffers: Sequence[Buffer]) -> int:
+        """Write ``buffers`` into consecutive ring slots; the buffer id (not yet published)."""
+        buffer_id, index, wrap = self._take(len(buffers))
+        for i, buf in enumerate(buffers):
+            flags = ((DESC_F_NEXT if i < len(buffers) - 1 else 0) | (DESC_F_WRITE if buf.writable else 0)
+                     | avail_flags(wrap))
+            if i == 0:
+                self._write_head(buffer_id, index, buf.gpa, buf.length, flags)
+            else:
+                self.write_descriptor(index, buf.gpa, buf.length, flags, buffer_id)
+            index += 1
+            if index == self.size:
+                index, wrap = 0, wrap ^ 1
+        return buffer_id
+
+    def add_indirect_chain(self, buffers: Sequence[Buffer], table_gpa: int) -> int:
+        """Write ``buffers`` into an indirect table at ``table_gpa`` (unlinked: a packed table's
+        entries are all used, in order), referenced by one ring slot."""
+        for i, buf in enumerate(buffers):
+            self.write_descriptor(i, buf.gpa, buf.length, DESC_F_WRITE if buf.writable else 0, table=table_gpa)
+        buffer_id, index, wrap = self._take(1)
+        self._write_head(buffer_id, index, table_gpa, DESCRIPTOR_SIZE * len(buffers),
+                         DESC_F_INDIRECT | avail_flags(wrap))
+        return buffer_id
+
+    def publish(self, head: int) -> None:
+        """Make buffer ``head`` available: its head's flags, last."""
+        index, flags = self.unpublished.pop(head)
+        self.memory.write_u16(self.desc_ring + DESCRIPTOR_SIZE * index + self._ENTRY.size - 2, flags)
+
+    def kick_needed(self, event_idx: bool) -> bool:
+        """Whether the chains added since the last call need a kick, as Linux decides for a
+        packed ring after a full barrier: the device's flags, and in DESC mode (the device
+        sets it only with EVENT_IDX) whether the driver stepped over the position it names."""
+        memory_fence()
+        old, new = self.kicked, lap_position(self.next_avail, self.avail_wrap, self.size)
+        self.kicked = new
+        off_wrap, flags = self.device_event()
+        if flags != EVENT_FLAG_DESC:
+            return flags != EVENT_FLAG_DISABLE
+        event = lap_position(off_wrap & EVENT_OFFSET_MASK, off_wrap >> EVENT_WRAP_SHIFT, self.size)
+        return event_passed(event, new, old, self.size)
+
+    def device_event(self) -> Tuple[int, int]:
+        """The device event suppression area: (off_wrap, flags)."""
+        return self.memory.read_u16(self.device_area), self.memory.read_u16(self.device_area + EVENT_FLAGS_OFFSET)
+
+    def set_driver_event(self, flags: int, index: int = 0, wrap: int = 1) -> None:
+        """The driver event suppression area: position (and wrap counter) first, then flags."""
+        self.memory.write_u16(self.driver_area, index | wrap << EVENT_WRAP_SHIFT)
+        self.memory.write_u16(self.driver_area + EVENT_FLAGS_OFFSET, flags)
+
+    def set_no_interrupt(self, on: bool) -> None:
+        self.set_driver_event(EVENT_FLAG_DISABLE if on else EVENT_FLAG_ENABLE)
+
+    def used_position(self) -> Tuple[int, int]:
+        """Where the driver will look for the next used buffer, and the wrap counter there."""
+        return self.last_used, self.used_wrap
+
+    def take_used(self) -> List[Tuple[int, int]]:
+        """(buffer id, length) of every used buffer added since the last call."""
+        entries = []
+        while True:
+            _addr, length, buffer_id, flags = self._ENTRY.unpack(
+                self.memory.read(self.desc_ring + DESCRIPTOR_SIZE * self.last_used, DESCRIPTOR_SIZE))
+            if flags & (DESC_F_AVAIL | DESC_F_USED) != used_flags(self.used_wrap):
+                return entries
+            slots = self.slots_of.pop(buffer_id, None)
+            if slots is None:
+                raise AssertionError(f"the device used buffer id {buffer_id}, which is not in flight")
+            entries.append((buffer_id, length))
+            self.free_ids.append(buffer_id)
+            self.free_slots += slots
+            self.last_used += slots
+            if self.last_used >= self.size:
+                self.last_used -= self.size
+                self.used_wrap ^= 1
+
+
+MockQueue = Union[MockSplitQueue, MockPackedQueue]
+DeviceQueue = Union[SplitQueue, PackedQueue]
+
+
+def connect(queue: DeviceQueue, mock: MockQueue, event_idx: bool = False, indirect: bool = True) -> DeviceQueue:
+    """Point a device-side ``queue`` at the rings ``mock`` laid out, ready, with the
+    features given, as the transport's registers and the feature negotiation would."""
+    queue.size = mock.size
+    queue.desc_table, queue.avail_ring, queue.used_ring = mock.addresses
+    queue.ready, queue.event_idx, queue.indirect = True, event_idx, indirect
+    return queue
+
+
+def mock_queue(memory: GuestMemory, base: int, size: int, packed: bool) -> MockQueue:
+    """The driver's half of a queue of the layout the features chose."""
+    return MockPackedQueue(memory, base, size) if packed else MockSplitQueue(memory, base, size)
+
+
 class MockMmioDriver:
     """Drives a :class:`~pyhv.devices.virtio.mmio.VirtioMmioTransport` through its registers."""
 
@@ -120,7 +293,8 @@ class MockMmioDriver:
                  ring_area: int = 0x10000, data_area: int = 0x100000) -> None:
         self.transport = transport
         self.memory = memory
-        self.queues: List[MockSplitQueue] = []
+        self.queues: List[MockQueue] = []
+        self.packed = False  # VIRTIO_F_RING_PACKED accepted
         self._ring_cursor = ring_area
         self._data_cursor = data_area
 
@@ -156,17 +330,18 @@ class MockMmioDriver:
         self.write32(mmio.STATUS, spec.STATUS_ACKNOWLEDGE | spec.STATUS_DRIVER | spec.STATUS_FEATURES_OK)
         if not self.read32(mmio.STATUS) & spec.STATUS_FEATURES_OK:
             raise AssertionError("the device refused FEATURES_OK")
+        self.packed = bool(accepted >> spec.F_RING_PACKED & 1)
         return accepted
 
-    def setup_queue(self, index: int, size: Optional[int] = None) -> MockSplitQueue:
+    def setup_queue(self, index: int, size: Optional[int] = None) -> MockQueue:
         self.write32(mmio.QUEUE_SEL, index)
         size = self.read32(mmio.QUEUE_NUM_MAX) if size is None else size
-        queue = MockSplitQueue(self.memory, self._ring_cursor, max(size, 1))
+        queue = mock_queue(self.memory, self._ring_cursor, max(size, 1), self.packed)
         self._ring_cursor = _align(queue.end, 4096)
         queue.size = size
         self.write32(mmio.QUEUE_NUM, size)
-        for low, address in ((mmio.QUEUE_DESC_LOW, queue.desc_table), (mmio.QUEUE_DRIVER_LOW, queue.avail_ring),
-                             (mmio.QUEUE_DEVICE_LOW, queue.used_ring)):
+        for low, address in zip((mmio.QUEUE_DESC_LOW, mmio.QUEUE_DRIVER_LOW, mmio.QUEUE_DEVICE_LOW),
+                                queue.addresses):
             self.write32(low, address & 0xFFFF_FFFF)
             self.write32(low + 4, address >> 32)
         self.write32(mmio.QUEUE_READY, 1)

@@ -62,8 +62,9 @@ class VirtioNet(VirtioDevice):
     device_id = spec.ID_NET
     name = "virtio-net"
 
-    def __init__(self, memory: GuestMemory, backend: NetBackend, mac: bytes = DEFAULT_MAC) -> None:
-        super().__init__(memory, [QUEUE_SIZE, QUEUE_SIZE], spec.bit(F_MAC) | spec.bit(F_STATUS))
+    def __init__(self, memory: GuestMemory, backend: NetBackend, mac: bytes = DEFAULT_MAC,
+                 packed: bool = False) -> None:
+        super().__init__(memory, [QUEUE_SIZE, QUEUE_SIZE], spec.bit(F_MAC) | spec.bit(F_STATUS), packed)
         if len(mac) != 6:
             raise ConfigError(f"virtio-net: MAC address must be 6 bytes, got {len(mac)}")
         self.backend = backend
@@ -104,7 +105,7 @@ class VirtioNet(VirtioDevice):
                 views = descriptor_views(self.memory, chain.writable)
                 if total_length(views) < HEADER.size + len(frame):
                     self.rx_dropped_too_long += 1
-                    queue.next_avail = (queue.next_avail - 1) & 0xFFFF  # the chain waits for the next frame
+                    queue.unpop(chain)  # the chain waits for the next frame
                     continue
                 written = scatter(views, HEADER.pack(0, GSO_NONE, 0, 0, 0, 0, 1) + frame)
                 queue.add_used(self.memory, chain.head, written)

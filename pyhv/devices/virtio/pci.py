@@ -28,10 +28,9 @@ from typing import Callable, List, Optional
 from ..pci.config import Bar, BarKind, PciFunction
 from ..pci.msix import NO_VECTOR, MsiSink, MsixVectors
 from . import spec
-from .device import VirtioDevice
+from .device import VirtioDevice, Virtqueue
 from .isr import InterruptStatus
 from .iothread import Doorbell, EventFd, IoThread
-from .queue import SplitQueue
 
 VENDOR_ID = 0x1AF4
 DEVICE_ID_BASE = 0x1040
@@ -109,7 +108,6 @@ class VirtioPciFunction(PciFunction):
         self.queue_select = 0
         self.config_vector = NO_VECTOR
         self.queue_vectors: List[int] = [NO_VECTOR] * queue_count
-        self._queue_index = {id(queue): index for index, queue in enumerate(device.queues)}
         self._kicks: List[EventFd] = []
         self._iothread: Optional[IoThread] = None
         self._doorbell: Optional[Doorbell] = None
@@ -158,9 +156,11 @@ class VirtioPciFunction(PciFunction):
             region.write(offset, length, value & ((1 << (8 * length)) - 1))
 
     # --- interrupts ----------------------------------------------------------------------------
-    def _signal_used(self, queue: SplitQueue) -> None:
+    def _signal_used(self, queue: Virtqueue) -> None:
         if queue.needs_notification(self.device.memory):
-            self.queue_interrupt(self._queue_index[id(queue)])
+            # Looked up each time: the device swaps its queue objects when the driver picks
+            # the packed layout.
+            self.queue_interrupt(self.device.queues.index(queue))
 
     # Interrupts never take the device's lock: the I/O thread raises them while the vCPU
     # thread may hold that one waiting for it (a reset). MSI-X messages need no lock here
@@ -255,7 +255,7 @@ class VirtioPciFunction(PciFunction):
             self._write_queue_address(queue, offset, size, value)
 
     @staticmethod
-    def _write_queue_address(queue: SplitQueue, offset: int, size: int, value: int) -> None:
+    def _write_queue_address(queue: Virtqueue, offset: int, size: int, value: int) -> None:
         base = offset & ~7
         attr = _QUEUE_ADDRESS.get(base)
         if attr is None or size not in (4, 8) or offset % size:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import struct
 import threading
-from typing import Iterator, List, NamedTuple, Optional
+from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 from ...errors import GuestAddressError
 from ...memory import GuestMemory
@@ -80,12 +80,32 @@ def _is_power_of_two(value: int) -> bool:
     return value > 0 and value & (value - 1) == 0
 
 
-class SplitQueue:
-    """Device-side state of one split virtqueue, as the transport's registers set it."""
+def check_areas(memory: GuestMemory, areas: Sequence[Tuple[str, int, int, int]]) -> None:
+    """Each (name, address, size, alignment) area of a queue is aligned and in guest RAM."""
+    for name, gpa, size, alignment in areas:
+        if gpa % alignment:
+            raise VirtqueueError(f"{name} at {gpa:#x} is not {alignment}-byte aligned")
+        if not memory.contains(gpa, size):
+            raise VirtqueueError(f"{name} at {gpa:#x}+{size:#x} is outside guest RAM")
+
+
+def indirect_table(memory: GuestMemory, addr: int, length: int) -> memoryview:
+    """The table an INDIRECT descriptor points at, after the checks both ring layouts share:
+    whole descriptors, at least one, no more than the largest queue, inside guest RAM."""
+    if length == 0 or length % DESCRIPTOR_SIZE or length // DESCRIPTOR_SIZE > MAX_QUEUE_SIZE:
+        raise VirtqueueError(
+            f"indirect table at {addr & MASK64:#x} has length {length}, not a non-zero multiple "
+            f"of {DESCRIPTOR_SIZE} up to {MAX_QUEUE_SIZE} entries")
+    if not memory.contains(addr, length):
+        raise VirtqueueError(f"indirect table at {addr & MASK64:#x}+{length:#x} is outside guest RAM")
+    return memory.view(addr, length)
+
+
+class QueueSetup:
+    """What the transport's registers and the negotiated features set for a queue, the same
+    for both ring layouts (the three addresses carry the split layout's names)."""
 
     def __init__(self, max_size: int) -> None:
-        if not _is_power_of_two(max_size) or max_size > MAX_QUEUE_SIZE:
-            raise ValueError(f"queue maximum {max_size} is not a power of two up to {MAX_QUEUE_SIZE}")
         self.max_size = max_size
         self.reset()
 
@@ -95,10 +115,22 @@ class SplitQueue:
         self.desc_table = 0
         self.avail_ring = 0
         self.used_ring = 0
-        self.next_avail = 0
-        self.next_used = 0
         self.event_idx = False  # VIRTIO_F_EVENT_IDX negotiated
         self.indirect = False  # VIRTIO_F_INDIRECT_DESC negotiated
+
+
+class SplitQueue(QueueSetup):
+    """Device-side state of one split virtqueue, as the transport's registers set it."""
+
+    def __init__(self, max_size: int) -> None:
+        if not _is_power_of_two(max_size) or max_size > MAX_QUEUE_SIZE:
+            raise ValueError(f"queue maximum {max_size} is not a power of two up to {MAX_QUEUE_SIZE}")
+        super().__init__(max_size)
+
+    def reset(self) -> None:
+        super().reset()
+        self.next_avail = 0
+        self.next_used = 0
         self.signalled_used: Optional[int] = None
         self.draining = False  # between disable_notifications and enable_notifications
 
@@ -113,16 +145,11 @@ class SplitQueue:
         """Check the size and the three ring areas before the device uses the queue."""
         if not _is_power_of_two(self.size) or self.size > self.max_size:
             raise VirtqueueError(f"queue size {self.size} is not a power of two up to {self.max_size}")
-        areas = (
+        check_areas(memory, (
             ("descriptor table", self.desc_table, DESCRIPTOR_SIZE * self.size, 16),
             ("available ring", self.avail_ring, self._avail_size(), 2),
             ("used ring", self.used_ring, self._used_size(), 4),
-        )
-        for name, gpa, size, alignment in areas:
-            if gpa % alignment:
-                raise VirtqueueError(f"{name} at {gpa:#x} is not {alignment}-byte aligned")
-            if not memory.contains(gpa, size):
-                raise VirtqueueError(f"{name} at {gpa:#x}+{size:#x} is outside guest RAM")
+        ))
 
     # --- guest memory access (every read is bounds-checked by GuestMemory) ----------------
     @staticmethod
@@ -193,6 +220,11 @@ class SplitQueue:
         memory_fence()
         return self.pending(memory) > 0
 
+    def unpop(self, chain: DescriptorChain) -> None:
+        """Leave ``chain``, the one :meth:`pop` returned last, for the next pop (a receive
+        buffer too small for the frame at hand waits for a shorter one)."""
+        self.next_avail = (self.next_avail - 1) & 0xFFFF
+
     def iter_available(self, memory: GuestMemory) -> Iterator[DescriptorChain]:
         """Pop chains until none is left; the available index is re-read before each one,
         so buffers the driver adds meanwhile (the console's input thread) are seen too."""
@@ -230,14 +262,8 @@ class SplitQueue:
                     raise VirtqueueError(f"descriptor {index} is indirect but INDIRECT_DESC was not negotiated")
                 if descriptors or flags & DESC_F_NEXT:
                     raise VirtqueueError(f"indirect descriptor {index} is not alone in its chain")
-                if length == 0 or length % DESCRIPTOR_SIZE or length // DESCRIPTOR_SIZE > MAX_QUEUE_SIZE:
-                    raise VirtqueueError(
-                        f"indirect table at {addr & MASK64:#x} has length {length}, not a non-zero multiple "
-                        f"of {DESCRIPTOR_SIZE} up to {MAX_QUEUE_SIZE} entries")
-                if not memory.contains(addr, length):
-                    raise VirtqueueError(f"indirect table at {addr & MASK64:#x}+{length:#x} is outside guest RAM")
+                table = indirect_table(memory, addr, length)
                 table_len, index = length // DESCRIPTOR_SIZE, 0
-                table = self._table(memory, addr, table_len)
                 in_indirect = True
                 continue
             if addr < 0 or (addr + length > low_end and not memory.contains(addr, length)):

@@ -20,8 +20,8 @@ class VirtioRng(VirtioDevice):
     device_id = spec.ID_ENTROPY
     name = "virtio-rng"
 
-    def __init__(self, memory: GuestMemory) -> None:
-        super().__init__(memory, [QUEUE_SIZE])
+    def __init__(self, memory: GuestMemory, packed: bool = False) -> None:
+        super().__init__(memory, [QUEUE_SIZE], packed=packed)
 
     def process_queue(self, index: int) -> None:
         queue = self.queues[index]

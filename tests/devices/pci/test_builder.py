@@ -103,3 +103,24 @@ def test_slot_taken_twice(builder):
     builder.add_device("virtio-rng-pci", {"addr": "5"})
     with pytest.raises(ConfigError, match="slot 5 is already taken"):
         builder.add_device("virtio-rng-pci", {"addr": "5"})
+
+
+@pytest.mark.parametrize("value, offered", [("on", True), ("yes", True), ("true", True),
+                                            ("off", False), ("no", False), ("false", False), (None, False)])
+def test_packed_property(builder, unix_listener, tmp_path, value, offered):
+    """QEMU's packed=on offers VIRTIO_F_RING_PACKED (bit 34); off, the default, does not."""
+    image = tmp_path / "disk.raw"
+    image.write_bytes(bytes(1 << 16))
+    builder.drives = {"d0": parse_drive(f"file={image},format=raw,if=none,id=d0", 0)}
+    builder.add_netdev(f"stream,id=n0,addr.type=unix,addr.path={unix_listener[0]}")
+    extra = {} if value is None else {"packed": value}
+    for driver, props in (("virtio-blk-pci", {"drive": "d0"}), ("virtio-net-pci", {"netdev": "n0"}),
+                          ("virtio-rng-pci", {})):
+        device = builder.add_device(driver, {**props, **extra}).function.device
+        assert bool(device.avail_features >> 34 & 1) is offered, driver
+
+
+@pytest.mark.parametrize("driver", ["virtio-blk-pci", "virtio-net-pci", "virtio-rng-pci"])
+def test_packed_property_refuses_other_values(builder, driver):
+    with pytest.raises(ConfigError, match=f"-device {driver}: packed expects on or off, got 'maybe'"):
+        builder.add_device(driver, {"drive": "d0", "netdev": "n0", "packed": "maybe"})

@@ -119,3 +119,35 @@ def test_virtconsole_binds_chardev(builder, memory):
     driver.submit(1, [Buffer(text, 3, False)])
     assert builder.chardevs["con0"].output == b"hi\n"
     assert builder.irq_line(slot.gsi).level
+
+
+@pytest.mark.parametrize("value, offered", [("on", True), ("true", True), ("yes", True),
+                                            ("off", False), ("no", False), ("false", False), (None, False)])
+def test_packed_property(builder, image, value, offered):
+    """QEMU's packed=on offers VIRTIO_F_RING_PACKED (bit 34); off, the default, does not."""
+    builder.add_drive(f"file={image},if=none,id=d0,format=raw")
+    extra = {} if value is None else {"packed": value}
+    for driver, props in (("virtio-blk-device", {"drive": "d0"}), ("virtio-rng-device", {}),
+                          ("virtio-serial-device", {})):
+        device = builder.add_device(driver, {**props, **extra}).transport.device
+        assert bool(device.avail_features >> spec.F_RING_PACKED & 1) is offered, driver
+
+
+@pytest.mark.parametrize("driver", ["virtio-blk-device", "virtio-rng-device", "virtio-serial-device"])
+def test_packed_property_refuses_other_values(builder, image, driver):
+    builder.add_drive(f"file={image},if=none,id=d0,format=raw")
+    with pytest.raises(ConfigError, match=f"-device {driver}: packed expects on or off, got 'maybe'"):
+        builder.add_device(driver, {"drive": "d0", "packed": "maybe"})
+
+
+def test_a_packed_disk_from_options_reads_and_writes(builder, image, memory):
+    builder.add_drive(f"file={image},if=none,id=d0,format=raw")
+    slot = builder.add_device("virtio-blk-device", {"drive": "d0", "packed": "on"})
+    driver = MockMmioDriver(slot.transport, memory)
+    assert driver.start(1) >> spec.F_RING_PACKED & 1
+    header, data, status = driver.alloc(16), driver.alloc(512), driver.alloc(1, 0xFF)
+    memory.write(header, (1).to_bytes(4, "little") + bytes(4) + (3).to_bytes(8, "little"))  # T_OUT, sector 3
+    memory.write(data, b"\xa5" * 512)
+    driver.submit(0, [Buffer(header, 16, False), Buffer(data, 512, False), Buffer(status, 1, True)])
+    assert memory.read_u8(status) == 0
+    assert image.read_bytes()[3 * 512:4 * 512] == b"\xa5" * 512

@@ -320,3 +320,20 @@ def test_merged_reads_and_writes_on_qcow2(memory, plug, tmp_path):
     assert [status for status, _, _ in reads] == [blk.S_OK] * 6
     assert [data for _, _, data in reads] == [bytes(512)] + payloads + [bytes(512)]
     device.close()
+
+
+@pytest.mark.parametrize("indirect", [False, True])
+def test_write_then_read_over_packed_rings(memory, plug_on, transport_kind, image, indirect):
+    device = VirtioBlock(memory, open_image(str(image), "raw"), serial="packed-0", packed=True)
+    rig = plug_on(device, transport_kind)
+    assert rig.start(1) >> spec.F_RING_PACKED & 1
+    driver = rig.driver
+    payload = os.urandom(1536)
+    assert request(driver, blk.T_OUT, sector=10, out=payload, indirect=indirect)[:2] == (blk.S_OK, 1)
+    assert image.read_bytes()[10 * 512:13 * 512] == payload
+    assert request(driver, blk.T_IN, sector=10, in_length=1536, indirect=indirect) == (blk.S_OK, 1537, payload)
+    assert request(driver, blk.T_IN, sector=3, in_length=512, indirect=indirect)[2] == image.read_bytes()[1536:2048]
+    assert request(driver, blk.T_FLUSH)[0] == blk.S_OK
+    status, used, serial = request(driver, blk.T_GET_ID, in_length=20)
+    assert (status, used, serial.rstrip(b"\0")) == (blk.S_OK, 21, b"packed-0")
+    assert rig.take_interrupt() & spec.INT_USED_BUFFER

@@ -2,7 +2,8 @@
 in batches, writes stay in line, a FLUSH waits for the requests in the workers' hands, a
 reset and close wait for the requests in flight, a bad chain still means NEEDS_RESET without
 losing what was already handed out, and a backend that is not thread-safe never leaves the
-queue's thread."""
+queue's thread. Every test runs over split and packed rings: completing out of order is where
+the two layouts differ most."""
 
 from __future__ import annotations
 
@@ -84,6 +85,12 @@ def small_parallel_threshold(monkeypatch):
     monkeypatch.setattr(blk, "PARALLEL_MIN_BYTES", CHUNK)
 
 
+@pytest.fixture(params=[False, True], ids=["split", "packed"])
+def packed(request):
+    """Whether the device offers packed rings (the mock driver then takes them)."""
+    return request.param
+
+
 @pytest.fixture
 def backend(tmp_path):
     path = tmp_path / "disk.raw"
@@ -94,11 +101,11 @@ def backend(tmp_path):
 
 
 @pytest.fixture
-def rig(memory, plug, backend):
+def rig(memory, plug, backend, packed):
     """(driver, device) with the queue served in line by the kicking thread."""
-    device = VirtioBlock(memory, backend, workers=POOL_WORKERS)
+    device = VirtioBlock(memory, backend, workers=POOL_WORKERS, packed=packed)
     driver, _transport, _irq = plug(device)
-    driver.start(1)
+    assert driver.start(1) >> spec.F_RING_PACKED & 1 == packed
     yield driver, device
     device.close()
 
@@ -178,9 +185,9 @@ def test_short_requests_stay_on_the_queue_thread(rig, backend):
 
 
 @pytest.fixture
-def served(memory, plug, backend):
+def served(memory, plug, backend, packed):
     """(driver, device) with the queue on an I/O thread, so a FLUSH may block its thread."""
-    device = VirtioBlock(memory, backend, workers=POOL_WORKERS)
+    device = VirtioBlock(memory, backend, workers=POOL_WORKERS, packed=packed)
     driver, transport, _irq = plug(device)
     iothread = IoThread("test-blk-iothread")
     transport.use_iothread(iothread)
@@ -292,8 +299,8 @@ def test_an_unexpected_backend_failure_completes_with_ioerr(rig, backend, monkey
     assert failed.status == blk.S_IOERR
 
 
-def test_close_waits_for_the_requests_and_joins_the_workers(memory, plug, backend):
-    device = VirtioBlock(memory, backend, workers=POOL_WORKERS)
+def test_close_waits_for_the_requests_and_joins_the_workers(memory, plug, backend, packed):
+    device = VirtioBlock(memory, backend, workers=POOL_WORKERS, packed=packed)
     driver, _transport, _irq = plug(device)
     driver.start(1)
     backend.gates[0] = threading.Event()
@@ -308,11 +315,11 @@ def test_close_waits_for_the_requests_and_joins_the_workers(memory, plug, backen
     assert not any(worker.is_alive() for worker in workers)
 
 
-def test_a_backend_that_is_not_thread_safe_stays_serial(memory, plug, tmp_path):
+def test_a_backend_that_is_not_thread_safe_stays_serial(memory, plug, tmp_path, packed):
     path = tmp_path / "serial.raw"
     path.write_bytes(DISK)
     backend = GatedRaw(str(path), thread_safe=False)
-    device = VirtioBlock(memory, backend, workers=POOL_WORKERS)
+    device = VirtioBlock(memory, backend, workers=POOL_WORKERS, packed=packed)
     driver, _transport, _irq = plug(device)
     driver.start(1)
     requests = [read(driver, 3), write(driver, 4, 0x44)]
@@ -324,10 +331,10 @@ def test_a_backend_that_is_not_thread_safe_stays_serial(memory, plug, tmp_path):
     device.close()
 
 
-def test_every_completion_is_published_once_when_workers_finish_together(memory, plug, backend):
+def test_every_completion_is_published_once_when_workers_finish_together(memory, plug, backend, packed):
     # Workers publishing at the same moment hand their entries to whichever holds the used
     # ring; none may be left behind or written twice.
-    device = VirtioBlock(memory, backend, workers=4)
+    device = VirtioBlock(memory, backend, workers=4, packed=packed)
     driver, _transport, _irq = plug(device)
     driver.start(1)
     try:

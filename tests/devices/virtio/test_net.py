@@ -216,3 +216,38 @@ def test_mac_must_be_six_bytes(memory):
         VirtioNet(memory, backend, b"\x52\x54")
     backend.close()
     peer.close()
+
+
+@pytest.mark.parametrize("kind", ["mmio", "pci"])
+def test_packed_rings_transmit_receive_and_keep_a_buffer_too_small(memory, plug_on, kind):
+    ours, peer = socket.socketpair()
+    device = VirtioNet(memory, StreamBackend(ours), packed=True)
+    rig = plug_on(device, kind)
+    driver = rig.driver
+    try:
+        assert rig.start(2) >> spec.F_RING_PACKED & 1
+        device.start_backend()
+        out = driver.alloc(HDR + len(FRAME))
+        memory.write(out + HDR, FRAME)
+        head = driver.submit(1, [Buffer(out, HDR, False), Buffer(out + HDR, len(FRAME), False)])
+        assert recv_exact(peer, 4 + len(FRAME)) == struct.pack(">I", len(FRAME)) + FRAME
+        assert driver.queues[1].take_used() == [(head, 0)]
+        # One receive buffer too small for the first frame: the frame is dropped, and the
+        # buffer (given back to the ring) takes the second, which fits.
+        small = driver.alloc(HDR + 64)
+        small_head = driver.submit(0, [Buffer(small, HDR + 64, True)])
+        big = FRAME + bytes(200)
+        peer.sendall(struct.pack(">I", len(big)) + big + struct.pack(">I", len(FRAME)) + FRAME)
+        used = []
+        wait_for(lambda: used.extend(driver.queues[0].take_used()) or used, "the small frame")
+        assert used == [(small_head, HDR + len(FRAME))] and device.rx_dropped_too_long == 1
+        assert memory.read(small + HDR, len(FRAME)) == FRAME
+        # And the ring goes on from there.
+        rx = driver.alloc(2048)
+        rx_head = driver.submit(0, [Buffer(rx, 2048, True)])
+        peer.sendall(struct.pack(">I", len(FRAME)) + FRAME[::-1])
+        used = []
+        wait_for(lambda: used.extend(driver.queues[0].take_used()) or used, "a second frame")
+        assert used == [(rx_head, HDR + len(FRAME))] and memory.read(rx + HDR, len(FRAME)) == FRAME[::-1]
+    finally:
+        peer.close()

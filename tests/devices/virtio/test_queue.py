@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pyhv.devices.virtio.mock_driver import Buffer, MockSplitQueue
+from pyhv.devices.virtio.mock_driver import Buffer, MockSplitQueue, connect
 from pyhv.devices.virtio.queue import (DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, Descriptor, SplitQueue,
                                        VirtqueueError)
 from pyhv.memory import GuestMemory, MiB
@@ -21,13 +21,7 @@ def memory():
 
 def make_queue(memory, size=16, max_size=16, event_idx=False, indirect=True):
     driver = MockSplitQueue(memory, 0x1000, size)
-    queue = SplitQueue(max_size)
-    queue.size = size
-    queue.desc_table, queue.avail_ring, queue.used_ring = driver.desc_table, driver.avail_ring, driver.used_ring
-    queue.ready = True
-    queue.event_idx = event_idx
-    queue.indirect = indirect
-    return driver, queue
+    return driver, connect(SplitQueue(max_size), driver, event_idx, indirect)
 
 
 def test_direct_chain_round_trip(memory):
