@@ -4,8 +4,6 @@ up on the host side of the interface, and the host kernel's answer comes back to
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -13,8 +11,6 @@ import textwrap
 import pytest
 
 from pyhv.net.backend import NetdevError, open_netdev, parse_netdev
-
-NAMESPACE = f"pyhv-tap-test-{os.getpid()}"
 
 # Runs inside the namespace: everything it touches (interface, addresses) lives there.
 SCRIPT = textwrap.dedent("""
@@ -54,32 +50,8 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def _can_make_namespaces():
-    if os.geteuid() != 0:
-        return "needs root to create a network namespace"
-    if shutil.which("ip") is None:
-        return "needs iproute2's ip command"
-    if not os.path.exists("/dev/net/tun"):
-        return "needs /dev/net/tun"
-    return None
-
-
-@pytest.fixture
-def namespace():
-    reason = _can_make_namespaces()
-    if reason:
-        pytest.skip(reason)
-    made = subprocess.run(["ip", "netns", "add", NAMESPACE], capture_output=True, text=True)
-    if made.returncode:
-        pytest.skip(f"cannot create a network namespace: {made.stderr.strip()}")
-    try:
-        yield NAMESPACE
-    finally:
-        subprocess.run(["ip", "netns", "del", NAMESPACE], check=False)
-
-
 def test_frame_through_tap_and_arp_reply_back(namespace):
-    result = subprocess.run(["ip", "netns", "exec", namespace, sys.executable, "-c", SCRIPT],
+    result = subprocess.run(["ip", "netns", "exec", namespace.name, sys.executable, "-c", SCRIPT],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     outcome = json.loads(result.stdout.strip().splitlines()[-1])
