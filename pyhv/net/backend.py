@@ -13,13 +13,18 @@ import logging
 import os
 import select
 import threading
-from typing import Callable, Dict, List, NamedTuple, Optional
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Union
 
 from ..errors import ConfigError
 
 log = logging.getLogger("pyhv.net")
 
 Receiver = Callable[[bytes], None]
+BytesLike = Union[bytes, bytearray, memoryview]
+
+# struct virtio_net_hdr as VERSION_1 devices frame it (with num_buffers), the header that a
+# back-end with ``vnet_header`` puts in front of every frame in both directions.
+VNET_HEADER_SIZE = 12
 
 # The largest frame any back-end reads or sends: a 64 KiB IP packet with its Ethernet header
 # and a VLAN tag fits.
@@ -75,10 +80,28 @@ def open_netdev(spec: NetdevSpec) -> "NetBackend":
     return backend
 
 
+class Offloads(NamedTuple):
+    """What a receiver accepts in the packets it is handed: partial checksums, TCP segments
+    larger than the MTU (IPv4, IPv6) and such segments carrying the ECN CWR flag."""
+
+    csum: bool = False
+    tso4: bool = False
+    tso6: bool = False
+    tso_ecn: bool = False
+
+
+NO_OFFLOADS = Offloads()
+
+
 class NetBackend:
-    """Base of the back-ends: the reader thread and its shutdown."""
+    """Base of the back-ends: the reader thread and its shutdown.
+
+    With ``vnet_header`` every frame, sent or received, starts with a VNET_HEADER_SIZE-byte
+    virtio_net_hdr that asks for (or reports) checksum and segmentation offloads; without it
+    frames are plain Ethernet and no offload can be offered to a guest."""
 
     name = "net"
+    vnet_header = False
 
     def __init__(self) -> None:
         self._receiver: Optional[Receiver] = None
@@ -100,6 +123,15 @@ class NetBackend:
 
     def send(self, frame: bytes) -> None:
         raise NotImplementedError
+
+    def send_parts(self, parts: Sequence[BytesLike]) -> bool:
+        """Send the concatenation of ``parts`` as one frame; False when the host refused its
+        virtio_net_hdr (only back-ends with ``vnet_header`` check one)."""
+        self.send(b"".join(parts))
+        return True
+
+    def set_offloads(self, offloads: Offloads) -> None:
+        """Limit the offloads in received frames to ``offloads`` (back-ends with ``vnet_header``)."""
 
     def close_backend(self) -> None:
         """Close the back-end's own descriptors."""

@@ -24,7 +24,7 @@ from typing import Dict, List, Optional
 
 from ..errors import PyhvError
 from ..net.backend import NetdevError
-from ..net.tap import IFNAMSIZ, open_tap_fd
+from ..net.tap import IFNAMSIZ, kernel_has_vnet_header, open_tap_fd
 from .network import NetworkConfig
 
 # _IOW('T', 204/206, int): who may open a persistent TAP device again.
@@ -121,9 +121,11 @@ class TapDevice:
 
 
 def create_tap(name: str, uid: int, gid: int) -> TapDevice:
-    """A TAP device named ``name`` (``%d`` in it lets the kernel pick a number), owned by uid:gid."""
+    """A TAP device named ``name`` (``%d`` in it lets the kernel pick a number), owned by uid:gid,
+    with IFF_VNET_HDR where the kernel has it, as libvirt opens them: the machine that adopts
+    the descriptor (``fd=``) then offers its guest checksum and segmentation offloads."""
     try:
-        fd, actual = open_tap_fd(name)
+        fd, actual = open_tap_fd(name, kernel_has_vnet_header())
     except NetdevError as err:
         raise NetPlumbError(str(err)) from err
     try:

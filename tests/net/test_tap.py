@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -13,8 +12,7 @@ import textwrap
 import pytest
 
 from pyhv.net.backend import NetdevError, open_netdev, parse_netdev
-
-NAMESPACE = f"pyhv-tap-test-{os.getpid()}"
+from pyhv.net.tap import IFF_VNET_HDR, open_tap_fd, tap_descriptor_flags
 
 # Runs inside the namespace: everything it touches (interface, addresses) lives there.
 SCRIPT = textwrap.dedent("""
@@ -54,32 +52,8 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def _can_make_namespaces():
-    if os.geteuid() != 0:
-        return "needs root to create a network namespace"
-    if shutil.which("ip") is None:
-        return "needs iproute2's ip command"
-    if not os.path.exists("/dev/net/tun"):
-        return "needs /dev/net/tun"
-    return None
-
-
-@pytest.fixture
-def namespace():
-    reason = _can_make_namespaces()
-    if reason:
-        pytest.skip(reason)
-    made = subprocess.run(["ip", "netns", "add", NAMESPACE], capture_output=True, text=True)
-    if made.returncode:
-        pytest.skip(f"cannot create a network namespace: {made.stderr.strip()}")
-    try:
-        yield NAMESPACE
-    finally:
-        subprocess.run(["ip", "netns", "del", NAMESPACE], check=False)
-
-
 def test_frame_through_tap_and_arp_reply_back(namespace):
-    result = subprocess.run(["ip", "netns", "exec", namespace, sys.executable, "-c", SCRIPT],
+    result = subprocess.run(["ip", "netns", "exec", namespace.name, sys.executable, "-c", SCRIPT],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     outcome = json.loads(result.stdout.strip().splitlines()[-1])
@@ -100,3 +74,30 @@ def test_tap_options_refused():
         open_netdev(parse_netdev("tap,id=n0,fd=99999"))
     with pytest.raises(NetdevError, match="longer than 15 bytes"):
         open_netdev(parse_netdev("tap,id=n0,ifname=" + "x" * 16))
+    with pytest.raises(NetdevError, match="vnet_hdr=maybe: expected on or off"):
+        open_netdev(parse_netdev("tap,id=n0,ifname=t0,vnet_hdr=maybe"))
+    with pytest.raises(NetdevError, match="vnet_hdr= is invalid with fd="):
+        open_netdev(parse_netdev("tap,id=n0,fd=0,vnet_hdr=on"))
+    read_end, write_end = os.pipe()
+    try:
+        with pytest.raises(NetdevError, match=f"fd={read_end} is not an attached TAP descriptor"):
+            open_netdev(parse_netdev(f"tap,id=n0,fd={read_end}"))
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+@pytest.mark.parametrize("options,vnet_header", [("", True), (",vnet_hdr=on", True), (",vnet_hdr=off", False)])
+def test_vnet_hdr_option(namespace, options, vnet_header):
+    backend = namespace.run(lambda: open_netdev(parse_netdev(f"tap,id=n0,ifname=pyhvtap0{options}")))
+    with backend:
+        assert backend.vnet_header is vnet_header
+        assert bool(tap_descriptor_flags(backend.fd)[1] & IFF_VNET_HDR) is vnet_header
+
+
+@pytest.mark.parametrize("vnet_header", [True, False])
+def test_adopted_descriptor_is_asked_whether_it_has_the_vnet_header(namespace, vnet_header):
+    fd, name = namespace.run(lambda: open_tap_fd("pyhvtap%d", vnet_header))
+    with open_netdev(parse_netdev(f"tap,id=n0,fd={fd}")) as backend:
+        assert backend.vnet_header is vnet_header
+        assert backend.ifname == name

@@ -221,6 +221,7 @@ def test_domain_taps_exist_up_on_their_bridges_and_vanish(netns, store_env, tmp_
         details = link(netns, tap)
         assert details is not None, tap
         assert details["linkinfo"]["info_kind"] == "tun" and details["linkinfo"]["info_data"]["type"] == "tap"
+        assert details["linkinfo"]["info_data"]["vnet_hdr"] is True  # the guest gets offloads
         assert details["linkinfo"]["info_data"]["user"] in (owner, os.geteuid())
         assert "UP" in details["flags"] and details["address"] == "fe" + mac[2:]
         assert details.get("master") == master, tap

@@ -1,8 +1,15 @@
 """virtio-net (virtio 1.2, 5.1): one receive and one transmit queue on a :class:`NetBackend`.
 
-Offered: VIRTIO_NET_F_MAC (the MAC in config space) and VIRTIO_NET_F_STATUS (link up), no
-offloads, no mergeable buffers, no control queue: frames cross as plain Ethernet behind the
-12-byte virtio_net_hdr, whose fields the driver leaves zero when nothing is negotiated.
+Offered: VIRTIO_NET_F_MAC (the MAC in config space) and VIRTIO_NET_F_STATUS (link up); no
+mergeable buffers, no control queue. Frames cross behind the 12-byte virtio_net_hdr.
+
+Offloads, as QEMU offers them on a TAP back-end: only where the back-end carries that header
+too (a TAP with IFF_VNET_HDR), checksum offload and TCP segmentation (IPv4, IPv6, ECN) in
+both directions. The guest's header then goes to the host kernel as it is, which checks it,
+and the kernel is told (TUNSETOFFLOAD) to hand over only the kinds of packets the driver
+accepted for receiving. Without mergeable buffers Linux posts 64 KiB receive chains once it
+accepts GUEST_TSO*, so one chain still holds one packet. Over the socket back-ends frames are
+plain Ethernet and the header's fields stay zero, so nothing is offered.
 
 Receive: the back-end's thread calls :meth:`VirtioNet.receive`; frames wait in a bounded
 backlog until the driver has posted buffers, then each fills one chain. A frame longer than
@@ -16,19 +23,27 @@ import collections
 import logging
 import re
 import struct
-from typing import Deque
+from typing import Deque, FrozenSet, List, NamedTuple, Optional, Tuple
 
 from ...errors import ConfigError
 from ...memory import GuestMemory
-from ...net.backend import MAX_FRAME_SIZE, NetBackend
+from ...net.backend import MAX_FRAME_SIZE, NO_OFFLOADS, VNET_HEADER_SIZE, NetBackend, Offloads
 from . import spec
 from .device import VirtioDevice
-from .iovec import descriptor_views, gather, scatter, total_length
+from .iovec import descriptor_views, gather, scatter, split_at, total_length
 from .queue import VirtqueueError
 
 log = logging.getLogger("pyhv.virtio.net")
 
+F_CSUM = 0  # the driver may leave checksums to the device (transmit)
+F_GUEST_CSUM = 1  # the device may hand partial checksums to the driver (receive)
 F_MAC = 5
+F_GUEST_TSO4 = 7
+F_GUEST_TSO6 = 8
+F_GUEST_ECN = 9
+F_HOST_TSO4 = 11
+F_HOST_TSO6 = 12
+F_HOST_ECN = 13
 F_STATUS = 16
 STATUS_LINK_UP = 1
 
@@ -40,9 +55,45 @@ MAX_BACKLOG_FRAMES = 256
 # struct virtio_net_hdr with num_buffers (always present with VERSION_1): flags, gso_type,
 # hdr_len, gso_size, csum_start, csum_offset, num_buffers.
 HEADER = struct.Struct("<BBHHHHH")
+assert HEADER.size == VNET_HEADER_SIZE
 HDR_F_NEEDS_CSUM = 1
+HDR_F_DATA_VALID = 2
 GSO_NONE = 0
+GSO_TCPV4 = 1
+GSO_TCPV6 = 4
+GSO_ECN = 0x80  # with a TCP type: segments that carry the CWR flag
 ETHERNET_MIN_FRAME = 14
+ZERO_RECEIVE_HEADER = HEADER.pack(0, GSO_NONE, 0, 0, 0, 0, 1)
+
+OFFLOAD_FEATURES = sum(spec.bit(bit) for bit in (F_CSUM, F_GUEST_CSUM, F_GUEST_TSO4, F_GUEST_TSO6, F_GUEST_ECN,
+                                                 F_HOST_TSO4, F_HOST_TSO6, F_HOST_ECN))
+# Each offload and the features one of which it needs (virtio 1.2, 5.1.3.1); the TAP driver
+# refuses the same combinations in TUNSETOFFLOAD.
+FEATURE_NEEDS = {
+    F_GUEST_TSO4: spec.bit(F_GUEST_CSUM), F_GUEST_TSO6: spec.bit(F_GUEST_CSUM),
+    F_GUEST_ECN: spec.bit(F_GUEST_TSO4) | spec.bit(F_GUEST_TSO6),
+    F_HOST_TSO4: spec.bit(F_CSUM), F_HOST_TSO6: spec.bit(F_CSUM),
+    F_HOST_ECN: spec.bit(F_HOST_TSO4) | spec.bit(F_HOST_TSO6),
+}
+
+
+class HeaderRules(NamedTuple):
+    """What a virtio_net_hdr may ask for in one direction, given the negotiated features."""
+
+    flags: int
+    gso_types: FrozenSet[int]
+
+    def allow(self, flags: int, gso_type: int) -> bool:
+        return not flags & ~self.flags and gso_type in self.gso_types
+
+
+def header_rules(offloads: Offloads, extra_flags: int = 0) -> HeaderRules:
+    tso_types = [gso for gso, on in ((GSO_TCPV4, offloads.tso4), (GSO_TCPV6, offloads.tso6)) if on]
+    gso_types = {GSO_NONE, *tso_types, *(gso | GSO_ECN for gso in tso_types if offloads.tso_ecn)}
+    return HeaderRules((HDR_F_NEEDS_CSUM | extra_flags) if offloads.csum else 0, frozenset(gso_types))
+
+
+PLAIN_FRAMES = header_rules(NO_OFFLOADS)
 
 DEFAULT_MAC = bytes.fromhex("525400123456")  # QEMU's first NIC
 _MAC_TEXT = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
@@ -64,15 +115,21 @@ class VirtioNet(VirtioDevice):
 
     def __init__(self, memory: GuestMemory, backend: NetBackend, mac: bytes = DEFAULT_MAC,
                  packed: bool = False) -> None:
-        super().__init__(memory, [QUEUE_SIZE, QUEUE_SIZE], spec.bit(F_MAC) | spec.bit(F_STATUS), packed)
+        offloads = OFFLOAD_FEATURES if backend.vnet_header else 0
+        super().__init__(memory, [QUEUE_SIZE, QUEUE_SIZE], spec.bit(F_MAC) | spec.bit(F_STATUS) | offloads, packed)
         if len(mac) != 6:
             raise ConfigError(f"virtio-net: MAC address must be 6 bytes, got {len(mac)}")
         self.backend = backend
         self.mac = bytes(mac)
+        # Frames from the back-end, with their virtio_net_hdr where the back-end has one.
         self.backlog: Deque[bytes] = collections.deque()
         self.rx_dropped_backlog = 0  # the driver posted no buffers in time
         self.rx_dropped_too_long = 0  # longer than the chain offered for it
-        self.tx_dropped = 0  # malformed or oversized frames from the guest
+        self.rx_dropped_offload = 0  # offloaded the way the driver did not accept
+        self.tx_dropped = 0  # malformed or oversized frames, or headers the host refused
+        self._transmit_rules = PLAIN_FRAMES
+        self._receive_rules = PLAIN_FRAMES
+        self._refusal_logged = False
 
     def config_space(self) -> bytes:
         return self.mac + struct.pack("<H", STATUS_LINK_UP)
@@ -98,22 +155,46 @@ class VirtioNet(VirtioDevice):
         used = 0
         try:
             while self.backlog:
+                framed = self._framed_for_guest(self.backlog[0])
+                if framed is None:
+                    self.backlog.popleft()
+                    self.rx_dropped_offload += 1
+                    continue
                 chain = queue.pop(self.memory)
                 if chain is None:
                     break
-                frame = self.backlog.popleft()
+                self.backlog.popleft()
+                header, frame = framed
                 views = descriptor_views(self.memory, chain.writable)
                 if total_length(views) < HEADER.size + len(frame):
                     self.rx_dropped_too_long += 1
                     queue.unpop(chain)  # the chain waits for the next frame
                     continue
-                written = scatter(views, HEADER.pack(0, GSO_NONE, 0, 0, 0, 0, 1) + frame)
-                queue.add_used(self.memory, chain.head, written)
+                header_views, frame_views = split_at(views, HEADER.size)
+                scatter(header_views, header)
+                scatter(frame_views, frame)
+                queue.add_used(self.memory, chain.head, HEADER.size + len(frame))
                 used += 1
             if used:
                 self.signal_used(queue)
         except VirtqueueError as err:
             self.fail(RECEIVE_QUEUE, err)
+
+    def _framed_for_guest(self, packet: bytes) -> Optional[Tuple[bytes, memoryview]]:
+        """(virtio_net_hdr, frame) for the driver, or None when the packet is offloaded in a
+        way it did not accept: one read just before a reset lowered the TAP's offloads."""
+        if not self.backend.vnet_header:
+            return ZERO_RECEIVE_HEADER, memoryview(packet)
+        if len(packet) < HEADER.size:
+            return None
+        rules = self._receive_rules
+        # DATA_VALID is a hint the driver may go without; without GUEST_CSUM flags must be 0.
+        flags = packet[0] & ~(HDR_F_DATA_VALID & ~rules.flags)
+        if not rules.allow(flags, packet[1]):
+            return None
+        # The kernel leaves num_buffers zero; one chain holds the whole packet.
+        header = bytes([flags]) + packet[1:HEADER.size - 2] + b"\x01\x00"
+        return header, memoryview(packet)[HEADER.size:]
 
     # --- guest -> host ----------------------------------------------------------------------------
     def _transmit(self) -> None:
@@ -125,23 +206,32 @@ class VirtioNet(VirtioDevice):
             if length < HEADER.size:
                 raise VirtqueueError(f"transmit chain {chain.head} has {length} bytes, less than the "
                                      f"{HEADER.size}-byte virtio_net_hdr")
-            if length > HEADER.size + MAX_FRAME_SIZE:
-                self.tx_dropped += 1  # checked before copying: the chain may span all of RAM
-                queue.add_used(self.memory, chain.head, 0)
-                used += 1
-                continue
-            packet = gather(views)
-            flags, gso_type = packet[0], packet[1]
-            frame = packet[HEADER.size:]
-            if flags & HDR_F_NEEDS_CSUM or gso_type != GSO_NONE or len(frame) < ETHERNET_MIN_FRAME:
-                # Offload requests that were never negotiated, runt or giant frames.
-                self.tx_dropped += 1
+            # The giant check comes before anything is copied: the chain may span all of RAM.
+            if ETHERNET_MIN_FRAME <= length - HEADER.size <= MAX_FRAME_SIZE:
+                self._send(views)
             else:
-                self.backend.send(frame)
+                self.tx_dropped += 1
             queue.add_used(self.memory, chain.head, 0)
             used += 1
         if used:
             self.signal_used(queue)
+
+    def _send(self, views: List[memoryview]) -> None:
+        header_views, frame_views = split_at(views, HEADER.size)
+        # A copy of the header, so that what was checked is what the back-end gets even if
+        # the guest rewrites it meanwhile; the frame goes straight from guest memory.
+        header = gather(header_views)
+        if not self._transmit_rules.allow(header[0], header[1]):
+            self.tx_dropped += 1  # offloads that were never negotiated
+            return
+        if not self.backend.vnet_header:
+            self.backend.send_parts(frame_views)
+        elif not self.backend.send_parts([header, *frame_views]):
+            self.tx_dropped += 1
+            if not self._refusal_logged:
+                self._refusal_logged = True
+                log.warning("%s: the host refused a transmitted packet's virtio_net_hdr %s; dropped "
+                            "(logged once)", self.name, HEADER.unpack(header))
 
     # --- VirtioDevice -------------------------------------------------------------------------------
     def process_queue(self, index: int) -> None:
@@ -150,11 +240,26 @@ class VirtioNet(VirtioDevice):
         else:
             self._transmit()
 
+    def _features_acceptable(self) -> bool:
+        for feature, needs in FEATURE_NEEDS.items():
+            if self.has_feature(feature) and not self.acked_features & needs:
+                log.warning("%s: driver accepted feature %d without one it depends on (%#x)",
+                            self.name, feature, needs)
+                return False
+        return super()._features_acceptable()
+
     def activated(self) -> None:
+        transmit = Offloads(*map(self.has_feature, (F_CSUM, F_HOST_TSO4, F_HOST_TSO6, F_HOST_ECN)))
+        receive = Offloads(*map(self.has_feature, (F_GUEST_CSUM, F_GUEST_TSO4, F_GUEST_TSO6, F_GUEST_ECN)))
+        self._transmit_rules = header_rules(transmit)
+        self._receive_rules = header_rules(receive, HDR_F_DATA_VALID)
+        self.backend.set_offloads(receive)
         self._deliver()
 
     def device_reset(self) -> None:
         self.backlog.clear()
+        self._transmit_rules = self._receive_rules = PLAIN_FRAMES
+        self.backend.set_offloads(NO_OFFLOADS)
 
     def close(self) -> None:
         self.backend.close()

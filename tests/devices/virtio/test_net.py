@@ -6,59 +6,23 @@ from __future__ import annotations
 
 import socket
 import struct
-import time
 
 import pytest
 
-from pyhv.bus import Bus
-from pyhv.devices.pci.builder import PciBuilder
-from pyhv.devices.pci.mock_driver import MockVirtioPciDriver
-from pyhv.devices.pci.sinks import RecordingMsiSink
 from pyhv.devices.virtio import net, spec
 from pyhv.devices.virtio.mock_driver import Buffer
 from pyhv.devices.virtio.net import VirtioNet
 from pyhv.errors import ConfigError
-from pyhv.irq import RecordingIrqLine
 from pyhv.net.socket import DgramBackend, StreamBackend
 
 HDR = net.HEADER.size
 FRAME = bytes.fromhex("ffffffffffff525400123456") + b"\x08\x06" + bytes(range(46))
 
 
-def wait_for(predicate, what, deadline=10.0):
-    """Poll for something a back-end thread does; a deadline, not a timing measurement."""
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(0.005)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-class NetRig:
-    def __init__(self, memory, backend):
-        self.pio, self.mmio = Bus("pio"), Bus("mmio")
-        self.sink = RecordingMsiSink()
-        self.builder = PciBuilder(self.pio, self.mmio, memory, lambda gsi: RecordingIrqLine(), self.sink)
-        self.device = VirtioNet(memory, backend, bytes.fromhex("525400abcdef"))
-        self.placed = self.builder.add_virtio(self.device, "virtio-net-pci")
-        self.driver = MockVirtioPciDriver(self.pio, self.mmio, memory, self.placed.slot)
-        for vector in range(3):
-            self.driver.program_vector(vector, 0xFEE0_0000, 0x60 + vector)
-        self.driver.set_msix(True)
-        self.accepted = self.driver.start(2, vectors=[1, 2])
-        self.device.start_backend()
-
-    def close(self):
-        self.builder.close()
-
-
 @pytest.fixture
-def stream_rig(memory):
+def stream_rig(net_rig):
     ours, peer = socket.socketpair()
-    rig = NetRig(memory, StreamBackend(ours))
-    yield rig, peer
-    rig.close()
+    yield net_rig(StreamBackend(ours)), peer
     peer.close()
 
 
@@ -107,7 +71,7 @@ def test_receive_lands_in_guest_buffers_and_raises_msi(stream_rig):
     peer.sendall(stream[:70])
     peer.sendall(stream[70:])
     used = []
-    wait_for(lambda: used.extend(driver.queues[0].take_used()) or len(used) == 2, "two received frames")
+    rig.wait_for(lambda: used.extend(driver.queues[0].take_used()) or len(used) == 2, "two received frames")
     assert [length for _, length in used] == [HDR + len(FRAME), HDR + len(second)]
     memory = rig.device.memory
     header = net.HEADER.unpack(memory.read(bufs[0], HDR))
@@ -120,7 +84,7 @@ def test_receive_lands_in_guest_buffers_and_raises_msi(stream_rig):
 def test_frames_wait_for_buffers(stream_rig):
     rig, peer = stream_rig
     peer.sendall(struct.pack(">I", len(FRAME)) + FRAME)
-    wait_for(lambda: len(rig.device.backlog) == 1, "the frame in the backlog")
+    rig.wait_for(lambda: len(rig.device.backlog) == 1, "the frame in the backlog")
     buf = rig.driver.alloc(2048)
     rig.driver.submit(0, [Buffer(buf, 2048, True)])
     assert [length for _, length in rig.driver.queues[0].take_used()] == [HDR + len(FRAME)]
@@ -134,7 +98,7 @@ def test_frame_longer_than_the_buffer_is_dropped_and_the_buffer_kept(stream_rig)
     big = FRAME + bytes(200)
     peer.sendall(struct.pack(">I", len(big)) + big + struct.pack(">I", len(FRAME)) + FRAME)
     used = []
-    wait_for(lambda: used.extend(rig.driver.queues[0].take_used()) or used, "the small frame")
+    rig.wait_for(lambda: used.extend(rig.driver.queues[0].take_used()) or used, "the small frame")
     assert [length for _, length in used] == [HDR + len(FRAME)]
     assert rig.device.rx_dropped_too_long == 1
     assert rig.device.memory.read(buf + HDR, len(FRAME)) == FRAME
@@ -180,9 +144,9 @@ def test_giant_transmit_chain_is_dropped_without_copying(stream_rig):
     assert rig.device.tx_dropped == 1
 
 
-def test_dgram_backend_one_frame_per_datagram(memory):
+def test_dgram_backend_one_frame_per_datagram(net_rig):
     ours, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    rig = NetRig(memory, DgramBackend(ours))
+    rig = net_rig(DgramBackend(ours))
     try:
         buf = rig.driver.alloc(HDR + len(FRAME))
         rig.device.memory.write(buf + HDR, FRAME)
@@ -192,10 +156,9 @@ def test_dgram_backend_one_frame_per_datagram(memory):
         rig.driver.submit(0, [Buffer(rx, 2048, True)])
         peer.send(FRAME[::-1])
         used = []
-        wait_for(lambda: used.extend(rig.driver.queues[0].take_used()) or used, "a datagram")
+        rig.wait_for(lambda: used.extend(rig.driver.queues[0].take_used()) or used, "a datagram")
         assert rig.device.memory.read(rx + HDR, len(FRAME)) == FRAME[::-1]
     finally:
-        rig.close()
         peer.close()
 
 
