@@ -14,6 +14,7 @@ from pyhv.devices.virtio.mock_driver import Buffer
 from pyhv.devices.virtio.net import VirtioNet
 from pyhv.errors import ConfigError
 from pyhv.net.socket import DgramBackend, StreamBackend
+from tests.devices.virtio.conftest import wait_for
 
 HDR = net.HEADER.size
 FRAME = bytes.fromhex("ffffffffffff525400123456") + b"\x08\x06" + bytes(range(46))
