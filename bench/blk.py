@@ -34,6 +34,7 @@ queue's thread); the device's default is what pyhv runs with.
 
 Usage: python bench/blk.py [--size-mib 256] [--dir /tmp] [--repeat 3] [--formats raw,qcow2]
                            [--inline] [--irq] [--workers N] [--transport mmio|pci]
+                           [--rings split|packed]
                            [--warmup-requests 10000]
 """
 
@@ -51,7 +52,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Callable, List, NamedTuple, Optional
+from typing import Callable, List, NamedTuple, Optional, Tuple
 
 from pyhv.block import fileio, open_image
 from pyhv.block.cli import main as img_main
@@ -62,7 +63,8 @@ from pyhv.devices.virtio import blk, mmio, spec
 from pyhv.devices.virtio import pci as vpci
 from pyhv.devices.virtio.blk import VirtioBlock
 from pyhv.devices.virtio.iothread import EventFd, IoThread
-from pyhv.devices.virtio.mock_driver import Buffer, MockMmioDriver
+from pyhv.devices.virtio.mock_driver import Buffer, MockMmioDriver, MockPackedQueue
+from pyhv.devices.virtio.packed import DESC_F_AVAIL, DESC_F_USED, EVENT_FLAG_DESC, used_flags
 from pyhv.devices.virtio.queue import memory_fence
 from pyhv.irq import CallbackIrqLine
 from pyhv.memory import GuestMemory, MiB
@@ -72,6 +74,7 @@ SECTOR = 512
 GUEST_RAM = 128 * MiB
 QUEUE_SIZE = 256
 _HEADER = struct.Struct("<IIQ")
+_PACKED_WRAP_BITS = DESC_F_AVAIL | DESC_F_USED
 
 
 class Workload(NamedTuple):
@@ -180,9 +183,9 @@ class DeviceRig:
     virtio-pci with MSI-X), with ``depth`` prebuilt request chains."""
 
     def __init__(self, path: str, fmt: str, work: Workload, use_iothread: bool,
-                 workers: int = blk.DEFAULT_WORKERS, transport: str = "mmio") -> None:
+                 workers: int = blk.DEFAULT_WORKERS, transport: str = "mmio", packed: bool = False) -> None:
         self.memory = GuestMemory(GUEST_RAM)
-        self.device = VirtioBlock(self.memory, open_image(path, fmt), workers=workers)
+        self.device = VirtioBlock(self.memory, open_image(path, fmt), workers=workers, packed=packed)
         self.iothread: Optional[IoThread] = IoThread("bench-iothread") if use_iothread else None
         if transport == "pci":
             self._attach_pci()
@@ -191,18 +194,22 @@ class DeviceRig:
         if self.iothread is not None:
             self.iothread.start()
         self.queue = self.driver.queues[0]
+        self.packed = isinstance(self.queue, MockPackedQueue)
         request_type = blk.T_OUT if work.write else blk.T_IN
         self.headers = {}  # head -> header gpa
         self.statuses = {}  # head -> status gpa
+        self.chains = {}  # head -> the request's buffers (a packed ring writes them again each time)
         for _ in range(work.depth):
             header = self.driver.alloc(16)
             data = self.driver.alloc(work.size, fill=0x5A)  # touched: faulted in, like a guest's
             status = self.driver.alloc(1, fill=0xFF)
-            head = self.queue.add_chain([Buffer(header, 16, False), Buffer(data, work.size, not work.write),
-                                         Buffer(status, 1, True)])
+            buffers = [Buffer(header, 16, False), Buffer(data, work.size, not work.write), Buffer(status, 1, True)]
+            head = self.queue.add_chain(buffers) if not self.packed else len(self.chains)
             self.memory.write(header, _HEADER.pack(request_type, 0, 0))
             self.headers[head] = header
             self.statuses[head] = status
+            self.chains[head] = buffers
+        self.in_ring = {}  # packed: buffer id -> request (the driver hands out ids as they free up)
         self.request_type = request_type
         self.kicks = 0
         self.expected_used = 1 if work.write else work.size + 1
@@ -245,11 +252,35 @@ class DeviceRig:
     def _queue_request(self, head: int, offset: int) -> None:
         memory, queue = self.memory, self.queue
         memory.write_u64(self.headers[head] + 8, offset // SECTOR)
+        if self.packed:
+            # Linux writes a packed chain's descriptors each time, the head's flags last.
+            buffer_id = queue.add_chain(self.chains[head])
+            self.in_ring[buffer_id] = head
+            queue.publish(buffer_id)
+            return
         memory.write_u16(queue.avail_ring + 4 + 2 * (queue.avail_idx % queue.size), head)
         queue.avail_idx = (queue.avail_idx + 1) & 0xFFFF
 
+    def _used_waiting(self) -> bool:
+        queue = self.queue
+        if self.packed:
+            flags = self.memory.read_u16(queue.desc_ring + 16 * queue.last_used + 14)
+            return flags & _PACKED_WRAP_BITS == used_flags(queue.used_wrap)
+        return queue.used_idx() != queue.last_used
+
+    def _take_used(self) -> List[Tuple[int, int]]:
+        queue = self.queue
+        used = queue.take_used()
+        if self.packed:
+            # used_event as Linux keeps it with EVENT_IDX: the position it will look at next.
+            queue.set_driver_event(EVENT_FLAG_DESC, queue.last_used, queue.used_wrap)
+            return [(self.in_ring.pop(buffer_id), length) for buffer_id, length in used]
+        queue.set_used_event(queue.last_used)
+        return used
+
     def _publish_and_kick(self) -> None:
-        self.memory.write_u16(self.queue.avail_ring + 2, self.queue.avail_idx)
+        if not self.packed:
+            self.memory.write_u16(self.queue.avail_ring + 2, self.queue.avail_idx)
         # As Linux does: no kick while the device says it is still draining the ring.
         if self.queue.kick_needed(self.event_idx):
             self.kick()
@@ -268,17 +299,14 @@ class DeviceRig:
                 break
             self._queue_request(head, offset)
         self._publish_and_kick()
-        queue = self.queue
         while done < total:
             memory_fence()  # used_event is stored before the used index is loaded (virtio_mb)
-            if queue.used_idx() == queue.last_used:  # (re)checked after moving used_event
+            if not self._used_waiting():  # (re)checked after moving used_event
                 irq.wait()
             irq.clear()
             self.ack()
             refilled = False
-            used = self.queue.take_used()
-            self.queue.set_used_event(self.queue.last_used)
-            for head, length in used:
+            for head, length in self._take_used():
                 if length != self.expected_used or read_u8(self.statuses[head]) != blk.S_OK:
                     raise RuntimeError(f"request {head} failed: used {length}, status {read_u8(self.statuses[head])}")
                 done += 1
@@ -301,8 +329,8 @@ class DeviceRig:
 
 
 def device_run(path: str, fmt: str, work: Workload, offsets: List[int], use_iothread: bool,
-               workers: int = blk.DEFAULT_WORKERS, transport: str = "mmio") -> float:
-    rig = DeviceRig(path, fmt, work, use_iothread, workers, transport)
+               workers: int = blk.DEFAULT_WORKERS, transport: str = "mmio", packed: bool = False) -> float:
+    rig = DeviceRig(path, fmt, work, use_iothread, workers, transport, packed)
     try:
         return rig.run(offsets)
     finally:
@@ -407,6 +435,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="untimed requests per runner and workload before the timed runs")
     parser.add_argument("--transport", choices=("mmio", "pci"), default="mmio",
                         help="virtio-mmio with INTx (default) or virtio-pci with MSI-X, as -M pc gives")
+    parser.add_argument("--rings", choices=("split", "packed"), default="split",
+                        help="the virtqueue layout: split (default) or packed (-device ...,packed=on)")
     args = parser.parse_args(argv)
     formats = [f for f in args.formats.split(",") if f]
     size = args.size_mib * MiB
@@ -423,7 +453,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"{'format':<6} {'workload':<17} {'depth':>5} {host_columns} "
               + " ".join(f"{name:>16} {'ratio':>6}" + (f" {'vs x' + str(threads):>6}" if threads > 1 else "")
                          for name, _ in modes)
-              + f"   (virtio-{args.transport}, device workers: {args.workers})")
+              + f"   (virtio-{args.transport}, {args.rings} rings, device workers: {args.workers})")
         for fmt, path in images.items():
             for work in workloads(size, args.small_count):
                 offsets = work.offsets(size)
@@ -439,7 +469,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 if threads > 1:
                     hosts.append(lambda: host_run(host_path, work, offsets, threads))
                 runners = hosts + [lambda use=use: device_run(path, fmt, work, offsets, use, args.workers,
-                                                              args.transport)
+                                                              args.transport, args.rings == "packed")
                                    for _n, use in modes]
                 for runner in runners:
                     for _ in range(-(-args.warmup_requests // work.count)):
