@@ -90,6 +90,41 @@ def _decompress(cfg: MachineConfig, value: str) -> None:
     cfg.decompress = {"on": True, "off": False, "auto": None}[value]
 
 
+# QEMU's -nic models that name pyhv's one network card ("virtio" is QEMU's alias on x86).
+NIC_MODELS = ("virtio-net-pci", "virtio")
+
+
+def _nic(cfg: MachineConfig, value: str) -> None:
+    """``-nic TYPE[,back-end options][,model=M][,mac=MAC]``: a -netdev and the card on it in
+    one option, as QEMU's; ``-nic none`` adds nothing (pyhv has no default card)."""
+    kind, _, rest = value.partition(",")
+    kind = kind.strip()
+    if kind == "none" and not rest:
+        return
+    if kind == "user":
+        raise ConfigError(f"-nic {value}: user-mode networking (slirp) is not built in; run passt and "
+                          "connect to it with -netdev stream,... (see the README), or use tap")
+    netdev_props: List[str] = []
+    card_props: List[str] = []
+    model = NIC_MODELS[0]
+    for part in filter(None, (p.strip() for p in rest.split(","))):
+        key, _, setting = part.partition("=")
+        if key == "model":
+            model = setting
+        elif key == "mac":
+            card_props.append(part)
+        elif key == "id":
+            raise ConfigError(f"-nic {value}: -nic takes no id= (use -netdev id=... and -device for that)")
+        else:
+            netdev_props.append(part)
+    if model not in NIC_MODELS:
+        raise ConfigError(f"-nic {value}: model={model} is not a card pyhv has (virtio-net-pci)")
+    # A name no -netdev id= is likely to take, as QEMU's own "__org.qemu.nic0".
+    netdev_id = f"__pyhv.nic{len(cfg.netdevs)}"
+    cfg.netdevs.append(",".join([kind, f"id={netdev_id}", *netdev_props]))
+    cfg.devices.append(parse_device(",".join([NIC_MODELS[0], f"netdev={netdev_id}", *card_props])))
+
+
 # name -> (takes a value, handler)
 OPTIONS: Dict[str, Tuple[bool, Handler]] = {
     "m": (True, _set("ram_size", parse_memory_size)),
@@ -113,6 +148,7 @@ OPTIONS: Dict[str, Tuple[bool, Handler]] = {
     "blockdev": (True, lambda cfg, v: cfg.blockdevs.append(v)),
     "chardev": (True, _chardev),
     "netdev": (True, lambda cfg, v: cfg.netdevs.append(v)),
+    "nic": (True, _nic),
     "icount": (True, _icount),
     "seed": (True, _seed),
     # pyhv's own: host-side decompression of a bzImage payload (on/off/auto)

@@ -129,3 +129,24 @@ def test_seed_makes_the_boot_rng_seed_reproducible():
 def test_bad_seed(text, message):
     with pytest.raises(ConfigError, match=message):
         parse_run_args(["-kernel", "k", "-seed", text])
+
+
+def test_nic_is_a_netdev_and_its_card():
+    cfg = parse_run_args(["-kernel", "k", "-nic", "tap,ifname=tap7,script=no,mac=52:54:00:00:00:07",
+                          "-nic", "stream,addr.type=unix,addr.path=/run/passt.sock,model=virtio", "-nic", "none"])
+    assert cfg.netdevs == ["tap,id=__pyhv.nic0,ifname=tap7,script=no",
+                           "stream,id=__pyhv.nic1,addr.type=unix,addr.path=/run/passt.sock"]
+    assert [(d.driver, d.props) for d in cfg.devices] == [
+        ("virtio-net-pci", {"netdev": "__pyhv.nic0", "mac": "52:54:00:00:00:07"}),
+        ("virtio-net-pci", {"netdev": "__pyhv.nic1"})]
+
+
+@pytest.mark.parametrize("text,message", [
+    ("user", "slirp"),
+    ("user,hostfwd=tcp::2222-:22", "slirp"),
+    ("tap,model=e1000", "model=e1000 is not a card pyhv has"),
+    ("tap,id=n0", "takes no id="),
+])
+def test_bad_nic(text, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_run_args(["-kernel", "k", "-nic", text])

@@ -124,3 +124,17 @@ def test_packed_property(builder, unix_listener, tmp_path, value, offered):
 def test_packed_property_refuses_other_values(builder, driver):
     with pytest.raises(ConfigError, match=f"-device {driver}: packed expects on or off, got 'maybe'"):
         builder.add_device(driver, {"drive": "d0", "netdev": "n0", "packed": "maybe"})
+
+
+def test_a_nic_option_plugs_a_card_on_its_back_end(machine, builder, unix_listener):
+    from pyhv.qemu_args import parse_run_args
+
+    path, _listener = unix_listener
+    cfg = parse_run_args(["-kernel", "k", "-nic", f"stream,addr.type=unix,addr.path={path},mac=52:54:00:00:00:09"])
+    for text in cfg.netdevs:
+        builder.add_netdev(text)
+    for spec in cfg.devices:
+        placed = builder.add_device(spec.driver, spec.props)
+    card = placed.function.device
+    assert isinstance(card, VirtioNet) and card.mac == bytes.fromhex("525400000009")
+    assert card.backend.name == "stream"
