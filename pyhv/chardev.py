@@ -542,12 +542,14 @@ def split_options(text: str) -> List[str]:
     return parts
 
 
-def _on_off(spec: str, name: str, value: str) -> bool:
+def parse_on_off(what: str, key: str, value: str) -> bool:
+    """An on/off option in QEMU's spellings (on/off, yes/no, true/false); anything else is
+    refused, naming ``what`` (the option as given) and ``key``."""
     if value in ("on", "yes", "true"):
         return True
     if value in ("off", "no", "false"):
         return False
-    raise ConfigError(f"chardev {spec!r}: option {name} expects on or off, got {value!r}")
+    raise ConfigError(f"{what}: {key} expects on or off, got '{value}'")
 
 
 def _parse_flags(spec: str, options: List[str], known: Tuple[str, ...]) -> dict:
@@ -558,7 +560,7 @@ def _parse_flags(spec: str, options: List[str], known: Tuple[str, ...]) -> dict:
         if not has_value and name.startswith("no") and name[2:] in known:
             flags[name[2:]] = False
         elif name in known:
-            flags[name] = _on_off(spec, name, value) if has_value else True
+            flags[name] = parse_on_off(f"chardev {spec!r}", f"option {name}", value) if has_value else True
         else:
             raise ConfigError(f"chardev {spec!r}: unknown option {option!r}")
     return flags

@@ -17,6 +17,7 @@ import struct
 import threading
 from typing import Dict, List, Optional, Tuple, Union
 
+from ..chardev import parse_on_off
 from .backend import MAX_FRAME_SIZE, NetBackend, NetdevError, NetdevSpec, log
 
 LENGTH_PREFIX = struct.Struct(">I")
@@ -160,7 +161,7 @@ def _address(spec: NetdevSpec, props: Dict[str, str], prefix: str, required: boo
 
 
 def open_stream(spec: NetdevSpec, props: Dict[str, str]) -> StreamBackend:
-    server = props.pop("server", "off") in ("on", "yes", "true")
+    server = parse_on_off(f"-netdev {spec.text}", "server", props.pop("server", "off"))
     family, address = _address(spec, props, "addr")
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:

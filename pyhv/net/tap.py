@@ -19,6 +19,7 @@ import os
 import struct
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from ..chardev import parse_on_off
 from .backend import (MAX_FRAME_SIZE, VNET_HEADER_SIZE, BytesLike, NetBackend, NetdevError, NetdevSpec,
                       Offloads, log)
 
@@ -164,16 +165,6 @@ class TapBackend(NetBackend):
             self.fd = -1
 
 
-_SWITCH_VALUES = {"on": True, "yes": True, "true": True, "off": False, "no": False, "false": False}
-
-
-def _switch(spec: NetdevSpec, key: str, value: str) -> bool:
-    try:
-        return _SWITCH_VALUES[value]
-    except KeyError:
-        raise NetdevError(f"-netdev {spec.text}: {key}={value}: expected on or off") from None
-
-
 def _adopt_descriptor(spec: NetdevSpec, fd_text: str, ifname: str) -> TapBackend:
     try:
         fd = int(fd_text)
@@ -208,7 +199,7 @@ def open_tap(spec: NetdevSpec, props: Dict[str, str]) -> TapBackend:
             raise NetdevError(f"-netdev {spec.text}: vnet_hdr= is invalid with fd=; pyhv asks the "
                               f"descriptor whether it carries the header")
         return _adopt_descriptor(spec, fd_text, ifname)
-    required = vnet_hdr_text is not None and _switch(spec, "vnet_hdr", vnet_hdr_text)
+    required = vnet_hdr_text is not None and parse_on_off(f"-netdev {spec.text}", "vnet_hdr", vnet_hdr_text)
     vnet_header = vnet_hdr_text is None or required
     if vnet_header and not kernel_has_vnet_header():
         if required:

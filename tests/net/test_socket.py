@@ -9,6 +9,7 @@ import struct
 
 import pytest
 
+from pyhv.errors import ConfigError
 from pyhv.net.backend import MAX_FRAME_SIZE, NetdevError, open_netdev, parse_netdev
 from pyhv.net.socket import DgramBackend, StreamBackend
 
@@ -133,3 +134,8 @@ def test_close_stops_the_reader_thread():
     assert not thread.is_alive()
     backend.close()  # twice is harmless
     peer.close()
+
+
+def test_stream_server_takes_on_or_off_only():
+    with pytest.raises(ConfigError, match="server expects on or off, got 'maybe'"):
+        open_netdev(parse_netdev("stream,id=n0,server=maybe,addr.type=unix,addr.path=/nonexistent/x.sock"))

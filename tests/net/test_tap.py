@@ -11,6 +11,7 @@ import textwrap
 
 import pytest
 
+from pyhv.errors import ConfigError
 from pyhv.net.backend import NetdevError, open_netdev, parse_netdev
 from pyhv.net.tap import IFF_VNET_HDR, open_tap_fd, tap_descriptor_flags
 
@@ -74,7 +75,7 @@ def test_tap_options_refused():
         open_netdev(parse_netdev("tap,id=n0,fd=99999"))
     with pytest.raises(NetdevError, match="longer than 15 bytes"):
         open_netdev(parse_netdev("tap,id=n0,ifname=" + "x" * 16))
-    with pytest.raises(NetdevError, match="vnet_hdr=maybe: expected on or off"):
+    with pytest.raises(ConfigError, match="vnet_hdr expects on or off, got 'maybe'"):
         open_netdev(parse_netdev("tap,id=n0,ifname=t0,vnet_hdr=maybe"))
     with pytest.raises(NetdevError, match="vnet_hdr= is invalid with fd="):
         open_netdev(parse_netdev("tap,id=n0,fd=0,vnet_hdr=on"))

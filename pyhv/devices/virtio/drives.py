@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Dict, NamedTuple, Optional
 
-from ...chardev import split_options
+from ...chardev import parse_on_off, split_options
 from ...errors import ConfigError
 
 FORMATS = ("raw", "qcow2")
@@ -47,19 +47,11 @@ def _key_values(option: str, text: str) -> Dict[str, str]:
     return values
 
 
-def _on_off(option: str, key: str, value: str) -> bool:
-    if value in ("on", "yes", "true"):
-        return True
-    if value in ("off", "no", "false"):
-        return False
-    raise ConfigError(f"{option}: {key} expects on or off, got '{value}'")
-
-
 def pop_on_off(option: str, props: Dict[str, str], key: str, default: bool = False) -> bool:
     """An on/off property (QEMU's spellings: on/off, yes/no, true/false) taken out of
     ``props``, the device's properties, so that what is left over can be refused."""
     value = props.pop(key, None)
-    return default if value is None else _on_off(option, key, value)
+    return default if value is None else parse_on_off(option, key, value)
 
 
 def _format(option: str, value: Optional[str]) -> Optional[str]:
@@ -81,7 +73,7 @@ def parse_drive(text: str, index: int) -> DriveSpec:
         raise ConfigError(f"-drive {text}: if={interface} is not supported (use if=virtio or if=none)")
     drive_id = values.pop("id", f"drive{index}")
     fmt = _format(f"-drive {text}", values.pop("format", None))
-    read_only = _on_off(f"-drive {text}", "readonly", values.pop("readonly", "off"))
+    read_only = parse_on_off(f"-drive {text}", "readonly", values.pop("readonly", "off"))
     media = values.pop("media", "disk")
     if media != "disk":
         raise ConfigError(f"-drive {text}: media={media} is not supported (only disk)")
@@ -107,7 +99,7 @@ def parse_blockdev(text: str, nodes: Dict[str, DriveSpec]) -> DriveSpec:
         raise ConfigError(f"{option}: node-name is missing")
     if node in nodes:
         raise ConfigError(f"{option}: node-name '{node}' is already used")
-    read_only = _on_off(option, "read-only", values.pop("read-only", "off"))
+    read_only = parse_on_off(option, "read-only", values.pop("read-only", "off"))
     discard = values.pop("discard", "unmap")
     if discard not in ("unmap", "on", "ignore", "off"):
         raise ConfigError(f"{option}: discard={discard}: use unmap or ignore")
