@@ -1,20 +1,28 @@
 """virtio-net (virtio 1.2, 5.1): one receive and one transmit queue on a :class:`NetBackend`.
 
-Offered: VIRTIO_NET_F_MAC (the MAC in config space) and VIRTIO_NET_F_STATUS (link up); no
-mergeable buffers, no control queue. Frames cross behind the 12-byte virtio_net_hdr.
+Offered: VIRTIO_NET_F_MAC (the MAC in config space), VIRTIO_NET_F_STATUS (link up) and, as
+QEMU does, VIRTIO_NET_F_MRG_RXBUF (mergeable receive buffers); no control queue. Frames cross
+behind the 12-byte virtio_net_hdr.
 
 Offloads, as QEMU offers them on a TAP back-end: only where the back-end carries that header
 too (a TAP with IFF_VNET_HDR), checksum offload and TCP segmentation (IPv4, IPv6, ECN) in
 both directions. The guest's header then goes to the host kernel as it is, which checks it,
 and the kernel is told (TUNSETOFFLOAD) to hand over only the kinds of packets the driver
-accepted for receiving. Without mergeable buffers Linux posts 64 KiB receive chains once it
-accepts GUEST_TSO*, so one chain still holds one packet. Over the socket back-ends frames are
-plain Ethernet and the header's fields stay zero, so nothing is offered.
+accepted for receiving. A Linux driver that accepts GUEST_TSO* without MRG_RXBUF posts
+64 KiB chains so that one holds a whole packet; with MRG_RXBUF it posts page-sized ones. Over
+the socket back-ends frames are plain Ethernet and the header's fields stay zero, so no
+offload is offered.
 
 Receive: the back-end's thread calls :meth:`VirtioNet.receive`; frames wait in a bounded
-backlog until the driver has posted buffers, then each fills one chain. A frame longer than
-the chain at the head of the ring is dropped (and counted) and the chain stays for the next
-frame, as a NIC drops what does not fit its descriptor.
+backlog until the driver has posted buffers. Without MRG_RXBUF each fills one chain; a frame
+longer than the chain at the head of the ring is dropped (and counted) and the chain stays
+for the next frame, as a NIC drops what does not fit its descriptor. With MRG_RXBUF (5.1.6.4)
+header and frame run on through as many chains as they need, num_buffers in the header says
+how many, and they go to the used ring together. A packet waits until the ring holds enough
+bytes, nothing used meanwhile (the chains taken so far stay with the device); one that the
+whole ring, every slot posted, could not hold is dropped and counted. Every chain must have a device-writable buffer (QEMU's rule too): a
+chain without one needs a reset. One shorter than the header, which the spec forbids, is
+still filled, the header running on into the next chain.
 """
 
 from __future__ import annotations
@@ -29,9 +37,9 @@ from ...errors import ConfigError
 from ...memory import GuestMemory
 from ...net.backend import MAX_FRAME_SIZE, NO_OFFLOADS, VNET_HEADER_SIZE, NetBackend, Offloads
 from . import spec
-from .device import VirtioDevice
+from .device import Virtqueue, VirtioDevice
 from .iovec import descriptor_views, gather, scatter, split_at, total_length
-from .queue import VirtqueueError
+from .queue import DescriptorChain, VirtqueueError
 
 log = logging.getLogger("pyhv.virtio.net")
 
@@ -44,6 +52,7 @@ F_GUEST_ECN = 9
 F_HOST_TSO4 = 11
 F_HOST_TSO6 = 12
 F_HOST_ECN = 13
+F_MRG_RXBUF = 15  # a received packet may span several chains
 F_STATUS = 16
 STATUS_LINK_UP = 1
 
@@ -56,6 +65,7 @@ MAX_BACKLOG_FRAMES = 256
 # hdr_len, gso_size, csum_start, csum_offset, num_buffers.
 HEADER = struct.Struct("<BBHHHHH")
 assert HEADER.size == VNET_HEADER_SIZE
+NUM_BUFFERS = struct.Struct("<H")  # the header's last field
 HDR_F_NEEDS_CSUM = 1
 HDR_F_DATA_VALID = 2
 GSO_NONE = 0
@@ -116,7 +126,8 @@ class VirtioNet(VirtioDevice):
     def __init__(self, memory: GuestMemory, backend: NetBackend, mac: bytes = DEFAULT_MAC,
                  packed: bool = False) -> None:
         offloads = OFFLOAD_FEATURES if backend.vnet_header else 0
-        super().__init__(memory, [QUEUE_SIZE, QUEUE_SIZE], spec.bit(F_MAC) | spec.bit(F_STATUS) | offloads, packed)
+        features = spec.bit(F_MAC) | spec.bit(F_STATUS) | spec.bit(F_MRG_RXBUF) | offloads
+        super().__init__(memory, [QUEUE_SIZE, QUEUE_SIZE], features, packed)
         if len(mac) != 6:
             raise ConfigError(f"virtio-net: MAC address must be 6 bytes, got {len(mac)}")
         self.backend = backend
@@ -124,11 +135,16 @@ class VirtioNet(VirtioDevice):
         # Frames from the back-end, with their virtio_net_hdr where the back-end has one.
         self.backlog: Deque[bytes] = collections.deque()
         self.rx_dropped_backlog = 0  # the driver posted no buffers in time
-        self.rx_dropped_too_long = 0  # longer than the chain offered for it
+        self.rx_dropped_too_long = 0  # longer than the chain (or, merged, the whole ring) offered
         self.rx_dropped_offload = 0  # offloaded the way the driver did not accept
         self.tx_dropped = 0  # malformed or oversized frames, or headers the host refused
         self._transmit_rules = PLAIN_FRAMES
         self._receive_rules = PLAIN_FRAMES
+        self._mergeable = False  # MRG_RXBUF negotiated
+        # Receive chains taken from the ring for a packet that needs more than it holds yet.
+        # Kept rather than given back, so that the next chain the driver posts is past where
+        # the device asked to be notified (EVENT_IDX), and no chain is walked twice.
+        self._held: Deque[Tuple[DescriptorChain, List[memoryview]]] = collections.deque()
         self._refusal_logged = False
 
     def config_space(self) -> bytes:
@@ -152,6 +168,7 @@ class VirtioNet(VirtioDevice):
         queue = self.queues[RECEIVE_QUEUE]
         if not (self.active and queue.ready) or self.broken:
             return
+        place = self._place_merged if self._mergeable else self._place_whole
         used = 0
         try:
             while self.backlog:
@@ -160,25 +177,65 @@ class VirtioNet(VirtioDevice):
                     self.backlog.popleft()
                     self.rx_dropped_offload += 1
                     continue
-                chain = queue.pop(self.memory)
-                if chain is None:
-                    break
+                placed = place(queue, *framed)
+                if placed is None:
+                    break  # waits for buffers
                 self.backlog.popleft()
-                header, frame = framed
-                views = descriptor_views(self.memory, chain.writable)
-                if total_length(views) < HEADER.size + len(frame):
-                    self.rx_dropped_too_long += 1
-                    queue.unpop(chain)  # the chain waits for the next frame
-                    continue
-                header_views, frame_views = split_at(views, HEADER.size)
-                scatter(header_views, header)
-                scatter(frame_views, frame)
-                queue.add_used(self.memory, chain.head, HEADER.size + len(frame))
-                used += 1
+                used += placed
             if used:
                 self.signal_used(queue)
         except VirtqueueError as err:
             self.fail(RECEIVE_QUEUE, err)
+
+    def _place_whole(self, queue: Virtqueue, header: bytes, frame: memoryview) -> Optional[int]:
+        """The packet into the chain at the head of the ring: the chains used (1, or 0 when it
+        was dropped), None when there is no chain."""
+        chain = queue.pop(self.memory)
+        if chain is None:
+            return None
+        views = descriptor_views(self.memory, chain.writable)
+        if total_length(views) < HEADER.size + len(frame):
+            self.rx_dropped_too_long += 1
+            queue.unpop(chain)  # the chain waits for the next frame
+            return 0
+        header_views, frame_views = split_at(views, HEADER.size)
+        scatter(header_views, header)
+        scatter(frame_views, frame)
+        queue.add_used(self.memory, chain.head, HEADER.size + len(frame))
+        return 1
+
+    def _place_merged(self, queue: Virtqueue, header: bytes, frame: memoryview) -> Optional[int]:
+        """The packet across as many chains as it needs: how many (0 when it was dropped), or
+        None while the ring holds too few bytes for it."""
+        needed = HEADER.size + len(frame)
+        held = self._held
+        room = sum(total_length(views) for _, views in held)
+        while room < needed:
+            chain = queue.pop(self.memory)
+            if chain is None:
+                if sum(taken.slots for taken, _ in held) < queue.size:
+                    return None  # the driver may still post more
+                self.rx_dropped_too_long += 1  # and the chains stay for smaller packets
+                return 0
+            if not chain.writable:
+                raise VirtqueueError(f"receive chain {chain.head} has no device-writable buffer")
+            views = descriptor_views(self.memory, chain.writable)
+            held.append((chain, views))
+            room += total_length(views)
+        entries = []
+        all_views: List[memoryview] = []
+        left = needed
+        while left:  # the chains at the front that the packet fills
+            chain, views = held.popleft()
+            written = min(total_length(views), left)
+            entries.append((chain.head, written))
+            all_views += views
+            left -= written
+        header_views, frame_views = split_at(all_views, HEADER.size)
+        scatter(header_views, header[:-NUM_BUFFERS.size] + NUM_BUFFERS.pack(len(entries)))
+        scatter(frame_views, frame)
+        queue.add_used_batch(self.memory, entries)
+        return len(entries)
 
     def _framed_for_guest(self, packet: bytes) -> Optional[Tuple[bytes, memoryview]]:
         """(virtio_net_hdr, frame) for the driver, or None when the packet is offloaded in a
@@ -192,7 +249,7 @@ class VirtioNet(VirtioDevice):
         flags = packet[0] & ~(HDR_F_DATA_VALID & ~rules.flags)
         if not rules.allow(flags, packet[1]):
             return None
-        # The kernel leaves num_buffers zero; one chain holds the whole packet.
+        # The kernel leaves num_buffers zero; one chain, unless the packet is merged.
         header = bytes([flags]) + packet[1:HEADER.size - 2] + b"\x01\x00"
         return header, memoryview(packet)[HEADER.size:]
 
@@ -253,12 +310,15 @@ class VirtioNet(VirtioDevice):
         receive = Offloads(*map(self.has_feature, (F_GUEST_CSUM, F_GUEST_TSO4, F_GUEST_TSO6, F_GUEST_ECN)))
         self._transmit_rules = header_rules(transmit)
         self._receive_rules = header_rules(receive, HDR_F_DATA_VALID)
+        self._mergeable = self.has_feature(F_MRG_RXBUF)
         self.backend.set_offloads(receive)
         self._deliver()
 
     def device_reset(self) -> None:
         self.backlog.clear()
         self._transmit_rules = self._receive_rules = PLAIN_FRAMES
+        self._mergeable = False
+        self._held.clear()  # the queue's reset forgot them
         self.backend.set_offloads(NO_OFFLOADS)
 
     def close(self) -> None:

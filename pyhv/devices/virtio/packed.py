@@ -24,7 +24,7 @@ be in flight already; each breach raises :class:`VirtqueueError`.
 from __future__ import annotations
 
 import struct
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ...errors import GuestAddressError
 from ...memory import GuestMemory
@@ -197,7 +197,7 @@ class PackedQueue(QueueSetup):
             for descriptor in descriptors:
                 if descriptor.writable:
                     memory.note_device_write(descriptor.gpa, descriptor.length)
-        return DescriptorChain(buffer_id, descriptors)
+        return DescriptorChain(buffer_id, descriptors, slots)
 
     def _indirect(self, memory: GuestMemory, addr: int, length: int, index: int) -> List[Descriptor]:
         """The buffers of an indirect table: every entry, in order (a packed table is not
@@ -226,7 +226,8 @@ class PackedQueue(QueueSetup):
 
     def unpop(self, chain: DescriptorChain) -> None:
         """Leave ``chain``, the one :meth:`pop` returned last, for the next pop (a receive
-        buffer too small for the frame at hand waits for a shorter one)."""
+        buffer too small for the frame at hand waits for a shorter one). Several popped
+        chains go back one by one, the last popped first."""
         slots = self.in_flight.pop(chain.head)
         self.slots_in_flight -= slots
         self.avail_index -= slots
@@ -273,24 +274,37 @@ class PackedQueue(QueueSetup):
     # --- the used side ---------------------------------------------------------------------
     def add_used(self, memory: GuestMemory, head: int, length: int) -> None:
         """Return buffer ``head`` (its id) to the driver with ``length`` bytes written into it."""
-        slots = self.in_flight.pop(head, 0)
-        if not slots:
-            raise VirtqueueError(f"buffer id {head} is not in flight")
-        slot = self.desc_table + DESCRIPTOR_SIZE * self.used_index
+        self.add_used_batch(memory, ((head, length),))
+
+    def add_used_batch(self, memory: GuestMemory, entries: Sequence[Tuple[int, int]]) -> None:
+        """Return several (buffer id, length) buffers, in ring order, handed over together: the
+        first descriptor's flags are written last, so a driver polling the ring sees all of
+        them or none (the buffers of one merged packet)."""
+        first_flags: Optional[Tuple[int, int]] = None
         try:
-            memory.write_u32(slot + _LENGTH_OFFSET, length)
-            memory.write_u16(slot + _LENGTH_OFFSET + 4, head)
-            # The flags hand the descriptor over: id and length are in place before them.
-            memory.write_u16(slot + _FLAGS_OFFSET,
-                             used_flags(self.used_wrap) | (DESC_F_WRITE if length else 0))
+            for head, length in entries:
+                slots = self.in_flight.pop(head, 0)
+                if not slots:
+                    raise VirtqueueError(f"buffer id {head} is not in flight")
+                slot = self.desc_table + DESCRIPTOR_SIZE * self.used_index
+                memory.write_u32(slot + _LENGTH_OFFSET, length)
+                memory.write_u16(slot + _LENGTH_OFFSET + 4, head)
+                # The flags hand the descriptor over: id and length are in place before them.
+                flags = used_flags(self.used_wrap) | (DESC_F_WRITE if length else 0)
+                if first_flags is None:
+                    first_flags = (slot + _FLAGS_OFFSET, flags)
+                else:
+                    memory.write_u16(slot + _FLAGS_OFFSET, flags)
+                self.slots_in_flight -= slots
+                self.used_since_decision += slots
+                self.used_index += slots
+                if self.used_index >= self.size:
+                    self.used_index -= self.size
+                    self.used_wrap ^= 1
+            if first_flags is not None:
+                memory.write_u16(*first_flags)
         except GuestAddressError as err:
             raise VirtqueueError(str(err)) from err
-        self.slots_in_flight -= slots
-        self.used_since_decision += slots
-        self.used_index += slots
-        if self.used_index >= self.size:
-            self.used_index -= self.size
-            self.used_wrap ^= 1
 
     def needs_notification(self, memory: GuestMemory) -> bool:
         """Whether the driver wants an interrupt for the buffers used since the last decision."""

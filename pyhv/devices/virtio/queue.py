@@ -66,6 +66,10 @@ class DescriptorChain(NamedTuple):
 
     head: int
     descriptors: List[Descriptor]
+    # Ring (or descriptor table) entries the chain takes: an indirect chain takes one. A
+    # device that has every available chain in hand and their slots fill the queue knows
+    # the driver can offer nothing more until it gives some back.
+    slots: int = 1
 
     @property
     def readable(self) -> List[Descriptor]:
@@ -190,12 +194,12 @@ class SplitQueue(QueueSetup):
             # A consumer outside a drain (a back-end thread filling receive buffers) wants a
             # kick for the entry after this one.
             self._write_u16(memory, self.used_ring + 4 + USED_ELEM_SIZE * self.size, self.next_avail)
-        descriptors = self._walk_chain(memory, head)
+        descriptors, slots = self._walk_chain(memory, head)
         if memory.device_write_watchers:
             for descriptor in descriptors:
                 if descriptor.writable:
                     memory.note_device_write(descriptor.gpa, descriptor.length)
-        return DescriptorChain(head, descriptors)
+        return DescriptorChain(head, descriptors, slots)
 
     # --- the driver's notifications (2.7.10) ------------------------------------------------
     def disable_notifications(self, memory: GuestMemory) -> None:
@@ -222,7 +226,8 @@ class SplitQueue(QueueSetup):
 
     def unpop(self, chain: DescriptorChain) -> None:
         """Leave ``chain``, the one :meth:`pop` returned last, for the next pop (a receive
-        buffer too small for the frame at hand waits for a shorter one)."""
+        buffer too small for the frame at hand waits for a shorter one). Several popped
+        chains go back one by one, the last popped first."""
         self.next_avail = (self.next_avail - 1) & 0xFFFF
 
     def iter_available(self, memory: GuestMemory) -> Iterator[DescriptorChain]:
@@ -242,7 +247,8 @@ class SplitQueue(QueueSetup):
         except GuestAddressError as err:
             raise VirtqueueError(f"descriptor table at {gpa:#x}: {err}") from err
 
-    def _walk_chain(self, memory: GuestMemory, head: int) -> List[Descriptor]:
+    def _walk_chain(self, memory: GuestMemory, head: int) -> Tuple[List[Descriptor], int]:
+        """The chain's buffers and how many entries of the descriptor table it takes."""
         if head >= self.size:
             raise VirtqueueError(f"chain head {head} is not below the queue size {self.size}")
         table_len, index = self.size, head
@@ -274,7 +280,7 @@ class SplitQueue(QueueSetup):
                 raise VirtqueueError(
                     f"chain from head {head} is longer than its {table_len}-entry table (a loop?)")
             if not flags & DESC_F_NEXT:
-                return descriptors
+                return descriptors, 1 if in_indirect else len(descriptors)
             if next_index >= table_len:
                 raise VirtqueueError(f"descriptor {index} points to {next_index}, past the {table_len}-entry table")
             index = next_index
@@ -282,13 +288,19 @@ class SplitQueue(QueueSetup):
     # --- the used side ---------------------------------------------------------------------
     def add_used(self, memory: GuestMemory, head: int, length: int) -> None:
         """Return chain ``head`` to the driver with ``length`` bytes written into it."""
-        slot = self.used_ring + 4 + USED_ELEM_SIZE * (self.next_used % self.size)
+        self.add_used_batch(memory, ((head, length),))
+
+    def add_used_batch(self, memory: GuestMemory, entries: Sequence[Tuple[int, int]]) -> None:
+        """Return several (head, length) chains, in order, published by one index update: a
+        driver polling the ring sees all of them or none (the buffers of one merged packet)."""
         try:
-            memory.write_u64(slot, head | length << 32)  # struct virtq_used_elem {le32 id; le32 len}
+            for head, length in entries:
+                slot = self.used_ring + 4 + USED_ELEM_SIZE * (self.next_used % self.size)
+                memory.write_u64(slot, head | length << 32)  # struct virtq_used_elem {le32 id; le32 len}
+                self.next_used = (self.next_used + 1) & 0xFFFF
         except GuestAddressError as err:
             raise VirtqueueError(str(err)) from err
-        self.next_used = (self.next_used + 1) & 0xFFFF
-        # The element is in place before the index that publishes it (x86 keeps store order).
+        # The elements are in place before the index that publishes them (x86 keeps store order).
         self._write_u16(memory, self.used_ring + 2, self.next_used)
 
     def needs_notification(self, memory: GuestMemory) -> bool:

@@ -27,7 +27,7 @@ ETH_HLEN, IP_HLEN, UDP_HLEN = 14, 20, 8
 UDP_CHECKSUM_OFFSET = 6
 ALL_OFFLOADS = [net.F_CSUM, net.F_GUEST_CSUM, net.F_GUEST_TSO4, net.F_GUEST_TSO6, net.F_GUEST_ECN,
                 net.F_HOST_TSO4, net.F_HOST_TSO6, net.F_HOST_ECN]
-F_GUEST_UFO, F_HOST_UFO, F_MRG_RXBUF = 10, 14, 15  # not offered
+F_GUEST_UFO, F_HOST_UFO = 10, 14  # not offered
 # The TAP's netdev features (ethtool's names) that TUNSETOFFLOAD turns on.
 TAP_OFFLOAD_FEATURES = ("tx-checksum-ip-generic", "tx-tcp-segmentation", "tx-tcp6-segmentation",
                         "tx-tcp-ecn-segmentation")
@@ -178,7 +178,8 @@ def test_offloads_offered_with_a_vnet_header_tap_and_tap_follows_the_guest_bits(
     rig = tap_rig()
     assert rig.backend.vnet_header
     assert rig.accepted & bits(*ALL_OFFLOADS) == bits(*ALL_OFFLOADS)
-    assert not rig.accepted & bits(F_GUEST_UFO, F_HOST_UFO, F_MRG_RXBUF)
+    assert not rig.accepted & bits(F_GUEST_UFO, F_HOST_UFO)
+    assert rig.accepted & bits(net.F_MRG_RXBUF)
     assert rig.tap_features() == set(TAP_OFFLOAD_FEATURES)
 
     # A driver that takes IPv4 segments but neither IPv6 ones nor ECN.
@@ -239,17 +240,26 @@ def post_receive_buffer(rig, size=HDR + 2048):
     return buf
 
 
-def receive_one(rig, payload):
-    buf = post_receive_buffer(rig)
+def send_to_guest(rig, payload):
+    """One UDP datagram from the namespace to the guest."""
     sender = rig.namespace.run(lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
     with sender:
         sender.sendto(payload, (GUEST_IP, UDP_PORT))
+
+
+def is_the_datagram(frame, payload):
+    return frame[12:14] == b"\x08\x00" and frame[ETH_HLEN + IP_HLEN + UDP_HLEN:] == payload
+
+
+def receive_one(rig, payload):
+    buf = post_receive_buffer(rig)
+    send_to_guest(rig, payload)
     used = []
     while True:  # whatever else the namespace sends first is skipped
         rig.wait_for(lambda: used.extend(rig.driver.queues[0].take_used()) or used, "a received frame")
         _, length = used.pop(0)
         frame = rig.device.memory.read(buf + HDR, length - HDR)
-        if frame[12:14] == b"\x08\x00" and frame[ETH_HLEN + IP_HLEN + UDP_HLEN:] == payload:
+        if is_the_datagram(frame, payload):
             return net.HEADER.unpack(rig.device.memory.read(buf, HDR)), frame
         buf = post_receive_buffer(rig)
 
@@ -317,3 +327,33 @@ def test_offload_requests_that_were_not_negotiated_are_dropped(tap_rig):
     assert rig.device.tx_dropped == 2 and rig.backend.sent_frames == 0
     rig.transmit(bytes(HDR), udp_frame(rig.tap_mac, b"plain", "full"))
     assert rig.received_payloads() == [b"plain"]
+
+
+def test_a_60_kib_packet_from_the_tap_runs_on_through_page_sized_buffers(tap_rig):
+    """With MRG_RXBUF a driver posts pages, as Linux does, not 64 KiB chains; a packet as big
+    as a TSO segment (one UDP datagram here, the TAP's MTU raised so the kernel sends it in
+    one piece) fills as many as it needs."""
+    rig = tap_rig()
+    assert rig.accepted & bits(net.F_MRG_RXBUF)
+    rig.namespace.ip("link", "set", TAP, "mtu", "65000")
+    page = 4096
+    posted = {}
+    for _ in range(40):
+        buf = rig.driver.alloc(page)
+        posted[rig.driver.submit(0, [Buffer(buf, page, True)])] = buf
+    payload = bytes(i * 13 % 256 for i in range(60000))
+    send_to_guest(rig, payload)
+    used = []
+    while True:  # whatever else the namespace sends first is skipped
+        rig.wait_for(lambda: used.extend(rig.driver.queues[0].take_used()) or used, "a received packet")
+        header = net.HEADER.unpack(rig.device.memory.read(posted[used[0][0]], HDR))
+        count = header[-1]
+        rig.wait_for(lambda: used.extend(rig.driver.queues[0].take_used()) or len(used) >= count, "its buffers")
+        packet = b"".join(rig.device.memory.read(posted[head], length) for head, length in used[:count])
+        del used[:count]
+        frame = packet[HDR:]
+        if is_the_datagram(frame, payload):
+            break
+    assert count == -(-(HDR + len(frame)) // page) == 15
+    assert header[0] == net.HDR_F_NEEDS_CSUM  # the checksum still left to the guest
+    assert rig.device.rx_dropped_too_long == 0

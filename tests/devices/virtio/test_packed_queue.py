@@ -163,7 +163,7 @@ def test_an_indirect_chain_needs_indirect_desc(memory):
     with pytest.raises(VirtqueueError, match="not negotiated"):
         queue.pop(memory)
     queue.indirect = True
-    assert queue.pop(memory) == (head, [Descriptor(0x8000, 8, True)])
+    assert queue.pop(memory) == (head, [Descriptor(0x8000, 8, True)], 1)  # one ring slot
 
 
 def test_buffer_id_comes_from_the_last_descriptor(memory):
@@ -459,3 +459,20 @@ def test_event_idx_decision_after_more_than_two_laps_interrupts(memory):
         use_one(driver, queue, memory)
         driver.take_used()
     assert queue.needs_notification(memory)
+
+
+def test_popped_chains_go_back_last_first_and_a_batch_is_handed_over_by_its_first_flags(memory, monkeypatch):
+    driver, queue = make_queue(memory)
+    heads = [submit(driver, [Buffer(0x8000 + 0x100 * i, 64, True)] * (i + 1)) for i in range(3)]
+    chains = [queue.pop(memory) for _ in heads]
+    assert [chain.slots for chain in chains] == [1, 2, 3]
+    for chain in reversed(chains[1:]):
+        queue.unpop(chain)
+    assert [queue.pop(memory).head for _ in range(2)] == heads[1:]
+    assert queue.pop(memory) is None
+    written = []
+    write_u16 = memory.write_u16
+    monkeypatch.setattr(memory, "write_u16", lambda gpa, value: (written.append(gpa), write_u16(gpa, value)))
+    queue.add_used_batch(memory, [(head, 10 + i) for i, head in enumerate(heads)])
+    assert written[-1] == driver.desc_ring + 14  # the first used descriptor's flags, last
+    assert driver.take_used() == [(heads[0], 10), (heads[1], 11), (heads[2], 12)]

@@ -197,3 +197,27 @@ def test_pop_tells_the_memory_watchers_which_buffers_the_device_will_write(memor
     driver.publish(head)
     queue.pop(memory)
     assert seen == [(0x9000, 512), (0xA000, 1)]
+
+
+def test_popped_chains_go_back_last_first_and_a_batch_is_published_by_one_index_write(memory, monkeypatch):
+    driver, queue = make_queue(memory)
+    heads = [driver.add_chain([Buffer(0x8000 + 0x100 * i, 64, True)] * (i + 1)) for i in range(3)]
+    for head in heads:
+        driver.publish(head)
+    chains = [queue.pop(memory) for _ in heads]
+    assert [chain.slots for chain in chains] == [1, 2, 3]
+    for chain in reversed(chains[1:]):
+        queue.unpop(chain)
+    assert [queue.pop(memory).head for _ in range(2)] == heads[1:]
+    written = []
+    write_u16 = memory.write_u16
+    monkeypatch.setattr(memory, "write_u16", lambda gpa, value: (written.append(gpa), write_u16(gpa, value)))
+    queue.add_used_batch(memory, [(head, 10 + i) for i, head in enumerate(heads)])
+    assert written == [driver.used_ring + 2]  # the used index, once, after all three elements
+    assert driver.take_used() == [(heads[0], 10), (heads[1], 11), (heads[2], 12)]
+
+
+def test_an_indirect_chain_takes_one_table_entry(memory):
+    driver, queue = make_queue(memory)
+    driver.publish(driver.add_indirect_chain([Buffer(0x8000, 8, True)] * 3, 0x20000))
+    assert queue.pop(memory).slots == 1
