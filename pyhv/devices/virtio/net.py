@@ -20,9 +20,10 @@ for the next frame, as a NIC drops what does not fit its descriptor. With MRG_RX
 header and frame run on through as many chains as they need, num_buffers in the header says
 how many, and they go to the used ring together. A packet waits until the ring holds enough
 bytes, nothing used meanwhile (the chains taken so far stay with the device); one that the
-whole ring, every slot posted, could not hold is dropped and counted. Every chain must have a device-writable buffer (QEMU's rule too): a
-chain without one needs a reset. One shorter than the header, which the spec forbids, is
-still filled, the header running on into the next chain.
+whole ring, every slot posted, could not hold is dropped and counted. Every chain must have
+a device-writable buffer (QEMU's rule too): a chain without one needs a reset. One shorter
+than the header, which the spec forbids, is still filled, the header running on into the
+next chain.
 """
 
 from __future__ import annotations
