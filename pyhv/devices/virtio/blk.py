@@ -319,16 +319,17 @@ class VirtioBlock(VirtioDevice):
 
     def _publish_locked(self) -> None:
         completed = self._completed
-        touched = set()
+        by_queue: Dict[int, List[Tuple[int, int]]] = {}
         while completed:
             index, head, length = completed.popleft()
+            by_queue.setdefault(index, []).append((head, length))
+        for index, entries in by_queue.items():
+            queue = self.queues[index]
             try:
-                self.queues[index].add_used(self.memory, head, length)
+                queue.add_used_batch(self.memory, entries)  # one index update for the lot
             except VirtqueueError as err:
                 self.fail(index, err)
-            touched.add(index)
-        for index in touched:
-            self.signal_used(self.queues[index])
+            self.signal_used(queue)
 
     def _execute(self, request: BlockRequest) -> int:
         """Run one request and write its status; the bytes written into the guest's buffers."""
