@@ -1,9 +1,11 @@
 """Positional file I/O into and out of buffers, on CPython and PyPy alike.
 
-CPython has ``os.preadv``/``os.pwritev``; PyPy 3.9 has neither, nor ``SEEK_DATA``, so the
-libc calls are reached through ctypes there. Reading into a caller's memoryview keeps guest
-RAM transfers free of intermediate copies, and a request's scatter-gather list goes to the
-kernel in one ``preadv``/``pwritev`` instead of one call per buffer.
+CPython has ``os.preadv``/``os.pwritev``; PyPy 3.9 has neither, nor ``SEEK_DATA``, so there
+the libc calls are made through cffi, which PyPy ships and its JIT turns into direct calls
+(through ctypes the same call spent 2-4 µs in PyPy's ``_ctypes``, more than a 4 KiB copy).
+Reading into a caller's memoryview keeps guest RAM transfers free of intermediate copies,
+and a request's scatter-gather list goes to the kernel in one ``preadv``/``pwritev``
+instead of one call per buffer.
 """
 
 from __future__ import annotations
@@ -11,18 +13,12 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import struct
 from typing import List, Optional, Sequence
 
+_HAVE_PREADV = hasattr(os, "preadv")
+
+# fallocate and lseek are rare (discard, write-zeroes, sparse copies): ctypes on both runtimes.
 _libc = ctypes.CDLL(None, use_errno=True)
-_libc.pread.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_longlong]
-_libc.pread.restype = ctypes.c_ssize_t
-_libc.pwrite.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_longlong]
-_libc.pwrite.restype = ctypes.c_ssize_t
-_libc.preadv.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_longlong]
-_libc.preadv.restype = ctypes.c_ssize_t
-_libc.pwritev.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_longlong]
-_libc.pwritev.restype = ctypes.c_ssize_t
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
 _libc.fallocate.restype = ctypes.c_int
 _libc.lseek.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_int]
@@ -34,15 +30,52 @@ FALLOC_FL_ZERO_RANGE = 0x10
 SEEK_DATA = 3
 SEEK_HOLE = 4
 
-_HAVE_PREADV = hasattr(os, "preadv")
 # Linux's UIO_MAXIOV: a longer vector is refused with EINVAL, so it goes in several calls.
 IOV_MAX = 1024
 
+_LIBC_IO_DECLARATIONS = """
+    struct iovec { void *iov_base; size_t iov_len; };
+    ssize_t pread(int fd, void *buf, size_t count, int64_t offset);
+    ssize_t pwrite(int fd, const void *buf, size_t count, int64_t offset);
+    ssize_t preadv(int fd, const struct iovec *iov, int iovcnt, int64_t offset);
+    ssize_t pwritev(int fd, const struct iovec *iov, int iovcnt, int64_t offset);
+"""
 
-# PyPy's os.pwrite copies its argument first: 0.7 µs for 4 KiB where a ctypes call costs
-# 1.6 µs, but 100-490 µs for 1 MiB against 75 µs (measured on the development machine).
-_PYPY_COPY_LIMIT = 64 * 1024
-_IOVEC = struct.Struct("@PN")  # struct iovec: void *iov_base; size_t iov_len
+
+class _LibcIo:
+    """pread/pwrite/preadv/pwritev through cffi, for runtimes whose os module lacks them."""
+
+    def __init__(self) -> None:
+        import cffi  # part of PyPy; on CPython only the tests use this class
+
+        self.ffi = cffi.FFI()
+        self.ffi.cdef(_LIBC_IO_DECLARATIONS)
+        self.lib = self.ffi.dlopen(None)
+
+    def transfer(self, write: bool, fd: int, views: Sequence[memoryview], offset: int) -> int:
+        """One call moving bytes between ``fd`` at ``offset`` and ``views`` (a read needs
+        writable ones); the bytes moved."""
+        ffi, lib = self.ffi, self.lib
+        if len(views) == 1:
+            view = views[0]
+            buffer = ffi.from_buffer(view, require_writable=not write)
+            done = (lib.pwrite if write else lib.pread)(fd, buffer, len(view), offset)
+        else:
+            table = ffi.new("struct iovec[]", len(views))
+            buffers = []  # each from_buffer pins its buffer until the call is over
+            for index, view in enumerate(views):
+                buffer = ffi.from_buffer(view, require_writable=not write)
+                buffers.append(buffer)
+                table[index].iov_base = buffer
+                table[index].iov_len = len(view)
+            done = (lib.pwritev if write else lib.preadv)(fd, table, len(views), offset)
+        if done < 0:
+            err = ffi.errno
+            raise OSError(err, os.strerror(err))
+        return done
+
+
+_libc_io: Optional[_LibcIo] = None if _HAVE_PREADV else _LibcIo()
 
 
 def byte_view(data) -> memoryview:
@@ -54,43 +87,21 @@ def byte_view(data) -> memoryview:
     return view
 
 
+def _vector_io(write: bool, fd: int, batch: Sequence[memoryview], offset: int) -> int:
+    """One preadv/pwritev (pread/pwrite for one buffer) of at most IOV_MAX buffers."""
+    if _libc_io is not None:
+        return _libc_io.transfer(write, fd, batch, offset)
+    return (os.pwritev if write else os.preadv)(fd, batch, offset)
+
+
 def pread_into(fd: int, buf: memoryview, offset: int) -> int:
     """Fill ``buf`` from ``offset``; bytes past end of file read as zero. Returns bytes read."""
-    total = 0
-    length = len(buf)
-    while total < length:
-        view = buf[total:]
-        if _HAVE_PREADV:
-            got = os.preadv(fd, [view], offset + total)
-        else:
-            got = _pread_ctypes(fd, view, offset + total)
-        if got == 0:
-            view[:] = bytes(len(view))
-            break
-        total += got
-    return total
-
-
-def _pread_ctypes(fd: int, view: memoryview, offset: int) -> int:
-    if view.readonly:
-        raise ValueError("pread_into needs a writable buffer")
-    address = ctypes.addressof(ctypes.c_char.from_buffer(view))
-    got = _libc.pread(fd, address, len(view), offset)
-    if got < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return got
+    return preadv_into(fd, [buf], offset)
 
 
 def pwrite_all(fd: int, data, offset: int) -> None:
     """Write all of ``data`` (any bytes-like object) at ``offset``."""
-    view = byte_view(data)
-    if not _HAVE_PREADV and not view.readonly and len(view) >= _PYPY_COPY_LIMIT:
-        pwritev_all(fd, [view], offset)
-        return
-    done = 0
-    while done < len(view):
-        done += os.pwrite(fd, view[done:], offset + done)
+    pwritev_all(fd, [byte_view(data)], offset)
 
 
 def fallocate(fd: int, mode: int, offset: int, length: int) -> bool:
@@ -123,35 +134,11 @@ def _advance(views: List[memoryview], count: int) -> List[memoryview]:
     return rest
 
 
-def _address(view: memoryview) -> int:
-    return ctypes.addressof(ctypes.c_char.from_buffer(view))
-
-
-def _libc_io(write: bool, fd: int, views: Sequence[memoryview], offset: int) -> int:
-    """pread/pwrite for one buffer, preadv/pwritev for several, through ctypes.
-
-    The iovec table is packed with struct into a bytearray: on PyPy, filling a ctypes
-    Structure array costs about 5 µs a call, more than a 4 KiB copy."""
-    if len(views) == 1:
-        function = _libc.pwrite if write else _libc.pread
-        done = function(fd, _address(views[0]), len(views[0]), offset)
-    else:
-        table = bytearray(_IOVEC.size * len(views))
-        for index, view in enumerate(views):
-            _IOVEC.pack_into(table, _IOVEC.size * index, _address(view), len(view))
-        function = _libc.pwritev if write else _libc.preadv
-        done = function(fd, _address(memoryview(table)), len(views), offset)
-    if done < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return done
-
-
-def _vector_io(write: bool, fd: int, batch: List[memoryview], offset: int) -> int:
-    """One preadv/pwritev of at most IOV_MAX buffers (through libc where os lacks them)."""
-    if _HAVE_PREADV:
-        return (os.pwritev if write else os.preadv)(fd, batch, offset)
-    return _libc_io(write, fd, batch, offset)
+def _total(views: Sequence[memoryview]) -> int:
+    total = 0
+    for view in views:
+        total += len(view)
+    return total
 
 
 def preadv_into(fd: int, buffers: Sequence[memoryview], offset: int) -> int:
@@ -159,10 +146,10 @@ def preadv_into(fd: int, buffers: Sequence[memoryview], offset: int) -> int:
 
     The buffers must be writable flat byte views. Returns the bytes read from the file."""
     total = 0
-    if _HAVE_PREADV and len(buffers) <= IOV_MAX:
+    if len(buffers) <= IOV_MAX:
         # One call fills the whole list unless it crosses the end of the file.
-        total = os.preadv(fd, buffers, offset)
-        if total == sum(map(len, buffers)):
+        total = _vector_io(False, fd, buffers, offset)
+        if total == _total(buffers):
             return total
     pending = _advance([view for view in buffers if len(view)], total)
     while pending:
@@ -178,23 +165,12 @@ def preadv_into(fd: int, buffers: Sequence[memoryview], offset: int) -> int:
 
 def pwritev_all(fd: int, buffers: Sequence[memoryview], offset: int) -> None:
     """Write ``buffers`` (flat byte views) in order at ``offset``, all of them."""
-    if _HAVE_PREADV and len(buffers) <= IOV_MAX:
-        done = os.pwritev(fd, buffers, offset)
-        if done == sum(map(len, buffers)):
-            return
-        pending = _advance(list(buffers), done)
-        offset += done
-    else:
-        pending = [view for view in buffers if len(view)]
-    if not _HAVE_PREADV and (any(view.readonly for view in pending)
-                             or sum(map(len, pending)) < _PYPY_COPY_LIMIT):
-        # ctypes takes the address of writable buffers only (bytes objects in tools); and
-        # a short write is cheaper copied by os.pwrite than handed over through ctypes.
-        for view in pending:
-            pwrite_all(fd, view, offset)
-            offset += len(view)
-        return
     done = 0
+    if len(buffers) <= IOV_MAX:
+        done = _vector_io(True, fd, buffers, offset)
+        if done == _total(buffers):
+            return
+    pending = _advance([view for view in buffers if len(view)], done)
     while pending:
         wrote = _vector_io(True, fd, pending[:IOV_MAX], offset + done)
         if not wrote:  # a regular file never does this; a loop must not spin on it either

@@ -1,4 +1,4 @@
-"""Vectored positional I/O: one call per scatter-gather list, on both the os and ctypes paths."""
+"""Vectored positional I/O: one call per scatter-gather list, on both the os and libc (cffi) paths."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from pyhv.block import fileio
 FILE_SIZE = 10_000
 
 
-@pytest.fixture(params=["os", "ctypes"])
+@pytest.fixture(params=["os", "libc"])
 def path(request, tmp_path, monkeypatch):
-    """A file of FILE_SIZE patterned bytes; ``ctypes`` runs PyPy's libc path on any runtime."""
-    if request.param == "ctypes":
-        monkeypatch.setattr(fileio, "_HAVE_PREADV", False)
+    """A file of FILE_SIZE patterned bytes; ``libc`` runs PyPy's cffi path on any runtime."""
+    if request.param == "libc":
+        monkeypatch.setattr(fileio, "_libc_io", fileio._libc_io or fileio._LibcIo())
     elif not fileio._HAVE_PREADV:
-        pytest.skip("this runtime has no os.preadv (PyPy): the ctypes case covers it")
+        pytest.skip("this runtime has no os.preadv (PyPy): the libc case covers it")
     target = tmp_path / "data"
     target.write_bytes(bytes(i * 7 % 251 for i in range(FILE_SIZE)))
     return str(target)
@@ -62,7 +62,7 @@ def test_preadv_more_buffers_than_iov_max(path):
 
 
 @pytest.mark.parametrize("count, chunk", [
-    (1, 5), (3, 6),  # short: PyPy copies them through os.pwrite
+    (1, 5), (3, 6),
     (1, 70_000), (3, 30_000), (fileio.IOV_MAX + 2, 100),  # pwrite, pwritev, pwritev in two calls
 ])
 def test_pwritev_gathers_in_order(path, count, chunk):
