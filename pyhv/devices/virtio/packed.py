@@ -123,8 +123,13 @@ class PackedQueue(QueueSetup):
         """The whole ring: one bounds check per call, not per descriptor."""
         return self._view(memory, self.desc_table, DESCRIPTOR_SIZE * self.size, "descriptor ring")
 
-    def _device_area(self, memory: GuestMemory) -> memoryview:
-        return self._view(memory, self.used_ring, EVENT_SUPPRESS_SIZE, "device event suppression area")
+    def _set_device_event(self, memory: GuestMemory, offset: int, value: int) -> None:
+        """Store one field of the device's event suppression area (GuestMemory's typed store:
+        the driver reads these fields while they change)."""
+        try:
+            memory.write_u16(self.used_ring + offset, value)
+        except GuestAddressError as err:
+            raise VirtqueueError(f"device event suppression area: {err}") from err
 
     def _head_available(self, ring: memoryview) -> bool:
         flags = _U16.unpack_from(ring, DESCRIPTOR_SIZE * self.avail_index + _FLAGS_OFFSET)[0]
@@ -192,7 +197,7 @@ class PackedQueue(QueueSetup):
         if self.event_idx and not self.draining:
             # A consumer outside a drain (a back-end thread filling receive buffers) wants a
             # kick for the chain after this one.
-            _U16.pack_into(self._device_area(memory), 0, self._avail_event())
+            self._set_device_event(memory, 0, self._avail_event())
         if memory.device_write_watchers:
             for descriptor in descriptors:
                 if descriptor.writable:
@@ -252,20 +257,19 @@ class PackedQueue(QueueSetup):
     def disable_notifications(self, memory: GuestMemory) -> None:
         """While the device drains the ring, the driver need not kick it."""
         self.draining = True
-        _U16.pack_into(self._device_area(memory), EVENT_FLAGS_OFFSET, EVENT_FLAG_DISABLE)
+        self._set_device_event(memory, EVENT_FLAGS_OFFSET, EVENT_FLAG_DISABLE)
 
     def enable_notifications(self, memory: GuestMemory) -> bool:
         """Ask for a kick at the next chain the driver makes available; True when one was
         made available meanwhile (whose kick the driver skipped), so the device must drain again."""
         self.draining = False
-        area = self._device_area(memory)
         if self.event_idx:
             # The position before the flags that make the driver look at it (x86 keeps
             # store order).
-            _U16.pack_into(area, 0, self._avail_event())
-            _U16.pack_into(area, EVENT_FLAGS_OFFSET, EVENT_FLAG_DESC)
+            self._set_device_event(memory, 0, self._avail_event())
+            self._set_device_event(memory, EVENT_FLAGS_OFFSET, EVENT_FLAG_DESC)
         else:
-            _U16.pack_into(area, EVENT_FLAGS_OFFSET, EVENT_FLAG_ENABLE)
+            self._set_device_event(memory, EVENT_FLAGS_OFFSET, EVENT_FLAG_ENABLE)
         # The driver stores a head's flags, then loads ours; we store ours, then load its
         # flags: without a full barrier on both sides each could miss the other.
         memory_fence()
