@@ -12,10 +12,14 @@ and writes) one run measures:
   device  the same requests through pyhv's virtio-blk device, driven host-side like a guest
           driver (mock rings in a GuestMemory, ``depth`` requests in flight, kick, wait for
           the used-buffer interrupt, refill), the queue served by the I/O thread as under
-          KVM (there the kick is an ioeventfd; here the mock writes QueueNotify, whose
-          transport signals the same eventfd). The interrupt wakes the driver through an
-          eventfd, as KVM's irqfd would wake a guest. Like Linux, the driver skips the kick
-          while the device says (avail_event) it is still draining the ring.
+          KVM. The driver runs in a forked process (``--driver process``, the default), as
+          a guest's driver runs on a vCPU outside the VMM's interpreter: guest RAM is
+          shared, a kick is a write to the queue's eventfd (KVM's ioeventfd), the interrupt
+          wakes the driver through an eventfd (KVM's irqfd), and virtio-mmio's INTx
+          acknowledgement is a round trip to a thread of the VMM, as an MMIO exit is.
+          ``--driver thread`` keeps the driver in a thread beside the device, sharing its
+          GIL, and kicking through QueueNotify. Like Linux, the driver skips the kick while
+          the device says (avail_event) it is still draining the ring.
 
 Before the timed runs, every runner (host and device alike) runs untimed until it has done
 ``--warmup-requests`` requests: PyPy's JIT compiles each thread's loops only after thousands
@@ -34,7 +38,7 @@ queue's thread); the device's default is what pyhv runs with.
 
 Usage: python bench/blk.py [--size-mib 256] [--dir /tmp] [--repeat 3] [--formats raw,qcow2]
                            [--inline] [--irq] [--workers N] [--transport mmio|pci]
-                           [--rings split|packed]
+                           [--rings split|packed] [--driver process|thread]
                            [--warmup-requests 10000]
 """
 
@@ -47,6 +51,7 @@ import platform
 import random
 import select
 import shutil
+import socket
 import struct
 import sys
 import tempfile
@@ -183,10 +188,15 @@ class DeviceRig:
     virtio-pci with MSI-X), with ``depth`` prebuilt request chains."""
 
     def __init__(self, path: str, fmt: str, work: Workload, use_iothread: bool,
-                 workers: int = blk.DEFAULT_WORKERS, transport: str = "mmio", packed: bool = False) -> None:
-        self.memory = GuestMemory(GUEST_RAM)
+                 workers: int = blk.DEFAULT_WORKERS, transport: str = "mmio", packed: bool = False,
+                 own_process: bool = False) -> None:
+        # own_process: guest RAM shared with a driver forked later (see DriverProcess), and
+        # the queue's eventfd handed out as an ioeventfd, for that driver to kick it directly.
+        self.memory = GuestMemory(GUEST_RAM, shared=own_process)
         self.device = VirtioBlock(self.memory, open_image(path, fmt), workers=workers, packed=packed)
         self.iothread: Optional[IoThread] = IoThread("bench-iothread") if use_iothread else None
+        self.doorbell_fds: List[int] = []
+        self._doorbell = self._take_doorbell if own_process else None
         if transport == "pci":
             self._attach_pci()
         else:
@@ -214,11 +224,17 @@ class DeviceRig:
         self.kicks = 0
         self.expected_used = 1 if work.write else work.size + 1
 
+    def _take_doorbell(self, address: int, size: int, datamatch: Optional[int], fd: int) -> Callable[[], None]:
+        """Where KVM would register an ioeventfd: keep the queue's eventfd for the driver."""
+        self.doorbell_fds.append(fd)
+        return lambda: None
+
     def _attach_mmio(self) -> None:
         self.irq = _InterruptLine()
         transport = mmio.VirtioMmioTransport(self.device, self.irq)
+        self.transport_write = transport.write
         if self.iothread is not None:
-            transport.use_iothread(self.iothread)
+            transport.use_iothread(self.iothread, self._doorbell, 0)
         self.driver = MockMmioDriver(transport, self.memory)
         # EVENT_IDX, as Linux drives it: used_event is kept at the last entry the driver has
         # seen, so the first completion after it interrupts and the driver refills early.
@@ -235,7 +251,7 @@ class DeviceRig:
                              self.irq)
         function = builder.add_virtio(self.device, "virtio-blk-pci").function
         if self.iothread is not None:
-            function.use_iothread(self.iothread)
+            function.use_iothread(self.iothread, self._doorbell)
         self.driver = MockVirtioPciDriver(pio, mmio_bus, self.memory, builder.slots[0].slot)
         self.driver.program_vector(0, 0xFEE0_0000, 0x30)  # configuration changes
         self.driver.program_vector(1, 0xFEE0_0000, 0x31)  # the request queue
@@ -326,6 +342,75 @@ class DeviceRig:
         self.device.close()
         self.irq.close()
         self.memory.close()
+
+
+class DriverProcess:
+    """The rig's driver loop in a forked process, as a guest's driver runs on a vCPU outside
+    the VMM's interpreter (under KVM the vCPU thread leaves the GIL in KVM_RUN). Only what
+    KVM itself would carry crosses over: a kick is a write to the queue's eventfd (an
+    ioeventfd), an interrupt the eventfd the driver polls (an irqfd), and the RAM is shared.
+    virtio-mmio's INTx acknowledgement is an MMIO write that KVM hands to the VMM: here a
+    round trip to a thread of this process, which stands for the vCPU thread, runs it.
+
+    The process stays for all runs of one workload, so its JIT warms up as the device's."""
+
+    def __init__(self, rig: DeviceRig, offsets: List[int]) -> None:
+        if len(rig.doorbell_fds) != 1:
+            raise RuntimeError("the driver process needs the rig's queue on an I/O thread")
+        kick_fd = rig.doorbell_fds[0]
+        rig.kick = functools.partial(os.write, kick_fd, _EVENTFD_ONE)
+        exits, self._exits = socket.socketpair()
+        self._exit_thread: Optional[threading.Thread] = None
+        if hasattr(rig, "transport_write"):
+            write = rig.transport_write
+            rig.ack = functools.partial(_mmio_exit, exits)
+            self._exit_thread = threading.Thread(target=_serve_mmio_exits, args=(self._exits, write),
+                                                 name="bench-vcpu", daemon=True)
+            self._exit_thread.start()
+        self._commands, child_commands = socket.socketpair()
+        self.rig = rig
+        self.pid = os.fork()
+        if self.pid == 0:
+            code = 1
+            try:
+                self._commands.close()
+                while child_commands.recv(1) == b"r":
+                    child_commands.sendall(struct.pack("d", rig.run(offsets)))
+                code = 0
+            finally:
+                os._exit(code)
+        child_commands.close()
+        exits.close()
+
+    def run(self) -> float:
+        self._commands.sendall(b"r")
+        reply = self._commands.recv(8)
+        if len(reply) != 8:
+            raise RuntimeError("the driver process ended without a result (see its traceback above)")
+        return struct.unpack("d", reply)[0]
+
+    def close(self) -> None:
+        self._commands.close()  # the child's recv returns b"": it leaves
+        os.waitpid(self.pid, 0)
+        if self._exit_thread is not None:
+            self._exit_thread.join()  # its peer went with the child
+        self._exits.close()
+        self.rig.close()
+
+
+_EVENTFD_ONE = struct.pack("<Q", 1)
+
+
+def _mmio_exit(channel: socket.socket) -> None:
+    """The driver's side of an INTERRUPT_ACK write: trap to the VMM and wait until it is done."""
+    channel.sendall(b"a")
+    channel.recv(1)
+
+
+def _serve_mmio_exits(channel: socket.socket, transport_write: Callable[[int, int, int], None]) -> None:
+    while channel.recv(1) == b"a":
+        transport_write(mmio.INTERRUPT_ACK, 4, spec.INT_USED_BUFFER)
+        channel.sendall(b"d")
 
 
 def device_run(path: str, fmt: str, work: Workload, offsets: List[int], use_iothread: bool,
@@ -437,6 +522,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="virtio-mmio with INTx (default) or virtio-pci with MSI-X, as -M pc gives")
     parser.add_argument("--rings", choices=("split", "packed"), default="split",
                         help="the virtqueue layout: split (default) or packed (-device ...,packed=on)")
+    parser.add_argument("--driver", choices=("process", "thread"), default="process",
+                        help="the mock guest driver in a forked process (default: as a vCPU, outside "
+                             "the VMM's interpreter) or in a thread beside the device (sharing its GIL)")
     args = parser.parse_args(argv)
     formats = [f for f in args.formats.split(",") if f]
     size = args.size_mib * MiB
@@ -453,7 +541,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"{'format':<6} {'workload':<17} {'depth':>5} {host_columns} "
               + " ".join(f"{name:>16} {'ratio':>6}" + (f" {'vs x' + str(threads):>6}" if threads > 1 else "")
                          for name, _ in modes)
-              + f"   (virtio-{args.transport}, {args.rings} rings, device workers: {args.workers})")
+              + f"   (virtio-{args.transport}, {args.rings} rings, device workers: {args.workers}, "
+                f"driver in a {args.driver})")
         for fmt, path in images.items():
             for work in workloads(size, args.small_count):
                 offsets = work.offsets(size)
@@ -468,9 +557,15 @@ def main(argv: Optional[List[str]] = None) -> int:
                 hosts = [lambda: host_run(host_path, work, offsets)]
                 if threads > 1:
                     hosts.append(lambda: host_run(host_path, work, offsets, threads))
-                runners = hosts + [lambda use=use: device_run(path, fmt, work, offsets, use, args.workers,
-                                                              args.transport, args.rings == "packed")
-                                   for _n, use in modes]
+                driver: Optional[DriverProcess] = None
+                if args.driver == "process":
+                    driver = DriverProcess(DeviceRig(path, fmt, work, True, args.workers, args.transport,
+                                                     args.rings == "packed", own_process=True), offsets)
+                runners = hosts + [
+                    driver.run if use and driver is not None
+                    else lambda use=use: device_run(path, fmt, work, offsets, use, args.workers,
+                                                    args.transport, args.rings == "packed")
+                    for _n, use in modes]
                 for runner in runners:
                     for _ in range(-(-args.warmup_requests // work.count)):
                         runner()
@@ -478,6 +573,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 for _ in range(args.repeat):
                     for runner, seen in zip(runners, times):
                         seen.append(runner())
+                if driver is not None:
+                    driver.close()
                 host_times = [min(t) for t in times[:len(hosts)]]
                 cells = [f"{rate(work, min(t)):>16} " + " ".join(f"{h / min(t):6.0%}" for h in host_times)
                          for t in times[len(hosts):]]
