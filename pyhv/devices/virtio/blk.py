@@ -210,7 +210,7 @@ class VirtioBlock(VirtioDevice):
         pool = self._pool
         run: List[BlockRequest] = []  # requests for the backend in one call, see _adjacent
         unpublished = 0
-        batch = publish_batch(queue.pending(self.memory))
+        batch = publish_batch(queue.pending(self.memory, 2 * PUBLISH_BATCH))
         self._pool_batch = batch
         for chain in queue.iter_available(self.memory):
             request = self._parse(chain)

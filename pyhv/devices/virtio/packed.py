@@ -136,13 +136,16 @@ class PackedQueue(QueueSetup):
         return flags & _WRAP_BITS == avail_flags(self.avail_wrap)
 
     # --- the available side -------------------------------------------------------------
-    def pending(self, memory: GuestMemory) -> int:
+    def pending(self, memory: GuestMemory, limit: Optional[int] = None) -> int:
         """How many whole chains the driver has made available that the device has not taken,
-        counted by the flags of each slot (a ring's worth at most)."""
+        counted by the flags of each slot (a ring's worth at most), or ``limit`` if there
+        are at least that many: the count walks the ring, and callers rarely need it all."""
         ring = self._ring(memory)
         size, index, wrap = self.size, self.avail_index, self.avail_wrap
         chains = 0
         for _ in range(size):
+            if chains == limit:
+                break
             flags = _U16.unpack_from(ring, DESCRIPTOR_SIZE * index + _FLAGS_OFFSET)[0]
             if flags & _WRAP_BITS != avail_flags(wrap):
                 break

@@ -181,6 +181,13 @@ def test_pending_counts_whole_chains(memory):
     assert queue.pending(memory) == 2
 
 
+def test_pending_stops_counting_at_the_limit(memory):
+    driver, queue = make_queue(memory)
+    for _ in range(5):
+        submit(driver, [Buffer(0x8000, 8, True)])
+    assert [queue.pending(memory, limit) for limit in (1, 3, 5, 8, None)] == [1, 3, 5, 5, 5]
+
+
 def test_unpop_leaves_the_chain_for_the_next_pop(memory):
     driver, queue = make_queue(memory, size=4)
     for _ in range(3):  # move the ring so that the chain crosses its end
