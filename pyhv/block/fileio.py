@@ -134,13 +134,6 @@ def _advance(views: List[memoryview], count: int) -> List[memoryview]:
     return rest
 
 
-def _total(views: Sequence[memoryview]) -> int:
-    total = 0
-    for view in views:
-        total += len(view)
-    return total
-
-
 def preadv_into(fd: int, buffers: Sequence[memoryview], offset: int) -> int:
     """Fill ``buffers`` in order from ``offset``; bytes past end of file read as zero.
 
@@ -149,7 +142,7 @@ def preadv_into(fd: int, buffers: Sequence[memoryview], offset: int) -> int:
     if len(buffers) <= IOV_MAX:
         # One call fills the whole list unless it crosses the end of the file.
         total = _vector_io(False, fd, buffers, offset)
-        if total == _total(buffers):
+        if total == sum(map(len, buffers)):
             return total
     pending = _advance([view for view in buffers if len(view)], total)
     while pending:
@@ -168,7 +161,7 @@ def pwritev_all(fd: int, buffers: Sequence[memoryview], offset: int) -> None:
     done = 0
     if len(buffers) <= IOV_MAX:
         done = _vector_io(True, fd, buffers, offset)
-        if done == _total(buffers):
+        if done == sum(map(len, buffers)):
             return
     pending = _advance([view for view in buffers if len(view)], done)
     while pending:
