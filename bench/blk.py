@@ -191,16 +191,20 @@ class DeviceRig:
                  workers: int = blk.DEFAULT_WORKERS, transport: str = "mmio", packed: bool = False,
                  own_process: bool = False) -> None:
         # own_process: guest RAM shared with a driver forked later (see DriverProcess), and
-        # the queue's eventfd handed out as an ioeventfd, for that driver to kick it directly.
+        # kicks written to the queue's eventfd, handed out where KVM takes an ioeventfd.
         self.memory = GuestMemory(GUEST_RAM, shared=own_process)
         self.device = VirtioBlock(self.memory, open_image(path, fmt), workers=workers, packed=packed)
         self.iothread: Optional[IoThread] = IoThread("bench-iothread") if use_iothread else None
-        self.doorbell_fds: List[int] = []
+        if own_process and self.iothread is None:
+            raise ValueError("a driver in its own process kicks the I/O thread's eventfd: use_iothread")
+        self._doorbell_fds: List[int] = []
         self._doorbell = self._take_doorbell if own_process else None
         if transport == "pci":
             self._attach_pci()
         else:
             self._attach_mmio()
+        if own_process:
+            self.kick = functools.partial(os.write, self._doorbell_fds[0], _EVENTFD_ONE)
         if self.iothread is not None:
             self.iothread.start()
         self.queue = self.driver.queues[0]
@@ -226,13 +230,12 @@ class DeviceRig:
 
     def _take_doorbell(self, address: int, size: int, datamatch: Optional[int], fd: int) -> Callable[[], None]:
         """Where KVM would register an ioeventfd: keep the queue's eventfd for the driver."""
-        self.doorbell_fds.append(fd)
+        self._doorbell_fds.append(fd)
         return lambda: None
 
     def _attach_mmio(self) -> None:
         self.irq = _InterruptLine()
         transport = mmio.VirtioMmioTransport(self.device, self.irq)
-        self.transport_write = transport.write
         if self.iothread is not None:
             transport.use_iothread(self.iothread, self._doorbell, 0)
         self.driver = MockMmioDriver(transport, self.memory)
@@ -240,8 +243,9 @@ class DeviceRig:
         # seen, so the first completion after it interrupts and the driver refills early.
         self.event_idx = bool(self.driver.start(1, queue_size=QUEUE_SIZE) >> spec.F_EVENT_IDX & 1)
         self.kick = functools.partial(transport.write, mmio.QUEUE_NOTIFY, 4, 0)
-        # Linux's vm_interrupt acknowledges every INTx interrupt.
+        # Linux's vm_interrupt acknowledges every INTx interrupt: an MMIO exit to the VMM.
         self.ack = functools.partial(transport.write, mmio.INTERRUPT_ACK, 4, spec.INT_USED_BUFFER)
+        self.ack_exits = True
         self._detach = transport.leave_iothread
 
     def _attach_pci(self) -> None:
@@ -263,6 +267,7 @@ class DeviceRig:
                   + self.driver.common_read(vpci.QUEUE_NOTIFY_OFF, 2) * self.driver.notify_multiplier)
         self.kick = functools.partial(mmio_bus.write, notify, 2, 0)
         self.ack = lambda: None  # MSI-X is an edge: nothing to acknowledge
+        self.ack_exits = False
         self._detach = function.leave_iothread
 
     def _queue_request(self, head: int, offset: int) -> None:
@@ -355,18 +360,14 @@ class DriverProcess:
     The process stays for all runs of one workload, so its JIT warms up as the device's."""
 
     def __init__(self, rig: DeviceRig, offsets: List[int]) -> None:
-        if len(rig.doorbell_fds) != 1:
-            raise RuntimeError("the driver process needs the rig's queue on an I/O thread")
-        kick_fd = rig.doorbell_fds[0]
-        rig.kick = functools.partial(os.write, kick_fd, _EVENTFD_ONE)
+        """``rig`` built with ``own_process``; ``offsets`` are the requests of every run."""
         exits, self._exits = socket.socketpair()
         self._exit_thread: Optional[threading.Thread] = None
-        if hasattr(rig, "transport_write"):
-            write = rig.transport_write
-            rig.ack = functools.partial(_mmio_exit, exits)
-            self._exit_thread = threading.Thread(target=_serve_mmio_exits, args=(self._exits, write),
+        if rig.ack_exits:
+            self._exit_thread = threading.Thread(target=_serve_exits, args=(self._exits, rig.ack),
                                                  name="bench-vcpu", daemon=True)
             self._exit_thread.start()
+            rig.ack = functools.partial(_exit_to_vmm, exits)  # what the forked driver calls
         self._commands, child_commands = socket.socketpair()
         self.rig = rig
         self.pid = os.fork()
@@ -401,15 +402,15 @@ class DriverProcess:
 _EVENTFD_ONE = struct.pack("<Q", 1)
 
 
-def _mmio_exit(channel: socket.socket) -> None:
+def _exit_to_vmm(channel: socket.socket) -> None:
     """The driver's side of an INTERRUPT_ACK write: trap to the VMM and wait until it is done."""
     channel.sendall(b"a")
     channel.recv(1)
 
 
-def _serve_mmio_exits(channel: socket.socket, transport_write: Callable[[int, int, int], None]) -> None:
+def _serve_exits(channel: socket.socket, ack: Callable[[], None]) -> None:
     while channel.recv(1) == b"a":
-        transport_write(mmio.INTERRUPT_ACK, 4, spec.INT_USED_BUFFER)
+        ack()
         channel.sendall(b"d")
 
 
