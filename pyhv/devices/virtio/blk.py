@@ -39,7 +39,7 @@ from . import spec
 from .device import VirtioDevice
 from .iothread import WorkerPool
 from .iovec import descriptor_views, gather, scatter, split_at, total_length
-from .queue import DescriptorChain, VirtqueueError
+from .queue import DescriptorChain, VirtqueueError, namedtuple_maker
 
 log = logging.getLogger("pyhv.virtio.blk")
 
@@ -132,6 +132,9 @@ class BlockRequest(NamedTuple):
     out_data: List[memoryview]  # to the device
     in_data: List[memoryview]  # from the device
     status: memoryview
+
+
+new_request = namedtuple_maker(BlockRequest)
 
 
 def _data_length(request: BlockRequest) -> int:
@@ -360,7 +363,7 @@ class VirtioBlock(VirtioDevice):
             for d in descriptors[1:-1]:
                 if d.length:
                     (in_data if d.writable else out_data).append(memory.view(d.gpa, d.length))
-            return BlockRequest(chain.head, request_type, sector, out_data, in_data, memory.view(last.gpa, 1))
+            return new_request((chain.head, request_type, sector, out_data, in_data, memory.view(last.gpa, 1)))
         header_views, out_data = split_at(descriptor_views(self.memory, chain.readable), _HEADER.size)
         writable = descriptor_views(self.memory, chain.writable)
         if total_length(header_views) < _HEADER.size:
@@ -370,7 +373,7 @@ class VirtioBlock(VirtioDevice):
             raise VirtqueueError(f"request {chain.head}: no writable byte for the status")
         in_data, status_views = split_at(writable, in_length)
         request_type, _ioprio, sector = _HEADER.unpack(gather(header_views))
-        return BlockRequest(chain.head, request_type, sector, out_data, in_data, status_views[0])
+        return new_request((chain.head, request_type, sector, out_data, in_data, status_views[0]))
 
     def _data_range(self, sector: int, length: int) -> bool:
         return length % SECTOR_SIZE == 0 and 0 <= sector and sector + length // SECTOR_SIZE <= self.capacity

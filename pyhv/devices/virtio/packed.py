@@ -30,7 +30,7 @@ from ...errors import GuestAddressError
 from ...memory import GuestMemory
 from .queue import (DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, DESCRIPTOR_SIZE, MASK64, MAX_QUEUE_SIZE,
                     Descriptor, DescriptorChain, QueueSetup, VirtqueueError, check_areas, indirect_table,
-                    memory_fence)
+                    memory_fence, new_chain, new_descriptor)
 
 DESC_F_AVAIL = 1 << 7
 DESC_F_USED = 1 << 15
@@ -179,7 +179,7 @@ class PackedQueue(QueueSetup):
             if addr < 0 or (addr + length > low_end and not memory.contains(addr, length)):
                 raise VirtqueueError(
                     f"ring slot {index}: buffer {addr & MASK64:#x}+{length:#x} is outside guest RAM")
-            descriptors.append(Descriptor(addr, length, flags & DESC_F_WRITE != 0))
+            descriptors.append(new_descriptor((addr, length, flags & DESC_F_WRITE != 0)))
             if not flags & DESC_F_NEXT:
                 break
             if slots == size:
@@ -205,7 +205,7 @@ class PackedQueue(QueueSetup):
             for descriptor in descriptors:
                 if descriptor.writable:
                     memory.note_device_write(descriptor.gpa, descriptor.length)
-        return DescriptorChain(buffer_id, descriptors, slots)
+        return new_chain((buffer_id, descriptors, slots))
 
     def _indirect(self, memory: GuestMemory, addr: int, length: int, index: int) -> List[Descriptor]:
         """The buffers of an indirect table: every entry, in order (a packed table is not
@@ -222,7 +222,7 @@ class PackedQueue(QueueSetup):
             if not memory.contains(buf_addr, buf_length):
                 raise VirtqueueError(
                     f"indirect entry {entry}: buffer {buf_addr & MASK64:#x}+{buf_length:#x} is outside guest RAM")
-            descriptors.append(Descriptor(buf_addr, buf_length, flags & DESC_F_WRITE != 0))
+            descriptors.append(new_descriptor((buf_addr, buf_length, flags & DESC_F_WRITE != 0)))
         return descriptors
 
     def _advance_avail(self, slots: int) -> None:

@@ -6,7 +6,7 @@ import pytest
 
 from pyhv.devices.virtio.mock_driver import Buffer, MockSplitQueue, connect
 from pyhv.devices.virtio.queue import (DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, Descriptor, SplitQueue,
-                                       VirtqueueError)
+                                       VirtqueueError, namedtuple_maker)
 from pyhv.memory import GuestMemory, MiB
 
 RAM = 2 * MiB
@@ -221,3 +221,10 @@ def test_an_indirect_chain_takes_one_table_entry(memory):
     driver, queue = make_queue(memory)
     driver.publish(driver.add_indirect_chain([Buffer(0x8000, 8, True)] * 3, 0x20000))
     assert queue.pop(memory).slots == 1
+
+
+def test_namedtuple_maker_builds_the_same_tuple_as_the_class():
+    built = namedtuple_maker(Descriptor)((0x1000, 512, True))
+    assert type(built) is Descriptor
+    assert built == Descriptor(0x1000, 512, True)
+    assert (built.gpa, built.length, built.writable) == (0x1000, 512, True)
