@@ -58,9 +58,20 @@ def create_accelerator(names, platform: Platform, notice: Callable[[str], None],
             failures.append(f"{name}: {err}")
             continue
         if failures:
-            notice(f"pyhv: {'; '.join(failures)}; using {name}")
+            slow = _slow_linux_notice() if name == "tcg" and boots_linux else ""
+            notice(f"pyhv: {'; '.join(failures)}; using {name}{slow}")
         return accel
     raise AccelError("no usable accelerator (" + "; ".join(failures) + ")")
+
+
+def _slow_linux_notice() -> str:
+    """Said when -accel kvm:tcg settles on the software CPU for Linux: the default guest's
+    console stays quiet until /init, so without it a first boot looks hung (bench/boot.py:
+    20 to 25 times QEMU's TCG on PyPy, 60 to 70 times on CPython)."""
+    if sys.implementation.name == "pypy":
+        return " (Linux boots there in about a minute)"
+    return (" (Linux boots there in a few minutes on CPython; on PyPy, as .venv-pypy/bin/pyhv "
+            "runs it, in a third of that)")
 
 
 def _kvm(platform: Platform) -> Accelerator:

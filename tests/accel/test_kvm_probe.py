@@ -79,7 +79,15 @@ def test_kvm_tcg_falls_back_to_tcg_for_linux_when_kvm_cannot_run_it(monkeypatch)
     notices = []
     accel = create_accelerator(("kvm", "tcg"), _platform(), notices.append, boots_linux=True)
     assert type(accel).__name__ == "TcgAccelerator"
-    assert notices == ["pyhv: kvm: no int3 here; using tcg"]
+    assert len(notices) == 1 and notices[0].startswith("pyhv: kvm: no int3 here; using tcg (Linux boots there in ")
+
+
+def test_the_fallback_to_tcg_says_nothing_of_linux_for_other_guests(monkeypatch):
+    monkeypatch.setenv("PYHV_KVM_DEVICE", "/nonexistent/kvm")
+    notices = []
+    accel = create_accelerator(("kvm", "tcg"), _platform(), notices.append, boots_linux=False)
+    assert type(accel).__name__ == "TcgAccelerator"
+    assert len(notices) == 1 and notices[0].endswith("; using tcg"), notices
 
 
 @needs_kvm
