@@ -22,6 +22,7 @@ from .config import DeviceSpec, MachineConfig, parse_int
 from .errors import AccelError, ConfigError
 from .lifecycle import Lifecycle, StopRequest
 from .memory import GuestMemory
+from .runtime_env import ON_PYPY
 
 # (I/O base, ISA IRQ) of COM1..COM4, as on every PC.
 SERIAL_PORTS = [(0x3F8, 4), (0x2F8, 3), (0x3E8, 4), (0x2E8, 3)]
@@ -68,7 +69,7 @@ def _slow_linux_notice() -> str:
     """Said when -accel kvm:tcg settles on the software CPU for Linux: the default guest's
     console stays quiet until /init, so without it a first boot looks hung (bench/boot.py:
     20 to 25 times QEMU's TCG on PyPy, 60 to 70 times on CPython)."""
-    if sys.implementation.name == "pypy":
+    if ON_PYPY:
         return " (Linux boots there in about a minute)"
     return (" (Linux boots there in a few minutes on CPython; on PyPy, as .venv-pypy/bin/pyhv "
             "runs it, in a third of that)")

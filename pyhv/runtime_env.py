@@ -25,6 +25,10 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional
 
+#: This process runs on PyPy (its JIT, GC and integer model differ from CPython's): the one
+#: test of the runtime that code paths tuned for one or the other ask.
+ON_PYPY = platform.python_implementation() == "PyPy"
+
 PYPY_GC_SETTINGS: Dict[str, str] = {"PYPY_GC_NURSERY": "64MB", "PYPY_GC_MAJOR_COLLECT": "3"}
 
 

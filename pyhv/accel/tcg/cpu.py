@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import collections
 import os
-import sys
 from typing import Callable, Deque, Dict, List, NamedTuple, Optional, Tuple
 
 from ...bus import Bus
@@ -21,6 +20,7 @@ from ...cpu_state import CpuBootState
 from ...errors import ConfigError
 from ...lifecycle import Lifecycle
 from ...memory import GuestMemory
+from ...runtime_env import ON_PYPY
 from . import insns  # noqa: F401  (fills the decoder's table)
 from .bulk import BULK_HANDLERS
 from .decoder import END, Insn, decode
@@ -65,7 +65,7 @@ CODE_WRITE_MISSES = 64
 # so the whole test suite can run through the translator or the interpreter alone.
 def _translate_after_setting() -> Optional[int]:
     value = os.environ.get("PYHV_TCG_TRANSLATE_AFTER",
-                           "6400" if sys.implementation.name == "pypy" else "32")
+                           "6400" if ON_PYPY else "32")
     if value == "off":
         return None
     if not value.isdigit():

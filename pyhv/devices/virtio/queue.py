@@ -14,13 +14,13 @@ of keeping it, so a queue is plain state and tests can point it at any memory.
 from __future__ import annotations
 
 import functools
-import platform
 import struct
 import threading
 from typing import Callable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Type, TypeVar
 
 from ...errors import GuestAddressError
 from ...memory import GuestMemory
+from ...runtime_env import ON_PYPY
 
 DESC_F_NEXT = 0x1
 DESC_F_WRITE = 0x2
@@ -37,7 +37,6 @@ MAX_QUEUE_SIZE = 32768  # the largest split queue the spec allows (2.7)
 _DESCRIPTOR = struct.Struct("<qIHH")
 MASK64 = 0xFFFF_FFFF_FFFF_FFFF  # the address as the driver wrote it, in messages
 T = TypeVar("T")
-_PYPY = platform.python_implementation() == "PyPy"
 
 
 _FENCE = threading.Lock()
@@ -70,7 +69,7 @@ def namedtuple_maker(cls: Type[T]) -> Callable[[tuple], T]:
     ``__new__``, a Python function whose call costs about a thousand machine instructions;
     the queues build one for each buffer and each request (callgrind, virtio-blk 4 KiB
     reads: 5% of the device's and driver's work together). PyPy's JIT inlines either."""
-    if _PYPY:
+    if ON_PYPY:
         return cls._make  # type: ignore[attr-defined]
     return functools.partial(tuple.__new__, cls)
 
