@@ -97,8 +97,9 @@ _ACCELERATORS: Dict[str, Callable[[Platform], Accelerator]] = {"kvm": _kvm, "tcg
 
 def tcg_hints_path(kernel: Optional[Path]) -> Optional[Path]:
     """Where the software CPU keeps its hot-block hints for guests booted from ``kernel``
-    (pyhv.accel.tcg.hints): one file per kernel path in the cache directory. PYHV_TCG_HINTS
-    names another directory, or is "off" for none (every boot then warms up from scratch)."""
+    (pyhv.accel.tcg.hints), and beside them its translated code (pyhv.accel.tcg.codecache):
+    one file per kernel path in the cache directory. PYHV_TCG_HINTS names another directory,
+    or is "off" for none (every boot then warms up and compiles from scratch)."""
     setting = os.environ.get("PYHV_TCG_HINTS", "")
     if not kernel or setting == "off":
         return None

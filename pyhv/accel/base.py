@@ -35,7 +35,8 @@ class Platform:
     icount_shift: Optional[int] = 0
     icount_sleep: bool = True
     # Where the software CPU keeps the hot-block hints of this guest between boots
-    # (pyhv.accel.tcg.hints); None: it keeps none.
+    # (pyhv.accel.tcg.hints), and beside them its translated code (.codecache); None: it
+    # keeps neither.
     tcg_hints: Optional[Path] = None
 
 

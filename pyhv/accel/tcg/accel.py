@@ -25,6 +25,7 @@ from ...errors import AccelError
 from ...irq import IrqLine
 from ...lifecycle import Reset, StopRequest
 from ..base import PauseGate, Platform
+from .codecache import CodeCache, code_cache_path
 from .cpu import Cpu, StopReason
 from .hints import WARM_RUNS, BlockHints
 
@@ -83,6 +84,8 @@ class TcgAccelerator:
         if platform.tcg_hints is not None and (cpu.translate_after or 0) > WARM_RUNS:
             # (CPython translates a block after 32 runs: a head start has nothing to win there.)
             cpu.hints = BlockHints(platform.tcg_hints)
+        if platform.tcg_hints is not None:
+            cpu.translator.code_cache = CodeCache(code_cache_path(platform.tcg_hints))
         self._wakeup = threading.Event()
         self.chip.source.on_raise = self._interrupt_raised
         self.instructions = 0
@@ -194,3 +197,5 @@ class TcgAccelerator:
         if self.cpu.hints is not None:
             self.cpu.note_warm_blocks()
             self.cpu.hints.save()
+        if self.cpu.translator.code_cache is not None:
+            self.cpu.translator.code_cache.save()

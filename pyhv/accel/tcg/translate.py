@@ -38,6 +38,7 @@ import time
 import types
 from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
+from .codecache import CodeCache
 from .decoder import END, Insn
 from .faults import GuestFault
 from .flags import (CC_ADC, CC_ADD, CC_DEC, CC_EAGER, CC_INC, CC_LOGIC, CC_SBB, CC_SUB, PARITY,
@@ -766,6 +767,8 @@ class Translator:
         # When a list, every block translated from now on counts its runs: the translator
         # appends a BlockProfile per block (bench/tcg_kernel.py reads them).
         self.profiles: Optional[List[BlockProfile]] = None
+        # Code an earlier boot of this guest compiled (see .codecache); None: compile each block.
+        self.code_cache: Optional[CodeCache] = None
 
     def translate(self, insns: List[Insn], bits: int) -> BlockFunction:
         """Translate one block."""
@@ -822,7 +825,11 @@ class Translator:
         mmu = self.mmu
         namespace.update(mmu=mmu, low=mmu.low, R=mmu.r, W=mmu.w)
         namespace.update(gen.consts)
-        code = compile(source, f"<tcg block {insns[0].addr:#x}>", "exec")
+        filename = f"<tcg block {insns[0].addr:#x}>"
+        if self.code_cache is not None:
+            code = self.code_cache.compile(source, filename)
+        else:
+            code = compile(source, filename, "exec")
         exec(code, namespace)
         self.translated += 1
         self.seconds += time.perf_counter() - started
