@@ -11,8 +11,9 @@ the VMM process to the complete marker line on its serial console, start-up incl
   wrapper that prints the software CPU's instructions retired when the VM ends, also when it
   is stopped at the timeout (SIGTERM ends `pyhv run` cleanly). These boots are cold
   (`PYHV_TCG_HINTS=off`); then, unless `--no-warm`, one boot writes the software CPU's
-  hot-block hints (pyhv/accel/tcg/hints.py) into a scratch directory and the next boots start
-  from them, as a second boot of the same kernel does by default;
+  hot-block hints (pyhv/accel/tcg/hints.py, PyPy) and its translated code
+  (pyhv/accel/tcg/codecache.py) into a scratch directory and the next boots start from them,
+  as a second boot of the same kernel does by default;
 - `qemu-system-x86_64 -accel tcg -M pc` and `-M microvm` (best of the rounds);
 - once more `-M pc` with `-icount shift=0`, where virtual time counts instructions, running
   `cat /proc/uptime` before the marker: uptime less idle time is the number of guest
@@ -213,8 +214,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     add_vmm_arguments(parser)
     parser.add_argument("--no-icount", action="store_true", help="skip the QEMU -icount instruction count")
     parser.add_argument("--no-warm", action="store_true",
-                        help="skip the pyhv boots with hot-block hints (one boot writes them, then "
-                             "--pyhv-rounds boots read them); plain pyhv boots are cold")
+                        help="skip the pyhv boots with hot-block hints and translated code (one "
+                             "boot writes them, then --pyhv-rounds boots read them); plain pyhv "
+                             "boots are cold")
     parser.add_argument("--extra-append", default="", metavar="ARGS",
                         help="kernel arguments added to the default command line (e.g. loglevel=7)")
     args = parser.parse_args(argv)
@@ -256,9 +258,9 @@ def main(argv: Sequence[str]) -> int:
             try:
                 cold = pyhv_vmm(python, files)
                 plan.append((cold, args.pyhv_rounds, args.pyhv_timeout, GUEST_COMMAND, files))
-                # CPython translates a block after 32 runs and keeps no hints.
-                if not args.no_warm and "PyPy" in cold.label:
-                    # A boot that writes the hot-block hints, then boots that start from them.
+                if not args.no_warm:
+                    # A boot that writes the hot-block hints (PyPy) and the translated code
+                    # (both), then boots that start from them.
                     hints = str(hints_root / str(number))
                     plan.append((pyhv_vmm(python, files, hints, ", writing hints"), 1,
                                  args.pyhv_timeout, GUEST_COMMAND, files))

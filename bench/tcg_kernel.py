@@ -201,6 +201,10 @@ def main() -> None:
           f"blocks decoded: {len(cpu.blocks):,}; translate after {after} runs")
     if cpu.hints is not None:
         print(f"hot-block hints: {len(cpu.hints.noted):,} noted, {cpu.hints.loaded:,} read from {cpu.hints.path}")
+    code_cache = cpu.translator.code_cache
+    if code_cache is not None:
+        print(f"translated code: {code_cache.hits:,} blocks loaded from {code_cache.path}, "
+              f"{code_cache.compiled:,} compiled")
     if profiles:
         report(profiles, retired, args.hot)
     if guest_profiler is not None:
