@@ -25,12 +25,10 @@ inflate costs more than copying 1.4 MB more), so the initramfs is stored uncompr
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 from typing import NamedTuple, Optional
 
-from pyhv.cache import default_cache_dir
+from pyhv.cache import default_cache_dir, replace_cache_file
 from pyhv.guestimage.debian import GUEST_MODULES, KernelFiles, fetch_busybox, fetch_kernel
 from pyhv.guestimage.exit_tool import build_exit_tool
 from pyhv.guestimage.init_script import INIT_SCRIPT, POWER_BUTTON_HANDLER
@@ -77,15 +75,5 @@ def build_default_guest(cache_dir: Optional[Path] = None) -> DefaultGuest:
     initrd = entry / INITRD_NAME
     if not initrd.is_file():
         image = build_initramfs(busybox, kernel.modules, kernel.release, GUEST_MODULES)
-        entry.mkdir(parents=True, exist_ok=True)
-        handle, scratch = tempfile.mkstemp(prefix=".initrd-", dir=str(entry))
-        try:
-            with os.fdopen(handle, "wb") as stream:
-                stream.write(image)
-            os.chmod(scratch, 0o644)
-            os.replace(scratch, str(initrd))
-        except BaseException:
-            if os.path.exists(scratch):
-                os.unlink(scratch)
-            raise
+        replace_cache_file(initrd, image)
     return DefaultGuest(kernel.vmlinuz, initrd, DEFAULT_CMDLINE, kernel.release)

@@ -24,11 +24,12 @@ import marshal
 import os
 import re
 import sys
-import tempfile
 import zlib
 from pathlib import Path
 from types import CodeType
 from typing import Dict
+
+from ...cache import prune_oldest, replace_cache_file
 
 log = logging.getLogger("pyhv.accel.tcg.codecache")
 
@@ -108,21 +109,12 @@ class CodeCache:
                     break
                 merged[key] = blob
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, scratch = tempfile.mkstemp(prefix=".code-", dir=str(self.path.parent))
-            try:
-                with os.fdopen(fd, "wb") as stream:
-                    stream.write(_header())
-                    stream.write(zlib.compress(marshal.dumps(merged), 1))
-                os.replace(scratch, str(self.path))
-            except BaseException:
-                os.unlink(scratch)
-                raise
-            _prune(self.path.parent)
+            replace_cache_file(self.path, _header() + zlib.compress(marshal.dumps(merged), 1))
         except OSError as err:
             log.warning("cannot save the software CPU's translated code to %s (%s); the next "
                         "boot compiles it again", self.path, err)
             return
+        prune_oldest(self.path.parent, "*.code", CODE_FILE_NAME, MAX_FILES)
         self.previous, self._unsaved = merged, 0
 
 
@@ -158,14 +150,3 @@ def _load(path: Path) -> Dict[bytes, bytes]:
         return {}
     return entries
 
-
-def _prune(directory: Path) -> None:
-    """Remove the least recently written code files beyond MAX_FILES (only files named as
-    code_cache_path names them)."""
-    try:
-        files = sorted((path for path in directory.glob("*.code") if CODE_FILE_NAME.fullmatch(path.name)),
-                       key=lambda path: path.stat().st_mtime, reverse=True)
-        for stale in files[MAX_FILES:]:
-            stale.unlink()
-    except OSError:
-        pass  # another pyhv pruning the same directory: what is left is its business

@@ -25,10 +25,11 @@ import json
 import logging
 import os
 import re
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Dict, Iterable, Optional
+
+from ...cache import prune_oldest, replace_cache_file
 
 log = logging.getLogger("pyhv.accel.tcg.hints")
 
@@ -90,20 +91,13 @@ class BlockHints:
         if merged == self.previous:
             return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, scratch = tempfile.mkstemp(prefix=".hints-", dir=str(self.path.parent))
-            try:
-                with os.fdopen(fd, "w") as stream:
-                    json.dump({"version": FORMAT_VERSION, "blocks": merged}, stream, separators=(",", ":"))
-                os.replace(scratch, str(self.path))
-            except BaseException:
-                os.unlink(scratch)
-                raise
-            _prune(self.path.parent)
+            document = json.dumps({"version": FORMAT_VERSION, "blocks": merged}, separators=(",", ":"))
+            replace_cache_file(self.path, document.encode())
         except OSError as err:
             log.warning("cannot save the software CPU's block hints to %s (%s); the next boot "
                         "warms up without them", self.path, err)
             return
+        prune_oldest(self.path.parent, "*.json", HINTS_FILE_NAME, MAX_FILES)
         self.previous = merged
 
 
@@ -128,14 +122,3 @@ def _load(path: Path) -> Dict[str, str]:
         return {}
     return blocks
 
-
-def _prune(directory: Path) -> None:
-    """Remove the least recently written hints files beyond MAX_FILES. Only files named as
-    hints_file_name names them: PYHV_TCG_HINTS may name any directory."""
-    try:
-        files = sorted((path for path in directory.glob("*.json") if HINTS_FILE_NAME.fullmatch(path.name)),
-                       key=lambda path: path.stat().st_mtime, reverse=True)
-        for stale in files[MAX_FILES:]:
-            stale.unlink()
-    except OSError:
-        pass  # another pyhv pruning the same directory: what is left is its business
