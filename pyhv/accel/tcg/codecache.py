@@ -149,4 +149,3 @@ def _load(path: Path) -> Dict[bytes, bytes]:
         log.warning("ignoring the translated code in %s: not a code file", path)
         return {}
     return entries
-
