@@ -750,3 +750,29 @@ def test_whole_blocks_finish_the_block_the_budget_ends_in(translate_after):
         assert result.reason == StopReason.BUDGET
         assert result.instructions == -(-budget // 5) * 5, budget
         assert cpu.registers()["rip"] == CODE  # at the loop head: a block boundary
+
+
+def test_flag_locals_nothing_reads_are_pruned_in_rounds():
+    from pyhv.accel.tcg.translate import _prune_flag_locals
+
+    source = "\n".join([
+        "    fa1 = r0",                # read by fr1 only, which dies: dies in round 2
+        "    fr1 = (fa1 + 1) & 0xff",  # never read: dies in round 1
+        "    fa2 = r1",
+        "    fr2 = fa2 ^ 0x1fa2",      # 0x1fa2 names no flag local
+        "    if fr2 >> 63: fr2 -= 1",  # part of defining fr2, not a read of it
+        "    fc3 = fc3 + fr2",         # its own name on its line is not a read
+        "    s.cc_res = fc3",
+        "    fq4 = 0xfa9",             # a hex literal with fa9 in it reads nothing
+        "    x_fq4 = 1",               # fq4 inside another name is not a read of it
+    ])
+    kept = _prune_flag_locals(source).split("\n")
+    assert kept == [
+        "    fa2 = r1",
+        "    fr2 = fa2 ^ 0x1fa2",
+        "    if fr2 >> 63: fr2 -= 1",
+        "    fc3 = fc3 + fr2",
+        "    s.cc_res = fc3",
+        "    x_fq4 = 1",
+    ]
+    assert _prune_flag_locals("    s.cc_a = fa0\n    fa0 = 1") == "    s.cc_a = fa0\n    fa0 = 1"
