@@ -35,6 +35,7 @@ instructions a run).
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import tempfile
@@ -130,11 +131,11 @@ def _name(insn) -> str:
 
 
 def report(profiles: List[BlockProfile], retired: int, hot: int) -> None:
-    in_blocks = sum(p.runs * len(p.insns) for p in profiles)
+    in_blocks = sum(p.retired for p in profiles)
     runs = sum(p.runs for p in profiles)
-    print(f"translated block runs: {runs:,} ({in_blocks / max(runs, 1):.1f} instructions per run, upper bound)")
-    print(f"instructions in translated blocks (upper bound): {in_blocks:,} "
-          f"({100.0 * in_blocks / max(retired, 1):.1f}% of retired)")
+    print(f"translated block runs: {runs:,} ({in_blocks / max(runs, 1):.1f} instructions per run)")
+    print(f"instructions retired in translated blocks: {in_blocks:,} "
+          f"({100.0 * in_blocks / max(retired, 1):.1f}% of retired; the interpreter ran the rest)")
     fallback: Dict[str, int] = Counter()
     for p in profiles:
         for insn in p.fallbacks:
@@ -143,13 +144,13 @@ def report(profiles: List[BlockProfile], retired: int, hot: int) -> None:
     print(f"fallback instructions run inside translated blocks: {total_fallback:,}")
     for name, count in sorted(fallback.items(), key=lambda item: -item[1])[:hot]:
         print(f"  {count:>12,}  {name}")
-    print(f"hottest blocks (runs x instructions):")
-    ranked = sorted(profiles, key=lambda p: -p.runs * len(p.insns))
+    print(f"hottest blocks (by instructions retired; runs x length):")
+    ranked = sorted(profiles, key=lambda p: -p.retired)
     for p in ranked[:hot]:
         first = p.insns[0]
         names = " ; ".join(i.spec.name if i.spec is not None else "?" for i in p.insns[:8])
         more = " ..." if len(p.insns) > 8 else ""
-        print(f"  {p.runs:>10,} x {len(p.insns):>2}  {unsigned64(first.addr):#x}  "
+        print(f"  {p.retired:>12,}  {p.runs:>10,} x {len(p.insns):>3}  {unsigned64(first.addr):#x}  "
               f"fallbacks={len(p.fallbacks)}  {names}{more}")
 
 
@@ -199,6 +200,10 @@ def main() -> None:
     print(f"blocks translated: {translator.translated:,} in {seconds:.2f} s "
           f"({1000 * seconds / max(translator.translated, 1):.2f} ms each); "
           f"blocks decoded: {len(cpu.blocks):,}; translate after {after} runs")
+    if sys.implementation.name == "pypy":  # the collector's share of the CPU time above
+        stats = gc.get_stats()
+        print(f"PyPy GC: {stats.total_gc_time / 1000:.2f} s collecting, peak memory {stats.peak_memory}, "
+              f"JIT code {stats.jit_backend_used}")
     if cpu.hints is not None:
         print(f"hot-block hints: {len(cpu.hints.noted):,} noted, {cpu.hints.loaded:,} read from {cpu.hints.path}")
     code_cache = cpu.translator.code_cache

@@ -61,6 +61,11 @@ def test_a_loop_runs_inside_one_translated_function():
     # Each block of the 40 rounds ran once a round, about 150 runs; translated, A was called
     # once after its warm-up, and its region went round the loop until the loop ended.
     assert sum(profile.runs for profile in profiles) < 10
+    # What those few calls retired is counted from what they returned: most of the loop's
+    # 40 rounds of 6-10 instructions, not the runs times the region's length.
+    retired = sum(profile.retired for profile in profiles)
+    assert 200 < retired < translated[1]
+    assert retired > sum(profile.runs * len(profile.insns) for profile in profiles)
 
 
 def _loop_changing_at(round_: int, setup: str, change: str, joined: str) -> bytes:

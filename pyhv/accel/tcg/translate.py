@@ -764,12 +764,23 @@ def _prune_flag_locals(source: str) -> str:
 class BlockProfile:
     """How often one translated block ran, and which of its instructions fell back."""
 
-    __slots__ = ("insns", "runs", "fallbacks")
+    __slots__ = ("insns", "runs", "retired", "fallbacks")
 
     def __init__(self, insns: List[Insn]) -> None:
         self.insns = insns
         self.runs = 0
+        # Instructions its function returned as retired: a region that loops retires many
+        # times its length in one call, and one that leaves early fewer.
+        self.retired = 0
         self.fallbacks: List[Insn] = []
+
+    def counting(self, fn: BlockFunction) -> BlockFunction:
+        """``fn``, adding what each call retires to :attr:`retired`."""
+        def block(cpu, s, budget: int) -> int:
+            retired = fn(cpu, s, budget)
+            self.retired += retired
+            return retired
+        return block
 
 
 class Translator:
@@ -860,6 +871,8 @@ class Translator:
         self.seconds += time.perf_counter() - started
         if self.keep_source:
             self.last_source = source
+        if profile is not None:
+            return profile.counting(namespace["block"])
         return namespace["block"]  # type: ignore[return-value]
 
     def _translate_part(self, gen: BlockCodegen, part: List[Insn], first: int,
