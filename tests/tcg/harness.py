@@ -84,7 +84,7 @@ def long_mode_cpu(code: bytes, regs: Optional[dict] = None, ram: int = 4 * MiB):
     memory, cpu = _machine(ram)
     memory.write_u64(PML4, PDPT | 0x7)
     memory.write_u64(PDPT, PD | 0x7)
-    for n in range(ram // (2 * MiB)):
+    for n in range(min(ram, 1024 * MiB) // (2 * MiB)):  # one page directory: the first GiB
         memory.write_u64(PD + 8 * n, (n * 2 * MiB) | 0x87)
     memory.write_u64(PML4 + 8 * 511, KERNEL_PDPT | 0x7)
     memory.write_u64(KERNEL_PDPT + 8 * 510, PD | 0x7)

@@ -614,6 +614,55 @@ def test_bswap_and_fences_translate_like_the_interpreter():
     assert out["rbx"] == 0x1111_2222_3333_0000 and out["rdx"] == 0xFF00_0000_0000_0080
 
 
+@pytest.mark.parametrize("half", [0, 0xFFFF_FFFF_8000_0000])
+def test_memory_at_page_and_ram_edges_translates_like_the_interpreter(half):
+    # Reads, writes and read-modify-writes of 1, 2, 4 and 8 bytes: aligned (the fast path),
+    # unaligned inside a page (CPython's typed views leave those to the MMU), straddling a
+    # page, and at the last bytes of RAM; through the identity map and the kernel half, whose
+    # addresses are negative in the register form.
+    ram_end = 4 * 1024 * 1024  # long_mode_cpu's RAM
+    lines = ["xor %r8, %r8"]
+    for offset in (0x10000, 0x10003, 0x10FF8, 0x10FFC, 0x10FFD, 0x10FFF, ram_end - 8, ram_end - 5):
+        lines.append(f"movabs ${(half + offset) & (2**64 - 1):#x}, %rbx")
+        for suffix, src, dst in (("b", "dl", "cl"), ("w", "dx", "cx"), ("l", "edx", "ecx"), ("q", "rdx", "rcx")):
+            if offset + {"b": 1, "w": 2, "l": 4, "q": 8}[suffix] > ram_end:
+                continue
+            lines += [f"mov{suffix} %{src}, (%rbx)", f"mov{suffix} (%rbx), %{dst}", "xor %rcx, %r8",
+                      f"add{suffix} %{src}, (%rbx)", f"mov{suffix} (%rbx), %{dst}", "xor %rcx, %r8",
+                      "rol $7, %r8", "rol $13, %rdx"]
+    code = assemble("\n".join(lines + ["hlt"]))
+    regs = {"rdx": 0x8877_6655_4433_2211, "rcx": 0}
+    interpreted = _state(*_run(code, regs, None))
+    translated = _state(*_run(code, regs, 0))
+    assert translated == interpreted
+    assert interpreted[0] == StopReason.HLT and interpreted[2]["r8"] != 0
+
+
+def test_memory_above_the_mmio_hole_translates_like_the_interpreter():
+    # RAM above 4 GiB is not in the MMU's low view: a translated access there takes the MMU's
+    # path, whatever the TLB holds. The last 2 MiB page of the first GiB maps to 4 GiB.
+    high = 1 << 32
+    ram = 0xC000_0000 + 4 * 1024 * 1024  # 3 GiB below the hole, 4 MiB above it
+    window = 0x3FE0_0000
+    lines = ["xor %r8, %r8", f"mov ${window + 0x18:#x}, %ebx"]
+    for suffix, src, dst in (("b", "dl", "cl"), ("w", "dx", "cx"), ("l", "edx", "ecx"), ("q", "rdx", "rcx")):
+        lines += [f"mov{suffix} %{src}, (%rbx)", f"add{suffix} %{src}, (%rbx)",
+                  f"mov{suffix} (%rbx), %{dst}", "xor %rcx, %r8", "rol $7, %r8", "add $8, %rbx"]
+    code = assemble("\n".join(lines + ["hlt"]))
+
+    def run(translate_after):
+        memory, cpu = long_mode_cpu(code, {"rdx": 0x8877_6655_4433_2211, "rcx": 0}, ram=ram)
+        memory.write_u64(0x3000 + 8 * 511, high | 0x87)
+        cpu.translate_after = translate_after
+        result = cpu.run(1000)
+        return result.reason, cpu.registers()["r8"], memory.read(high + 0x18, 32)
+
+    interpreted = run(None)
+    assert run(0) == interpreted
+    assert interpreted[0] == StopReason.HLT
+    assert interpreted[2][24:] == (2 * 0x8877_6655_4433_2211 % 2**64).to_bytes(8, "little")
+
+
 @pytest.mark.parametrize("suffix, acc", [("b", "al"), ("w", "ax"), ("l", "eax"), ("q", "rax")])
 @pytest.mark.parametrize("matches", [True, False])
 def test_lock_cmpxchg_on_memory_translates_like_the_interpreter(suffix, acc, matches):

@@ -5,10 +5,13 @@ global pages, and accessed/dirty bits written back to the page tables as the CPU
 
 The TLB holds one entry per virtual page (``entries``: vpn → (physical page, permission
 bits)). From it three flat dicts serve the hot path, one per access kind (read, write, fetch)
-at the current privilege, mapping vpn → physical page base; they hold a page only when the
-access is allowed, so a hit needs no checks. A write entry is made only after the dirty
-bit is set and only for pages that hold no translated code, so every write to a code page
-takes the slow path and invalidates its blocks (the way QEMU marks code pages "not dirty").
+at the current privilege; they hold a page only when the access is allowed, so a hit needs no
+checks. The fetch map gives the physical page base. The read and write maps give the physical
+minus the linear page address, so that ``linear + delta`` is the physical address: one
+addition, where masking a negative kernel address (below) is three operations on a long
+integer on CPython. A write entry is made only after the dirty bit is set and only for pages
+that hold no translated code, so every write to a code page takes the slow path and
+invalidates its blocks (the way QEMU marks code pages "not dirty").
 
 The TLB is flushed when the architecture says: a CR3 write (all but global pages), INVLPG
 (one page), CR0.PG/WP and CR4.PGE/PAE/PSE changes, and EFER.NXE changes (everything).
@@ -132,8 +135,8 @@ class Mmu:
 
     def protect_code_page(self, ppn: int) -> None:
         """``ppn`` now holds translated code: route writes to it through the slow path."""
-        for vpn, base in list(self.w.items()):
-            if base >> 12 == ppn:
+        for vpn, delta in list(self.w.items()):
+            if vpn + (delta >> 12) == ppn:
                 del self.w[vpn]
 
     # --- translation ------------------------------------------------------------------
@@ -171,11 +174,11 @@ class Mmu:
             raise self._fault(linear, access, user, True)
         if access == ACCESS_WRITE:
             if base >> 12 not in self.code_pages and not system:
-                self.w[vpn] = base
+                self.w[vpn] = base - (vpn << 12)
         elif access == ACCESS_FETCH:
             self.x[vpn] = base
         elif not system:
-            self.r[vpn] = base
+            self.r[vpn] = base - (vpn << 12)
         return base | (linear & 0xFFF)
 
     def _permits(self, perms: int, access: int, user: bool) -> bool:
@@ -384,11 +387,11 @@ class Mmu:
             linear = signed64(linear)
         off = linear & 0xFFF
         if off + size <= 0x1000:
-            base = self.r.get(linear >> 12)
-            if base is None:
+            delta = self.r.get(linear >> 12)
+            if delta is None:
                 phys = self.translate(linear, ACCESS_READ)
             else:
-                phys = base | off
+                phys = linear + delta
             if phys + size <= self.low_end:
                 if size == 1:
                     return self.low[phys]
@@ -406,9 +409,9 @@ class Mmu:
             linear = signed64(linear)
         off = linear & 0xFFF
         if off <= 0xFF8:
-            base = self.r.get(linear >> 12)
-            if base is not None and base + 0x1000 <= self.low_end:
-                return _UNPACK_Q(self.low, base | off)[0]
+            delta = self.r.get(linear >> 12)
+            if delta is not None and linear + delta + 8 <= self.low_end:
+                return _UNPACK_Q(self.low, linear + delta)[0]
         return signed64(self.read(linear, 8))
 
     def write(self, linear: int, size: int, value: int) -> None:
@@ -417,9 +420,9 @@ class Mmu:
             linear = signed64(linear)
         off = linear & 0xFFF
         if off + size <= 0x1000:
-            base = self.w.get(linear >> 12)
-            if base is not None:
-                phys = base | off
+            delta = self.w.get(linear >> 12)
+            if delta is not None:
+                phys = linear + delta
                 if phys + size <= self.low_end:
                     if size == 1:
                         self.low[phys] = value & 0xFF

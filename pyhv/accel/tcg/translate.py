@@ -16,9 +16,10 @@ wrapping operations, on CPython with a range test (:meth:`BlockCodegen.arith64`)
 comparisons also compare the signs (:meth:`BlockCodegen.below`).
 
 Memory goes through a fast path: the MMU's per-access-kind TLB dicts (``mmu.r``/``mmu.w``)
-give a physical page base; a hit inside low RAM reads or writes the RAM memoryview directly,
-anything else calls ``mmu.read``/``mmu.write`` (page walk, page-crossing, MMIO, writes to
-pages holding translated code, which invalidate blocks and end this one).
+give what to add to the linear address for the physical one; a hit inside low RAM reads or
+writes the RAM directly (through typed views of it on CPython, see TYPED_VIEWS), anything else
+calls ``mmu.read``/``mmu.write`` (page walk, page-crossing, MMIO, writes to pages holding
+translated code, which invalidate blocks and end this one).
 
 An instruction without a translator is run by its interpreter handler in place: the
 registers and flags are stored to ``CpuState``, the handler runs, and the locals are
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import re
 import struct
+import sys
 import time
 import types
 from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
@@ -51,6 +53,13 @@ try:  # PyPy: machine-word arithmetic that wraps instead of growing a long integ
     from __pypy__ import intop as _intop
 except ImportError:
     _intop = None
+
+# CPython reads and writes guest RAM in translated code through typed views of it: an item of
+# a memoryview cast to "q" costs a third of a struct unpack_from call there, and a store
+# through one is one machine store, where pack_into clears the bytes first (see pyhv.memory:
+# a device thread could read the 0). PyPy's JIT makes the struct calls cheaper than the
+# views (60 ns an access more, measured in a loop), so it keeps them.
+TYPED_VIEWS = _intop is None and sys.byteorder == "little"
 
 MASK = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFF_FFFF, 8: 0xFFFF_FFFF_FFFF_FFFF}
 SIGN = {1: 0x80, 2: 0x8000, 4: 0x8000_0000, 8: 0x8000_0000_0000_0000}
@@ -125,12 +134,12 @@ class FlagSource:
 class BlockCodegen:
     """Builds the source of one block function; instruction translators call its methods."""
 
-    def __init__(self, insns: List[Insn], bits: int, low_limit: int,
+    def __init__(self, insns: List[Insn], bits: int, low_end: int,
                  labels: Optional[Dict[int, int]] = None,
                  part_sizes: Tuple[int, ...] = ()) -> None:
         self.insns = insns
         self.bits = bits
-        self.low_limit = low_limit
+        self.low_end = low_end
         # A region (see Translator.translate_region): the RIP of each part's first instruction
         # -> its label, and each part's length. Empty: one block, translated as it is.
         self.labels = labels or {}
@@ -325,6 +334,16 @@ class BlockCodegen:
             self.emit(f"a = {offset} + sb{i.seg}")
         return "a"
 
+    def _ram_test(self, size: int) -> str:
+        """The test that ``a`` plus its TLB delta ``t`` (see Mmu.r) puts ``size`` bytes in one
+        page of low RAM, leaving the physical address in ``ph``. With typed views the access
+        must be aligned, which keeps it in one page too; an unaligned one takes the MMU's path."""
+        if size == 1:
+            return f"(ph := a + t) < {self.low_end:#x}"
+        if TYPED_VIEWS:
+            return f"not ((ph := a + t) & {size - 1}) and ph < {self.low_end:#x}"
+        return f"((ph := a + t) & 4095) <= {4096 - size} and ph < {self.low_end:#x}"
+
     def load(self, addr: str, size: int, update: bool = False) -> str:
         """Emit a read of ``size`` bytes at linear ``addr``; returns the value's local.
 
@@ -337,12 +356,13 @@ class BlockCodegen:
         if addr != "a":
             self.emit(f"a = {addr}")
         self.emit(f"t = {'W' if update else 'R'}.get(a >> 12)")
+        self.emit(f"if t is not None and {self._ram_test(size)}:")
         if size == 1:
-            self.emit(f"if t is not None and t < {self.low_limit:#x}:")
-            self.emit(f"    {value} = low[t | (a & 4095)]")
+            self.emit(f"    {value} = low[ph]")
+        elif TYPED_VIEWS:
+            self.emit(f"    {value} = M{size}[ph >> {size.bit_length() - 1}]")
         else:
-            self.emit(f"if t is not None and t < {self.low_limit:#x} and (a & 4095) <= {4096 - size}:")
-            self.emit(f"    {value} = U{size}(low, t | (a & 4095))[0]")
+            self.emit(f"    {value} = U{size}(low, ph)[0]")
         self.emit("else:")
         if update:
             self.emit(f"    {value} = read_for_update(cpu, a, {size})")
@@ -359,12 +379,13 @@ class BlockCodegen:
         if addr != "a":
             self.emit(f"a = {addr}")
         self.emit("t = W.get(a >> 12)")
+        self.emit(f"if t is not None and {self._ram_test(size)}:")
         if size == 1:
-            self.emit(f"if t is not None and t < {self.low_limit:#x}:")
-            self.emit(f"    low[t | (a & 4095)] = {value}")
+            self.emit(f"    low[ph] = {value}")
+        elif TYPED_VIEWS:
+            self.emit(f"    M{size}[ph >> {size.bit_length() - 1}] = {value}")
         else:
-            self.emit(f"if t is not None and t < {self.low_limit:#x} and (a & 4095) <= {4096 - size}:")
-            self.emit(f"    P{size}(low, t | (a & 4095), {value})")
+            self.emit(f"    P{size}(low, ph, {value})")
         self.emit("else:")
         self.emit(f"    mmu.write(a, {size}, {value})")
         # A write to a page with translated code (or an MMIO exit request) ends the block.
@@ -794,8 +815,11 @@ class Translator:
         # The blocks see the MMU, its RAM view and its read and write TLB dicts (which it
         # clears in place, never replaces) as globals: no attribute loads at each entry.
         self.mmu = mmu
-        self.low_limit = mmu.low_end - 4095  # a page base below this lies wholly in low RAM
+        self.low_end = mmu.low_end
         self.emitters = emitters
+        if TYPED_VIEWS:
+            low = mmu.low
+            self.typed_views = {"M2": low.cast("H"), "M4": low.cast("I"), "M8": low.cast("q")}
         self.translated = 0
         self.seconds = 0.0  # spent translating, for the benchmarks
         self.keep_source = False
@@ -825,7 +849,7 @@ class Translator:
         labels = {part[0].addr: label for label, part in enumerate(parts)}
         if not any(target in labels for target in _jump_targets(insns)):
             labels = {}  # straight code: no loop in Python either
-        gen = BlockCodegen(insns, bits, self.low_limit, labels,
+        gen = BlockCodegen(insns, bits, self.low_end, labels,
                            tuple(len(part) for part in parts))
         profile: Optional[BlockProfile] = None
         if self.profiles is not None:
@@ -860,6 +884,8 @@ class Translator:
         namespace.update(_SHARED_GLOBALS)
         mmu = self.mmu
         namespace.update(mmu=mmu, low=mmu.low, R=mmu.r, W=mmu.w)
+        if TYPED_VIEWS:
+            namespace.update(self.typed_views)
         namespace.update(gen.consts)
         filename = f"<tcg block {insns[0].addr:#x}>"
         if self.code_cache is not None:
