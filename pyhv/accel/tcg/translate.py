@@ -817,9 +817,9 @@ class Translator:
         self.mmu = mmu
         self.low_end = mmu.low_end
         self.emitters = emitters
-        if TYPED_VIEWS:
-            low = mmu.low
-            self.typed_views = {"M2": low.cast("H"), "M4": low.cast("I"), "M8": low.cast("q")}
+        low = mmu.low
+        self.typed_views = ({"M2": low.cast("H"), "M4": low.cast("I"), "M8": low.cast("q")}
+                            if TYPED_VIEWS else {})
         self.translated = 0
         self.seconds = 0.0  # spent translating, for the benchmarks
         self.keep_source = False
@@ -884,8 +884,7 @@ class Translator:
         namespace.update(_SHARED_GLOBALS)
         mmu = self.mmu
         namespace.update(mmu=mmu, low=mmu.low, R=mmu.r, W=mmu.w)
-        if TYPED_VIEWS:
-            namespace.update(self.typed_views)
+        namespace.update(self.typed_views)
         namespace.update(gen.consts)
         filename = f"<tcg block {insns[0].addr:#x}>"
         if self.code_cache is not None:
