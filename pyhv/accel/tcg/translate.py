@@ -40,6 +40,7 @@ import time
 import types
 from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
+from ...runtime_env import ON_PYPY
 from .codecache import CodeCache
 from .decoder import END, Insn
 from .faults import GuestFault
@@ -59,7 +60,7 @@ except ImportError:
 # through one is one machine store, where pack_into clears the bytes first (see pyhv.memory:
 # a device thread could read the 0). PyPy's JIT makes the struct calls cheaper than the
 # views (60 ns an access more, measured in a loop), so it keeps them.
-TYPED_VIEWS = _intop is None and sys.byteorder == "little"
+TYPED_VIEWS = not ON_PYPY and sys.byteorder == "little"
 
 MASK = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFF_FFFF, 8: 0xFFFF_FFFF_FFFF_FFFF}
 SIGN = {1: 0x80, 2: 0x8000, 4: 0x8000_0000, 8: 0x8000_0000_0000_0000}
