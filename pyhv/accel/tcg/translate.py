@@ -19,7 +19,10 @@ Memory goes through a fast path: the MMU's per-access-kind TLB dicts (``mmu.r``/
 give what to add to the linear address for the physical one; a hit inside low RAM reads or
 writes the RAM directly (through typed views of it on CPython, see TYPED_VIEWS), anything else
 calls ``mmu.read``/``mmu.write`` (page walk, page-crossing, MMIO, writes to pages holding
-translated code, which invalidate blocks and end this one).
+translated code, which invalidate blocks and end this one). Within a block, an access through
+the same register as an earlier one (a push after a push, a field after a field) skips the
+lookup when it stays in that one's page: a page hint (:meth:`BlockCodegen._hint_test`). The
+store of a read-modify-write goes where its read went.
 
 An instruction without a translator is run by its interpreter handler in place: the
 registers and flags are stored to ``CpuState``, the handler runs, and the locals are
@@ -73,7 +76,7 @@ _WRAPPING = {"+": "int_add", "-": "int_sub", "<<": "int_lshift", "*": "int_mul"}
 BlockFunction = Callable[..., int]
 
 
-def _constant(source: str) -> Optional[int]:
+def literal_value(source: str) -> Optional[int]:
     """The value of ``source`` when it is an integer literal (as emitters write them)."""
     try:
         return int(source, 0)
@@ -157,11 +160,26 @@ class BlockCodegen:
         self.uses_stack = False
         self.flags: Optional[FlagSource] = None  # None: CpuState holds the current flags
         self.fault_sources: Dict[int, Optional[FlagSource]] = {}  # pc → flags before it
+        self.pc_set: Set[int] = set()  # instructions that set pc in their straight code
         self.consts: Dict[str, object] = {}
         self.index = 0  # the instruction being translated
         self.ended = False  # the block's last instruction already emitted its exits
         self._temp = 0
         self.wrote_slow = False
+        # Page hints (see _hint_test): (base register or -1, segment) -> (the local holding
+        # the physical address of the last access through it or -1, that access's
+        # displacement from the register's current value, its size, the alignment its
+        # physical address is known to have, whether the write TLB gave it).
+        self.hints: Dict[Tuple[int, int], Tuple[str, int, int, int, bool]] = {}
+        self.insn_indent = self.indent  # where the current instruction's straight code goes
+        # The address that address() described and the next access computes: its lines, and
+        # the (base, segment, displacement) that page hints know it by (None: no hint).
+        self.pending: Optional[List[str]] = None
+        self.pending_key: Optional[Tuple[int, int, int]] = None
+        # (instruction, size) of a read for update whose physical address ``ph`` holds, or -1
+        # when it took the MMU's path: the store that follows writes there without a lookup.
+        self.update_read: Optional[Tuple[int, int]] = None
+        self.a_unset = False  # the last access may have left ``a`` uncomputed (a hint served it)
 
     # --- low-level emission -----------------------------------------------------------
     def emit(self, line: str) -> None:
@@ -175,12 +193,17 @@ class BlockCodegen:
         self.consts[name] = value
         return name
 
-    def may_fault(self) -> None:
-        """The current instruction may raise a guest fault: make the handler know it."""
+    def may_fault(self, emit: bool = True) -> str:
+        """The current instruction may raise a guest fault: make the handler know it, by the
+        statement this returns, which sets ``pc``. ``emit``: put it here, at most once per
+        instruction; a memory access puts it in its slow path, the only one that can fault."""
         k = self.index
         if k not in self.fault_sources:
             self.fault_sources[k] = self.flags
+        if emit and k not in self.pc_set:
+            self.pc_set.add(k)
             self.emit(f"pc = {k}")
+        return f"pc = {k}"
 
     # --- registers --------------------------------------------------------------------
     def reg(self, r: int, size: int) -> str:
@@ -207,12 +230,21 @@ class BlockCodegen:
             return f"(r{base} & -0xff01) | (({value}) << 8)"
         return f"(r{r} & -0x100) | ({value})"
 
-    def set_reg(self, r: int, size: int, value: str) -> None:
-        """Store ``value`` (masked to ``size``; signed form at 8) with the merge rules."""
+    def set_reg(self, r: int, size: int, value: str, moved_by: Optional[int] = None) -> None:
+        """Store ``value`` (masked to ``size``; signed form at 8) with the merge rules.
+
+        ``moved_by``: the new value is the old one plus this constant (push, pop), which keeps
+        the page hints of accesses through the register."""
         base = r - 16 if r >= 16 else r
         self.dirty.add(base)
         self.ever_dirty.add(base)
         self.emit(f"r{base} = {self.merged(r, size, value)}")
+        for key in [key for key in self.hints if key[0] == base]:
+            if moved_by is None:
+                del self.hints[key]
+            else:
+                name, disp, width, align, writable = self.hints[key]
+                self.hints[key] = (name, disp - moved_by, width, align, writable)
 
     # --- 64-bit arithmetic in the signed form -------------------------------------------
     @staticmethod
@@ -240,7 +272,7 @@ class BlockCodegen:
             self.emit(f"{name} = {_WRAPPING[op]}({a}, {b})")
             return name
         self.emit(f"{name} = {a} {op} {b}")
-        constant = _constant(b)
+        constant = literal_value(b)
         if constant is None or op not in ("+", "-"):
             self.fold64(name)
         else:  # a constant moves the result one way only (one test on CPython, not two)
@@ -271,7 +303,7 @@ class BlockCodegen:
         op = "<=" if equal else "<"
         if size != 8:
             return f"{a} {op} {b}"
-        constant = _constant(b)
+        constant = literal_value(b)
         if constant is not None:
             if constant >= 0:
                 return f"(0 <= {a} {op} {b})"
@@ -326,13 +358,22 @@ class BlockCodegen:
         return "o"
 
     def address(self, i: Insn) -> str:
-        """Emit ``a = `` the linear address of ``i``'s memory operand (as :func:`ea`)."""
+        """Describe ``a = `` the linear address of ``i``'s memory operand (as :func:`ea`) to
+        the access that follows, which emits it where it needs it: an access that a page hint
+        serves never computes it."""
+        mark = len(self.lines)
         offset = self.offset(i)
         if i.seg < 0:
             self.emit(f"a = {offset}")
         else:
             self.segs_used.add(i.seg)
             self.emit(f"a = {offset} + sb{i.seg}")
+        pad = len("    " * self.indent)
+        self.pending = [line[pad:] for line in self.lines[mark:]]
+        del self.lines[mark:]
+        self.pending_key = None
+        if self.bits == 64 and i.adsize == 8 and i.index < 0:
+            self.pending_key = (i.base, i.seg, signed64(i.disp))
         return "a"
 
     def _ram_test(self, size: int) -> str:
@@ -345,53 +386,139 @@ class BlockCodegen:
             return f"not ((ph := a + t) & {size - 1}) and ph < {self.low_end:#x}"
         return f"((ph := a + t) & 4095) <= {4096 - size} and ph < {self.low_end:#x}"
 
-    def load(self, addr: str, size: int, update: bool = False) -> str:
+    @staticmethod
+    def _ram_access(size: int, ph: str, result: Optional[str], value: Optional[str]) -> str:
+        """The statement that reads ``size`` bytes of low RAM at ``ph`` into ``result``, or
+        writes ``value`` there."""
+        if size == 1:
+            place = f"low[{ph}]"
+        elif TYPED_VIEWS:
+            place = f"M{size}[{ph} >> {size.bit_length() - 1}]"
+        elif result is not None:
+            return f"{result} = U{size}(low, {ph})[0]"
+        else:
+            return f"P{size}(low, {ph}, {value})"
+        return f"{result} = {place}" if result is not None else f"{place} = {value}"
+
+    def _hint_test(self, key: Tuple[int, int, int], size: int, write: bool) -> Optional[str]:
+        """A page hint: the test that the access at ``key`` lies in the page of the last access
+        through the same register (unchanged since, or moved by a known constant), so that
+        its physical address is that one's plus the difference, with no TLB lookup: a push
+        after a push, a field after a field of the same structure. None: no usable hint.
+
+        The hint local is -1 where that access took the MMU's path; the tests reject it."""
+        base, seg, disp = key
+        hint = self.hints.get((base, seg))
+        if hint is None or self.indent != self.insn_indent:
+            return None
+        name, last, width, align, writable = hint
+        if write and not writable:
+            return None
+        d = disp - last
+        if TYPED_VIEWS and size > 1 and (align % size or d % size):
+            return None
+        if not -4096 < d < 4096 - size:
+            return None
+        tests = []
+        if d < 0:
+            tests.append(f"({name} & 4095) >= {-d}")
+        if d + size > width:  # -1 fails this one (its offset 4095 leaves no room)
+            tests.append(f"({name} & 4095) <= {4096 - size - d}")
+        else:
+            tests.insert(0, f"{name} >= 0")
+        return " and ".join(tests)
+
+    def _access(self, size: int, kind: str, addr: str, value: Optional[str] = None,
+                key: Optional[Tuple[int, int, int]] = None) -> Optional[str]:
+        """Emit a memory access (``kind``: "r" read, "u" read for update, "w" write of
+        ``value``) at ``addr``; returns the local a read leaves its value in."""
+        self.uses_memory = True
+        set_pc = self.may_fault(emit=False)
+        if addr == "a" and self.pending is not None:
+            lines, key = self.pending, self.pending_key
+        elif addr == "a":
+            if self.a_unset:
+                raise Untranslatable("a second access at an address a page hint served")
+            lines = []
+        else:
+            lines = [f"a = {addr}"]
+        self.pending = self.pending_key = None
+        self.update_read = None
+        result = None if kind == "w" else self.temp()
+        if not self.low_end % 4096 == 0 or self.indent != self.insn_indent:
+            key = None
+        hint = self._hint_test(key, size, kind != "r") if key is not None else None
+        self.a_unset = hint is not None
+        if hint is not None:
+            name, last = self.hints[key[:2]][:2]
+            d = key[2] - last
+            self.emit(f"if {hint}:")
+            ph = f"(ph := {name} {'-' if d < 0 else '+'} {abs(d)})" if d else f"(ph := {name})"
+            self.emit("    " + self._ram_access(size, ph, result, value))
+            self.emit("else:")
+            self.indent += 1
+        for line in lines:
+            self.emit(line)
+        self.emit(f"t = {'R' if kind == 'r' else 'W'}.get(a >> 12)")
+        self.emit(f"if t is not None and {self._ram_test(size)}:")
+        self.emit("    " + self._ram_access(size, "ph", result, value))
+        self.emit("else:")
+        self.emit("    " + set_pc)
+        if kind == "r":
+            self.emit(f"    {result} = mmu.read(a, {size})")
+        elif kind == "u":
+            self.emit(f"    {result} = read_for_update(cpu, a, {size})")
+        else:
+            self.emit(f"    mmu.write(a, {size}, {value})")
+            # A write to a page with translated code (or an MMIO exit request) ends the block.
+            self.emit("    brk = cpu.break_block")
+            self.wrote_slow = True
+        if kind != "w" and size == 8:  # the MMU reads unsigned
+            self.emit(f"    if {result} >> 63: {result} -= {M64 + 1:#x}")
+        if key is not None or kind == "u":
+            self.emit("    ph = -1")
+        if hint is not None:
+            self.indent -= 1
+        if key is not None:
+            base, seg, disp = key
+            name = f"h{base if base >= 0 else 'x'}{'' if seg < 0 else f's{seg}'}"
+            align = 4096 if not TYPED_VIEWS else size
+            self.emit(f"{name} = ph")
+            self.hints[(base, seg)] = (name, disp, size, align, kind != "r")
+        if kind == "u":
+            self.update_read = (self.index, size)
+        return result
+
+    def load(self, addr: str, size: int, update: bool = False,
+             key: Optional[Tuple[int, int, int]] = None) -> str:
         """Emit a read of ``size`` bytes at linear ``addr``; returns the value's local.
 
         ``update``: the destination of a read-modify-write, which the CPU checks for write
         access before reading (a fault reports W=1); the write TLB serves the fast path.
+        ``key``: (base register, segment, displacement) of ``addr`` for page hints, where the
+        caller computes it (the stack); an address from :meth:`address` carries its own.
         """
-        self.uses_memory = True
-        self.may_fault()
-        value = self.temp()
-        if addr != "a":
-            self.emit(f"a = {addr}")
-        self.emit(f"t = {'W' if update else 'R'}.get(a >> 12)")
-        self.emit(f"if t is not None and {self._ram_test(size)}:")
-        if size == 1:
-            self.emit(f"    {value} = low[ph]")
-        elif TYPED_VIEWS:
-            self.emit(f"    {value} = M{size}[ph >> {size.bit_length() - 1}]")
-        else:
-            self.emit(f"    {value} = U{size}(low, ph)[0]")
-        self.emit("else:")
-        if update:
-            self.emit(f"    {value} = read_for_update(cpu, a, {size})")
-        else:
-            self.emit(f"    {value} = mmu.read(a, {size})")
-        if size == 8:  # the MMU reads unsigned
-            self.emit(f"    if {value} >> 63: {value} -= {M64 + 1:#x}")
-        return value
+        result = self._access(size, "u" if update else "r", addr, key=key)
+        assert result is not None
+        return result
 
-    def store(self, addr: str, size: int, value: str) -> None:
-        """Emit a write of ``value`` (masked to ``size``; signed form at 8) at ``addr``."""
-        self.uses_memory = True
-        self.may_fault()
-        if addr != "a":
-            self.emit(f"a = {addr}")
-        self.emit("t = W.get(a >> 12)")
-        self.emit(f"if t is not None and {self._ram_test(size)}:")
-        if size == 1:
-            self.emit(f"    low[ph] = {value}")
-        elif TYPED_VIEWS:
-            self.emit(f"    M{size}[ph >> {size.bit_length() - 1}] = {value}")
-        else:
-            self.emit(f"    P{size}(low, ph, {value})")
-        self.emit("else:")
-        self.emit(f"    mmu.write(a, {size}, {value})")
-        # A write to a page with translated code (or an MMIO exit request) ends the block.
-        self.emit("    brk = cpu.break_block")
-        self.wrote_slow = True
+    def store(self, addr: str, size: int, value: str,
+              key: Optional[Tuple[int, int, int]] = None) -> None:
+        """Emit a write of ``value`` (masked to ``size``; signed form at 8) at ``addr``.
+
+        The store of a read-modify-write goes where its read went: ``ph``, or the MMU's path
+        when the read took it."""
+        if addr == "a" and self.pending is None and self.update_read == (self.index, size):
+            self.uses_memory = True
+            self.emit("if ph >= 0:")
+            self.emit("    " + self._ram_access(size, "ph", None, value))
+            self.emit("else:")
+            self.emit("    " + self.may_fault(emit=False))
+            self.emit(f"    mmu.write(a, {size}, {value})")
+            self.emit("    brk = cpu.break_block")
+            self.wrote_slow = True
+            return
+        self._access(size, "w", addr, value, key)
 
     def read_operand(self, i: Insn, size: int, update: bool = False) -> str:
         """The r/m operand of ``i`` as an expression (a load for memory forms)."""
@@ -405,8 +532,8 @@ class BlockCodegen:
         self.used.add(4)
         if self.bits == 64:
             self.arith64("sp", "r4", "-", str(size))
-            self.store("sp", size, value)
-            self.set_reg(4, 8, "sp")
+            self.store("sp", size, value, key=(4, -1, -size))
+            self.set_reg(4, 8, "sp", moved_by=-size)
         else:
             self.emit(f"sp = (r4 - {size}) & smask")
             self.store("ssb + sp", size, value)
@@ -417,9 +544,9 @@ class BlockCodegen:
         self.uses_stack = True
         self.used.add(4)
         if self.bits == 64:
-            value = self.load("r4", size)
+            value = self.load("r4", size, key=(4, -1, 0))
             self.arith64("sp", "r4", "+", str(size))
-            self.set_reg(4, 8, "sp")
+            self.set_reg(4, 8, "sp", moved_by=size)
         else:
             self.emit("sp = r4 & smask")
             value = self.load("ssb + sp", size)
@@ -869,6 +996,7 @@ class Translator:
                 gen.emit(f"pc = {first}")
                 gen.flags = None
                 gen.dirty = set()
+                gen.hints = {}  # a part is entered from several places
                 gen.ended = False
             self._translate_part(gen, part, first, profile)
             if labels:
@@ -907,17 +1035,23 @@ class Translator:
         for k, insn in enumerate(part, first):
             gen.index = k
             gen.wrote_slow = False
+            gen.insn_indent = gen.indent
             emitter = self.emitters.get(insn.handler)
             mark = len(gen.lines)
             saved = (set(gen.dirty), set(gen.ever_dirty), gen.flags, dict(gen.fault_sources),
-                     set(gen.used), gen.uses_memory, gen.uses_stack, set(gen.segs_used))
+                     set(gen.pc_set), set(gen.used), gen.uses_memory, gen.uses_stack,
+                     set(gen.segs_used), dict(gen.hints))
             if emitter is not None:
                 try:
                     emitter(gen, insn)
                 except Untranslatable:
                     del gen.lines[mark:]
-                    (gen.dirty, gen.ever_dirty, gen.flags, gen.fault_sources, gen.used,
-                     gen.uses_memory, gen.uses_stack, gen.segs_used) = saved
+                    (gen.dirty, gen.ever_dirty, gen.flags, gen.fault_sources, gen.pc_set,
+                     gen.used, gen.uses_memory, gen.uses_stack, gen.segs_used,
+                     gen.hints) = saved
+                    gen.indent = gen.insn_indent
+                    gen.pending = gen.pending_key = gen.update_read = None
+                    gen.a_unset = False
                     emitter = None
             if emitter is None:
                 self._fallback(gen, insn, k, last)
@@ -946,6 +1080,7 @@ class Translator:
         gen.emit(f"{handler}(cpu, {operand})")
         gen.dirty = set()
         gen.flags = None
+        gen.hints = {}  # the handler may have moved any register, or changed the paging
         if k == last:
             gen.emit(f"return {gen.retired(k + 1)}")
             gen.ended = True

@@ -20,7 +20,7 @@ from .decoder import Insn
 from .flags import CC_ADC, CC_ADD, CC_DEC, CC_EAGER, CC_INC, CC_LOGIC, CC_SBB, CC_SUB
 from .insns import alu, control, mov, muldiv, shift, stack, system
 from .state import ARITH_FLAGS, RAX, RF, VM
-from .translate import MASK, SIGN, BlockCodegen, FlagSource, Untranslatable
+from .translate import MASK, SIGN, BlockCodegen, FlagSource, Untranslatable, literal_value
 from .translate_system import SYSTEM_EMITTERS
 
 ADD, OR, ADC, SBB, AND, SUB, XOR, CMP = range(8)
@@ -72,8 +72,11 @@ def _alu(gen: BlockCodegen, i: Insn, kind: int, dest: int, dest_is_rm: bool, src
         return
     if in_memory:
         gen.store("a", size, f"fr{k}")
-    else:
-        gen.set_reg(dest, size, f"fr{k}")
+        return
+    moved = literal_value(src) if size == 8 and (kind == ADD or kind == SUB) else None
+    if moved is not None and kind == SUB:
+        moved = -moved
+    gen.set_reg(dest, size, f"fr{k}", moved_by=moved)  # add/sub rsp, n keep its hints
 
 
 def alu_rm_r(gen: BlockCodegen, i: Insn) -> None:
