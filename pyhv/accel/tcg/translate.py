@@ -124,6 +124,79 @@ if _intop is not None:
                            uint_rshift=_intop.uint_rshift)
 
 
+def _hint_misses(mmu, views: Dict[str, memoryview]) -> Dict[str, Callable]:
+    """The helpers an access calls when its page hint fails (another page, or the hinted
+    access took the MMU's path): the whole access, as the inline code does it, returning the
+    physical address for the hints after it too (-1 where the MMU's path served it).
+    ``MR<size>(a)`` -> (value, ph); ``MU<size>(cpu, a)``, read for update, the same;
+    ``MW<size>(a, value)`` -> ph. Calls, not inline code: a rare path, and source that
+    CPython compiles for every block."""
+    low, low_end, reads, writes = mmu.low, mmu.low_end, mmu.r, mmu.w
+    helpers: Dict[str, Callable] = {}
+
+    def build(size: int) -> None:
+        if size == 1:
+            def fits(ph: int) -> bool:
+                return ph < low_end
+
+            def load(ph: int) -> int:
+                return low[ph]
+
+            def put(ph: int, value: int) -> None:
+                low[ph] = value
+        elif TYPED_VIEWS:
+            view, shift = views[f"M{size}"], size.bit_length() - 1
+
+            def fits(ph: int) -> bool:
+                return not ph & (size - 1) and ph < low_end
+
+            def load(ph: int) -> int:
+                return view[ph >> shift]
+
+            def put(ph: int, value: int) -> None:
+                view[ph >> shift] = value
+        else:
+            unpack, pack = _SHARED_GLOBALS[f"U{size}"], _SHARED_GLOBALS[f"P{size}"]
+
+            def fits(ph: int) -> bool:
+                return (ph & 4095) <= 4096 - size and ph < low_end
+
+            def load(ph: int) -> int:
+                return unpack(low, ph)[0]
+
+            def put(ph: int, value: int) -> None:
+                pack(low, ph, value)
+
+        def signed(value: int) -> int:  # the MMU reads unsigned
+            return value - (1 << 64) if size == 8 and value >> 63 else value
+
+        def read(a: int) -> Tuple[int, int]:
+            t = reads.get(a >> 12)
+            if t is not None and fits(a + t):
+                return load(a + t), a + t
+            return signed(mmu.read(a, size)), -1
+
+        def read_update(cpu, a: int) -> Tuple[int, int]:
+            t = writes.get(a >> 12)
+            if t is not None and fits(a + t):
+                return load(a + t), a + t
+            return signed(read_for_update(cpu, a, size)), -1
+
+        def write(a: int, value: int) -> int:
+            t = writes.get(a >> 12)
+            if t is not None and fits(a + t):
+                put(a + t, value)
+                return a + t
+            mmu.write(a, size, value)
+            return -1
+
+        helpers.update({f"MR{size}": read, f"MU{size}": read_update, f"MW{size}": write})
+
+    for size in (1, 2, 4, 8):
+        build(size)
+    return helpers
+
+
 class FlagSource:
     """The lazy-flag state an instruction left, known at translation time."""
 
@@ -456,7 +529,33 @@ class BlockCodegen:
             ph = f"(ph := {name} {'-' if d < 0 else '+'} {abs(d)})" if d else f"(ph := {name})"
             self.emit("    " + self._ram_access(size, ph, result, value))
             self.emit("else:")
-            self.indent += 1
+            self.emit("    " + set_pc)
+            for line in lines:
+                self.emit("    " + line)
+            if kind == "r":
+                self.emit(f"    {result}, ph = MR{size}(a)")
+            elif kind == "u":
+                self.emit(f"    {result}, ph = MU{size}(cpu, a)")
+            else:
+                self.emit(f"    ph = MW{size}(a, {value})")
+                self.emit("    brk = cpu.break_block")
+                self.wrote_slow = True
+        else:
+            self._looked_up(size, kind, lines, result, value, set_pc, key is not None)
+        if key is not None:
+            base, seg, disp = key
+            name = f"h{base if base >= 0 else 'x'}{'' if seg < 0 else f's{seg}'}"
+            align = 4096 if not TYPED_VIEWS else size
+            self.emit(f"{name} = ph")
+            self.hints[(base, seg)] = (name, disp, size, align, kind != "r")
+        if kind == "u":
+            self.update_read = (self.index, size)
+        return result
+
+    def _looked_up(self, size: int, kind: str, lines: List[str], result: Optional[str],
+                   value: Optional[str], set_pc: str, hinting: bool) -> None:
+        """An access through the TLB dicts, the MMU's path when they miss; leaves the physical
+        address in ``ph`` (-1 after the MMU's path) where a hint or a store will want it."""
         for line in lines:
             self.emit(line)
         self.emit(f"t = {'R' if kind == 'r' else 'W'}.get(a >> 12)")
@@ -475,19 +574,8 @@ class BlockCodegen:
             self.wrote_slow = True
         if kind != "w" and size == 8:  # the MMU reads unsigned
             self.emit(f"    if {result} >> 63: {result} -= {M64 + 1:#x}")
-        if key is not None or kind == "u":
+        if hinting or kind == "u":
             self.emit("    ph = -1")
-        if hint is not None:
-            self.indent -= 1
-        if key is not None:
-            base, seg, disp = key
-            name = f"h{base if base >= 0 else 'x'}{'' if seg < 0 else f's{seg}'}"
-            align = 4096 if not TYPED_VIEWS else size
-            self.emit(f"{name} = ph")
-            self.hints[(base, seg)] = (name, disp, size, align, kind != "r")
-        if kind == "u":
-            self.update_read = (self.index, size)
-        return result
 
     def load(self, addr: str, size: int, update: bool = False,
              key: Optional[Tuple[int, int, int]] = None) -> str:
@@ -948,6 +1036,7 @@ class Translator:
         low = mmu.low
         self.typed_views = ({"M2": low.cast("H"), "M4": low.cast("I"), "M8": low.cast("q")}
                             if TYPED_VIEWS else {})
+        self.hint_misses = _hint_misses(mmu, self.typed_views)
         self.translated = 0
         self.seconds = 0.0  # spent translating, for the benchmarks
         self.keep_source = False
@@ -1014,6 +1103,7 @@ class Translator:
         mmu = self.mmu
         namespace.update(mmu=mmu, low=mmu.low, R=mmu.r, W=mmu.w)
         namespace.update(self.typed_views)
+        namespace.update(self.hint_misses)
         namespace.update(gen.consts)
         filename = f"<tcg block {insns[0].addr:#x}>"
         if self.code_cache is not None:
