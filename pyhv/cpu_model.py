@@ -23,6 +23,9 @@ TSC_DEADLINE, HYPERVISOR = 1 << 24, 1 << 31
 # CPUID.80000001:EDX / ECX
 EXT_SYSCALL, EXT_NX, EXT_LM = 1 << 11, 1 << 20, 1 << 29
 EXT_LAHF_LM = 1 << 0
+# CPUID.7.0:EDX. SERIALIZE: Linux's sync_core then serializes with one instruction rather
+# than an iret to itself, which it does after each of the thousands of code patches at boot.
+SERIALIZE = 1 << 14
 # CPUID.80000007:EDX: the TSC runs at a constant rate (Linux then trusts it as a clocksource).
 INVARIANT_TSC = 1 << 8
 
@@ -74,7 +77,7 @@ def pyhv64() -> CpuModel:
         (0, 0): (0x7, vendor[0], vendor[2], vendor[1]),
         # EBX: CLFLUSH line 8*8 = 64 bytes, 1 logical processor per package.
         (1, 0): (signature, (1 << 16) | (8 << 8), TSC_DEADLINE | HYPERVISOR, BASELINE_EDX),
-        (7, 0): (0, 0, 0, 0),
+        (7, 0): (0, 0, 0, SERIALIZE),
         (0x8000_0000, 0): (0x8000_0008, vendor[0], vendor[2], vendor[1]),
         (0x8000_0001, 0): (signature, 0, EXT_LAHF_LM, EXT_SYSCALL | EXT_NX | EXT_LM),
         (0x8000_0002, 0): brand[0:4],

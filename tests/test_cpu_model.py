@@ -23,7 +23,7 @@ def test_baseline_features_only():
     _, _, ecx, edx = model.cpuid(1)
     assert edx & cpu_model.SSE2 and edx & cpu_model.FXSR and edx & cpu_model.APIC
     assert ecx == cpu_model.HYPERVISOR | cpu_model.TSC_DEADLINE  # no SSE3, CX16, XSAVE, AVX, POPCNT
-    assert model.cpuid(7) == (0, 0, 0, 0)
+    assert model.cpuid(7) == (0, 0, 0, cpu_model.SERIALIZE)  # the software CPU has it
     _, _, _, ext_edx = model.cpuid(0x8000_0001)
     assert ext_edx & cpu_model.EXT_LM and ext_edx & cpu_model.EXT_NX and ext_edx & cpu_model.EXT_SYSCALL
     assert model.cpuid(0x8000_0007)[3] & cpu_model.INVARIANT_TSC
@@ -45,3 +45,13 @@ def test_resolve():
     assert cpu_model.resolve("host") is None
     with pytest.raises(ConfigError, match="unknown CPU model"):
         cpu_model.resolve("skylake")
+
+
+@pytest.mark.parametrize("host_has_it", [False, True])
+def test_kvm_advertises_serialize_only_where_the_host_has_it(host_has_it):
+    # Under KVM the guest runs its own instructions: a feature the host lacks would be #UD.
+    from pyhv.accel.kvm import cpuid_entries
+    from pyhv.kvm import structs as s
+    supported = [s.kvm_cpuid_entry2(function=7, index=0, edx=cpu_model.SERIALIZE if host_has_it else 0)]
+    leaf7 = [e for e in cpuid_entries(cpu_model.pyhv64(), supported, apic_id=0) if e.function == 7]
+    assert len(leaf7) == 1 and bool(leaf7[0].edx & cpu_model.SERIALIZE) == host_has_it

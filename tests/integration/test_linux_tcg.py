@@ -66,6 +66,9 @@ def test_cpuinfo_names_the_model_and_timer_interrupts_count(guest):
     assert result.returncode == 1, describe(result)
     model = re.search(r"^model name\s*:\s*(.*)$", result.stdout, re.MULTILINE)
     assert model is not None and model.group(1).strip() == BRAND_STRING, describe(result)
+    # The kernel took the model's SERIALIZE: its sync_core serializes without an iret.
+    flags = re.search(r"^flags\s*:\s*(.*)$", result.stdout, re.MULTILINE)
+    assert flags is not None and "serialize" in flags.group(1).split(), describe(result)
     # The local APIC timer line ("LOC:") or the IO-APIC timer line ("0:"), read twice.
     counts = [int(m.group(1)) for m in re.finditer(r"^\s*LOC:\s+(\d+)", result.stdout, re.MULTILINE)]
     if len(counts) < 2:

@@ -931,3 +931,19 @@ def test_pushes_are_served_by_page_hints():
     assert source.count("W.get") == 1
     assert source.count("if h4 >= 0 and (h4 & 4095) >= 8:") == 3
     assert source.count("ph = MW8(a, ") == 3
+
+
+def test_serialize_runs_and_its_neighbours_in_0f01_5_are_invalid():
+    # serialize (advertised in CPUID.7.0:EDX) does nothing visible, translated or not; the
+    # other encodings of 0F 01 /5 (prefixed, other register forms, memory) raise #UD.
+    code = assemble("mov $5, %eax\n.byte 0x0f, 0x01, 0xe8\nadd $1, %eax\n.byte 0x0f, 0x01, 0xe8\nhlt")
+    for translate_after in (None, 0):
+        memory, cpu, result = _run(code, {"r15": 0}, translate_after)
+        assert result.reason == StopReason.HLT and cpu.registers()["rax"] == 6
+        assert cpu.registers()["r15"] == 0
+    for bad in ("0xf3, 0x0f, 0x01, 0xe8", "0x66, 0x0f, 0x01, 0xe8", "0x0f, 0x01, 0xe9",
+                "0x0f, 0x01, 0x28"):
+        for translate_after in (None, 0):
+            _, cpu, _ = _run(assemble(f"mov $5, %eax\n.byte {bad}\nhlt"), {"r15": 0},
+                             translate_after)
+            assert cpu.registers()["r15"] == 6, bad  # #UD

@@ -85,6 +85,11 @@ def fence(gen: BlockCodegen, i: Insn) -> None:
     # lfence/mfence/sfence: one CPU with sequential memory has nothing to wait for.
 
 
+def serialize(gen: BlockCodegen, i: Insn) -> None:
+    if i.is_mem or i.rm != 0 or i.rep or i.pfx66:
+        raise Untranslatable("0F 01 /5 other than serialize: #UD through the handler")
+
+
 def bswap(gen: BlockCodegen, i: Insn) -> None:
     size = i.opsize
     if size == 2:
@@ -159,7 +164,7 @@ def leave(gen: BlockCodegen, i: Insn) -> None:
 
 
 SYSTEM_EMITTERS: Dict[Callable, Callable[[BlockCodegen, Insn], None]] = {
-    system.rdtsc: rdtsc, sysregs.fence_or_clflush: fence, mov.bswap: bswap, mov.cmpxchg: cmpxchg,
+    system.rdtsc: rdtsc, sysregs.fence_or_clflush: fence, sysregs.serialize: serialize, mov.bswap: bswap, mov.cmpxchg: cmpxchg,
     bit_insns.bt_imm: bt_imm, bit_insns.bt_reg: bt_reg, mov.xadd: xadd, system.cli: cli,
     mov.mov_rm_sreg: mov_rm_sreg, stack.leave: leave,
 }

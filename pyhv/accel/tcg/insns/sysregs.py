@@ -1,5 +1,5 @@
 """System registers: mov to/from CR and DR, lgdt/lidt/sgdt/sidt, lldt/ltr/sldt/str,
-invlpg, smsw/lmsw, clts, xgetbv/xsetbv, fxsave/fxrstor, ldmxcsr/stmxcsr and fences."""
+invlpg, smsw/lmsw, serialize, clts, xgetbv/xsetbv, fxsave/fxrstor, ldmxcsr/stmxcsr and fences."""
 
 from __future__ import annotations
 
@@ -198,6 +198,14 @@ def lmsw(cpu, i: Insn) -> None:
     cpu.break_block = True
 
 
+def serialize(cpu, i: Insn) -> None:
+    """0F 01 E8, serialize (0F 01 /5 otherwise: CET and TSX forms, not advertised). Linux's
+    sync_core uses it when CPUID has it, instead of an iret to itself after each code patch.
+    This CPU finishes each instruction before the next and sees its own code writes."""
+    if i.is_mem or i.rm != 0 or i.rep or i.pfx66:
+        raise GuestFault(UD)
+
+
 def group7_7(cpu, i: Insn) -> None:
     if i.is_mem:  # invlpg
         require_cpl0(cpu)
@@ -315,6 +323,7 @@ def _register() -> None:
     register(0x101, group7_2, reg=2, flags=END)
     register(0x101, group7_3, reg=3)
     register(0x101, smsw, reg=4)
+    register(0x101, serialize, reg=5)
     register(0x101, lmsw, reg=6, flags=END)
     register(0x101, group7_7, reg=7, flags=END)
     register(0x100, sldt, reg=0)
