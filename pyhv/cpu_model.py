@@ -1,8 +1,8 @@
 """CPU models: the CPUID a guest sees, shared by every accelerator.
 
 ``pyhv64`` (alias ``qemu64``) is the default baseline: x86-64 with SSE2 and nothing newer
-(no SSE3, no CX16, no XSAVE, no AVX), so the software CPU can implement exactly what it
-advertises. ``host`` passes through what KVM supports (KVM only).
+(no SSE3, no CX16, no XSAVE, no AVX) but SERIALIZE, so the software CPU can implement exactly
+what it advertises. ``host`` passes through what KVM supports (KVM only).
 """
 
 from __future__ import annotations

@@ -518,7 +518,9 @@ class BlockCodegen:
         self.pending = self.pending_key = None
         self.update_read = None
         result = None if kind == "w" else self.temp()
-        if not self.low_end % 4096 == 0 or self.indent != self.insn_indent:
+        # A hint vouches for a whole page of low RAM, and for straight code: an access inside
+        # an if of its instruction may not run, so it neither uses nor leaves one.
+        if self.low_end % 4096 or self.indent != self.insn_indent:
             key = None
         hint = self._hint_test(key, size, kind != "r") if key is not None else None
         self.a_unset = hint is not None
