@@ -86,7 +86,7 @@ def fence(gen: BlockCodegen, i: Insn) -> None:
 
 
 def serialize(gen: BlockCodegen, i: Insn) -> None:
-    if i.is_mem or i.rm != 0 or i.rep or i.pfx66:
+    if not sysregs.is_serialize(i):
         raise Untranslatable("0F 01 /5 other than serialize: #UD through the handler")
 
 

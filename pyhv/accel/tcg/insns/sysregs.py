@@ -198,11 +198,17 @@ def lmsw(cpu, i: Insn) -> None:
     cpu.break_block = True
 
 
+def is_serialize(i: Insn) -> bool:
+    """0F 01 /5 is serialize as 0F 01 E8 with no prefix; its other forms are CET and TSX
+    instructions, not advertised."""
+    return not (i.is_mem or i.rm != 0 or i.rep or i.pfx66)
+
+
 def serialize(cpu, i: Insn) -> None:
-    """0F 01 E8, serialize (0F 01 /5 otherwise: CET and TSX forms, not advertised). Linux's
-    sync_core uses it when CPUID has it, instead of an iret to itself after each code patch.
-    This CPU finishes each instruction before the next and sees its own code writes."""
-    if i.is_mem or i.rm != 0 or i.rep or i.pfx66:
+    """Linux's sync_core uses serialize when CPUID has it, instead of an iret to itself after
+    each code patch. This CPU finishes each instruction before the next and sees its own code
+    writes: nothing to do."""
+    if not is_serialize(i):
         raise GuestFault(UD)
 
 
