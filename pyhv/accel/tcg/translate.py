@@ -540,8 +540,7 @@ class BlockCodegen:
                 self.emit(f"    {result}, ph = MU{size}(cpu, a)")
             else:
                 self.emit(f"    ph = MW{size}(a, {value})")
-                self.emit("    brk = cpu.break_block")
-                self.wrote_slow = True
+                self._slow_write_ends_block()
         else:
             self._looked_up(size, kind, lines, result, value, set_pc, key is not None)
         if key is not None:
@@ -571,13 +570,17 @@ class BlockCodegen:
             self.emit(f"    {result} = read_for_update(cpu, a, {size})")
         else:
             self.emit(f"    mmu.write(a, {size}, {value})")
-            # A write to a page with translated code (or an MMIO exit request) ends the block.
-            self.emit("    brk = cpu.break_block")
-            self.wrote_slow = True
+            self._slow_write_ends_block()
         if kind != "w" and size == 8:  # the MMU reads unsigned
             self.emit(f"    if {result} >> 63: {result} -= {M64 + 1:#x}")
         if hinting or kind == "u":
             self.emit("    ph = -1")
+
+    def _slow_write_ends_block(self) -> None:
+        """After a write through the MMU's path (just emitted, one level in): a write to a page
+        with translated code, or an MMIO exit request, ends the block after this instruction."""
+        self.emit("    brk = cpu.break_block")
+        self.wrote_slow = True
 
     def load(self, addr: str, size: int, update: bool = False,
              key: Optional[Tuple[int, int, int]] = None) -> str:
@@ -605,8 +608,7 @@ class BlockCodegen:
             self.emit("else:")
             self.emit("    " + self.may_fault(emit=False))
             self.emit(f"    mmu.write(a, {size}, {value})")
-            self.emit("    brk = cpu.break_block")
-            self.wrote_slow = True
+            self._slow_write_ends_block()
             return
         self._access(size, "w", addr, value, key)
 
