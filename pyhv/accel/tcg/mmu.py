@@ -67,6 +67,8 @@ _PACK_Q = struct.Struct("<q").pack_into
 class Mmu:
     """Paging, TLB and guest-physical access for one vCPU."""
 
+    writers_slack = 4096  # stale entries ``writers`` may gather beyond 4 per live one
+
     def __init__(self, memory: GuestMemory, mmio_bus: Bus, state) -> None:
         self.memory = memory
         self.mmio_bus = mmio_bus
@@ -81,6 +83,12 @@ class Mmu:
         self.r: Dict[int, int] = {}
         self.w: Dict[int, int] = {}
         self.x: Dict[int, int] = {}
+        # Physical page -> the vpns ``w`` mapped to it since it was last cleared, some maybe
+        # dropped or remapped since: protect_code_page looks them up here instead of scanning
+        # ``w`` (about 1,800 entries at a new code page, 1,000 times in 150M instructions
+        # of the Debian boot: 0.6 ms each on CPython).
+        self.writers: Dict[int, List[int]] = {}
+        self._writers_noted = 0
         # Physical pages holding translated code; set by the block cache.
         self.code_pages: Dict[int, object] = {}
         self.on_code_write: Callable[[int, int], None] = lambda phys, size: None
@@ -116,6 +124,8 @@ class Mmu:
         self.r.clear()
         self.w.clear()
         self.x.clear()
+        self.writers = {}
+        self._writers_noted = 0
         self.epoch += 1
 
     def flush_page(self, linear: int) -> None:
@@ -135,9 +145,23 @@ class Mmu:
 
     def protect_code_page(self, ppn: int) -> None:
         """``ppn`` now holds translated code: route writes to it through the slow path."""
-        for vpn, delta in list(self.w.items()):
-            if vpn + (delta >> 12) == ppn:
-                del self.w[vpn]
+        w = self.w
+        for vpn in self.writers.pop(ppn, ()):
+            delta = w.get(vpn)
+            if delta is not None and vpn + (delta >> 12) == ppn:
+                del w[vpn]
+
+    def _note_writer(self, vpn: int, ppn: int) -> None:
+        self.writers.setdefault(ppn, []).append(vpn)
+        self._writers_noted += 1
+        if self._writers_noted > 4 * len(self.w) + self.writers_slack:
+            # CR3 writes and INVLPG drop entries of ``w`` one by one and leave their vpns
+            # here: rebuild from what ``w`` holds, so the lists stay bounded.
+            writers: Dict[int, List[int]] = {}
+            for mapped_vpn, delta in self.w.items():
+                writers.setdefault(mapped_vpn + (delta >> 12), []).append(mapped_vpn)
+            self.writers = writers
+            self._writers_noted = len(self.w)
 
     # --- translation ------------------------------------------------------------------
     def translate(self, linear: int, access: int, system: bool = False) -> int:
@@ -175,6 +199,7 @@ class Mmu:
         if access == ACCESS_WRITE:
             if base >> 12 not in self.code_pages and not system:
                 self.w[vpn] = base - (vpn << 12)
+                self._note_writer(vpn, base >> 12)
         elif access == ACCESS_FETCH:
             self.x[vpn] = base
         elif not system:
