@@ -731,8 +731,7 @@ class Cpu:
                             if (executed >= max_instructions if whole_blocks
                                     else block.size > max_instructions - executed):
                                 break
-                            fn = block.fn
-                            self.break_block = False
+                            fn = block.fn  # break_block is still False: no reset needed
                         continue
                 for insn in todo:
                     s.rip = insn.next_rip
