@@ -35,9 +35,19 @@ def _elements_here(offset: int, linear: int, size: int, adsize: int, count: int)
 
 def _ram_page(mmu, fast: Dict[int, int], linear: int, access: int, nbytes: int):
     """Physical address of ``linear`` when [linear, +nbytes) is plain low RAM for ``access``
-    (for a write: no translated code there); None otherwise. May raise the access's fault."""
-    phys = mmu.translate(linear, access)
-    if fast.get(signed64(linear) >> 12) is None or phys + nbytes > mmu.low_end:
+    (for a write: no translated code there); None otherwise. May raise the access's fault.
+
+    ``fast`` (the MMU's read or write map) holds a page only after a translation allowed the
+    access there, as translated code relies on: a hit needs no walk of the TLB."""
+    linear = signed64(linear)
+    delta = fast.get(linear >> 12)
+    if delta is None:
+        mmu.translate(linear, access)
+        delta = fast.get(linear >> 12)
+        if delta is None:
+            return None
+    phys = linear + delta
+    if phys + nbytes > mmu.low_end:
         return None
     return phys
 
