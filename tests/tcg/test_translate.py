@@ -698,7 +698,7 @@ def test_lock_cmpxchg_on_memory_translates_like_the_interpreter(suffix, acc, mat
 def test_bit_test_family_translates_like_the_interpreter(op, suffix, reg, offset_reg):
     # CF gets the bit, the other flags stay those of the cmp before (read back by pushf and
     # by a jc/jz); immediate offsets on a register and on memory, a register offset (taken
-    # modulo the operand size) on a register. Register offsets into memory keep the handler.
+    # modulo the operand size) on a register. Register offsets into memory: the next test.
     code = assemble(f"""
         cmp %rax, %rbx
         {op}{suffix} $35, %{reg}
@@ -719,6 +719,50 @@ def test_bit_test_family_translates_like_the_interpreter(op, suffix, reg, offset
         interpreted = _state(*_run(code, regs, None, data=data))
         translated = _state(*_run(code, regs, 0, data=data))
         assert translated == interpreted
+
+
+@pytest.mark.parametrize("op", ["bt", "bts", "btr", "btc"])
+@pytest.mark.parametrize("suffix, offset_reg", [("w", "cx"), ("l", "ecx"), ("q", "rcx")])
+def test_register_bit_offsets_into_memory_translate_like_the_interpreter(op, suffix, offset_reg):
+    # The offset, signed at the operand size, moves the operand by whole operands, either
+    # way and past it (Linux's test_bit/set_bit on bitmaps); the bits above the operand
+    # size of the offset register do not count. The flags of the cmp before stay but CF.
+    code = assemble(f"""
+        cmp %rax, %rbx
+        {op}{suffix} %{offset_reg}, (%rbp)
+        setc %r8b
+        {op}{suffix} %{offset_reg}, 8(%rbp)
+        jc 1f
+        inc %rsi
+    1:  jz 2f
+        inc %rdi
+    2:  pushf
+        pop %r10
+        hlt""")
+    data = bytes(range(256))
+    changed = False
+    for rcx in (0, 5, 70, 300, -1, -200, 0xFFFF_FFFF_0000_0046, 0xFFFF_FFF0):
+        regs = {"rax": 5, "rbx": 5, "rcx": rcx & 0xFFFF_FFFF_FFFF_FFFF, "rbp": DATA + 128}
+        interpreted = _state(*_run(code, regs, None, data=data))
+        translated = _state(*_run(code, regs, 0, data=data))
+        assert translated == interpreted, f"offset {rcx:#x}"
+        bits = {"w": 16, "l": 32, "q": 64}[suffix]
+        signed = (rcx + (1 << (bits - 1))) % (1 << bits) - (1 << (bits - 1))
+        # Offsets near the bitmap stay in it; the rest reach an unmapped page, both ways.
+        assert interpreted[2]["r15"] == (0 if abs(signed) < 1024 else 14), f"offset {rcx:#x}"
+        changed |= interpreted[3] != data
+    assert changed == (op != "bt")
+    source = _translated_source(f"{op}{suffix} %{offset_reg}, (%rdi)\nhlt", 1)
+    assert "H0(cpu" not in source
+
+
+def test_a_register_bit_offset_to_an_unmapped_page_faults_like_the_interpreter():
+    code = assemble("add $1, %rdx\nbts %rcx, (%rbp)\nhlt")
+    regs = {"rcx": 1 << 40, "rdx": 7, "rbp": DATA}  # 128 GiB on: past the mapped first GiB
+    interpreted = _state(*_run(code, regs, None))
+    translated = _state(*_run(code, regs, 0))
+    assert translated == interpreted
+    assert translated[2]["r15"] == 14 and translated[2]["rdx"] == 8
 
 
 @pytest.mark.parametrize("suffix, src", [("b", "cl"), ("w", "cx"), ("l", "ecx"), ("q", "rcx")])

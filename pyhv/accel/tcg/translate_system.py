@@ -17,7 +17,7 @@ from .flags import CC_ADD, CC_EAGER, CC_SUB
 from .insns import bit as bit_insns
 from .insns import mov, stack, system, sysregs
 from .state import ARITH_FLAGS, CF, IF, IOPL, RAX, RDX
-from .translate import MASK, BlockCodegen, FlagSource, Untranslatable
+from .translate import MASK, SIGN, BlockCodegen, FlagSource, Untranslatable
 
 
 def cmpxchg(gen: BlockCodegen, i: Insn) -> None:
@@ -43,12 +43,13 @@ def cmpxchg(gen: BlockCodegen, i: Insn) -> None:
     gen.indent -= 1
 
 
-def _bit_op(gen: BlockCodegen, i: Insn, kind: int, bit: str) -> None:
+def _bit_op(gen: BlockCodegen, i: Insn, kind: int, bit: str, address: str = "") -> None:
     """bt/bts/btr/btc of bit ``bit`` (an expression already reduced to the operand size): CF
-    gets the bit, the other flags stay as they were."""
+    gets the bit, the other flags stay as they were. ``address``: a memory operand's linear
+    address where it is not the instruction's own (a register bit offset moves it)."""
     size = i.opsize
     if i.is_mem:
-        value = gen.load(gen.address(i), size, update=kind != bit_insns.BT)
+        value = gen.load(address or gen.address(i), size, update=kind != bit_insns.BT)
     else:
         value = gen.reg(i.rm, size)
     arith = gen.arith_flags()
@@ -74,9 +75,26 @@ def bt_imm(gen: BlockCodegen, i: Insn) -> None:
 
 
 def bt_reg(gen: BlockCodegen, i: Insn) -> None:
-    if i.is_mem:
-        raise Untranslatable("a register bit offset into memory reaches outside the operand")
-    _bit_op(gen, i, bit_insns.KIND_BY_OP[i.op], f"({gen.reg(i.reg, i.opsize)} & {8 * i.opsize - 1})")
+    size = i.opsize
+    kind = bit_insns.KIND_BY_OP[i.op]
+    bit = f"({gen.reg(i.reg, size)} & {8 * size - 1})"
+    if not i.is_mem:
+        _bit_op(gen, i, kind, bit)
+        return
+    if gen.bits != 64 or i.adsize != 8:
+        raise Untranslatable("a register bit offset into memory outside 64-bit addressing")
+    # The offset, signed, moves the operand by whole operands: Linux's bitmap helpers
+    # (test_bit, set_bit on cpumasks and page flags) take this form.
+    offset = gen.reg(i.reg, size)
+    if size != 8:
+        offset = f"(({offset} ^ {SIGN[size]:#x}) - {SIGN[size]:#x})"
+    linear = gen.offset(i)
+    if i.seg >= 0:
+        gen.segs_used.add(i.seg)
+        linear = f"{linear} + sb{i.seg}"
+    address = gen.arith64(f"e{gen.index}", linear, "+",
+                          f"(({offset} >> {3 + size.bit_length() - 1}) * {size})")
+    _bit_op(gen, i, kind, bit, address)
 
 
 def fence(gen: BlockCodegen, i: Insn) -> None:
