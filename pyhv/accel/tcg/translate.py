@@ -393,6 +393,11 @@ class BlockCodegen:
         return f"({a} ^ {sign:#x}) {op} ({b} ^ {sign:#x})"
 
     @staticmethod
+    def sign_extended(expr: str, size: int) -> str:
+        """Expression for ``expr`` (``size`` bytes, unsigned) as a signed integer."""
+        return f"(({expr} ^ {SIGN[size]:#x}) - {SIGN[size]:#x})"
+
+    @staticmethod
     def sign_of(expr: str, size: int) -> str:
         """Truth expression: bit 8*size-1 of ``expr`` (a bitwise combination) is set."""
         return f"({expr}) < 0" if size == 8 else f"({expr}) & {SIGN[size]:#x}"
@@ -430,17 +435,21 @@ class BlockCodegen:
             self.fold64("o")
         return "o"
 
+    def linear(self, i: Insn) -> str:
+        """Expression for the linear address of ``i``'s memory operand, unfolded (as
+        :meth:`offset`), emitting what it needs first."""
+        offset = self.offset(i)
+        if i.seg < 0:
+            return offset
+        self.segs_used.add(i.seg)
+        return f"{offset} + sb{i.seg}"
+
     def address(self, i: Insn) -> str:
         """Describe ``a = `` the linear address of ``i``'s memory operand (as :func:`ea`) to
         the access that follows, which emits it where it needs it: an access that a page hint
         serves never computes it."""
         mark = len(self.lines)
-        offset = self.offset(i)
-        if i.seg < 0:
-            self.emit(f"a = {offset}")
-        else:
-            self.segs_used.add(i.seg)
-            self.emit(f"a = {offset} + sb{i.seg}")
+        self.emit(f"a = {self.linear(i)}")
         pad = len("    " * self.indent)
         self.pending = [line[pad:] for line in self.lines[mark:]]
         del self.lines[mark:]

@@ -215,8 +215,7 @@ def lea(gen: BlockCodegen, i: Insn) -> None:
 def _extend(gen: BlockCodegen, i: Insn, from_size: int, signed: bool) -> None:
     value = gen.read_operand(i, from_size)
     if signed:
-        sign = SIGN[from_size]
-        value = f"(({value} ^ {sign:#x}) - {sign:#x})"
+        value = gen.sign_extended(value, from_size)
         if i.opsize != 8:
             value += f" & {MASK[i.opsize]:#x}"
     gen.set_reg(i.reg, i.opsize, value)

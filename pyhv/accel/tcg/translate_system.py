@@ -17,7 +17,7 @@ from .flags import CC_ADD, CC_EAGER, CC_SUB
 from .insns import bit as bit_insns
 from .insns import mov, stack, system, sysregs
 from .state import ARITH_FLAGS, CF, IF, IOPL, RAX, RDX
-from .translate import MASK, SIGN, BlockCodegen, FlagSource, Untranslatable
+from .translate import MASK, BlockCodegen, FlagSource, Untranslatable
 
 
 def cmpxchg(gen: BlockCodegen, i: Insn) -> None:
@@ -87,12 +87,8 @@ def bt_reg(gen: BlockCodegen, i: Insn) -> None:
     # (test_bit, set_bit on cpumasks and page flags) take this form.
     offset = gen.reg(i.reg, size)
     if size != 8:
-        offset = f"(({offset} ^ {SIGN[size]:#x}) - {SIGN[size]:#x})"
-    linear = gen.offset(i)
-    if i.seg >= 0:
-        gen.segs_used.add(i.seg)
-        linear = f"{linear} + sb{i.seg}"
-    address = gen.arith64(f"e{gen.index}", linear, "+",
+        offset = gen.sign_extended(offset, size)
+    address = gen.arith64(f"e{gen.index}", gen.linear(i), "+",
                           f"(({offset} >> {3 + size.bit_length() - 1}) * {size})")
     _bit_op(gen, i, kind, bit, address)
 
