@@ -693,6 +693,17 @@ def test_lock_cmpxchg_on_memory_translates_like_the_interpreter(suffix, acc, mat
     assert (interpreted[3][8:16] != data[8:16]) == matches
 
 
+# After a bit test: CF read back by jc, the other flags (the cmp's before) by jz and pushf.
+_BIT_FLAGS_READBACK = """
+        jc 1f
+        inc %rsi
+    1:  jz 2f
+        inc %rdi
+    2:  pushf
+        pop %r10
+        hlt"""
+
+
 @pytest.mark.parametrize("op", ["bt", "bts", "btr", "btc"])
 @pytest.mark.parametrize("suffix, reg, offset_reg", [("w", "dx", "cx"), ("l", "edx", "ecx"), ("q", "rdx", "rcx")])
 def test_bit_test_family_translates_like_the_interpreter(op, suffix, reg, offset_reg):
@@ -706,13 +717,7 @@ def test_bit_test_family_translates_like_the_interpreter(op, suffix, reg, offset
         {op}{suffix} $6, 8(%rbp)
         setc %r9b
         {op}{suffix} %{offset_reg}, %{reg}
-        jc 1f
-        inc %rsi
-    1:  jz 2f
-        inc %rdi
-    2:  pushf
-        pop %r10
-        hlt""")
+        {_BIT_FLAGS_READBACK}""")
     data = bytes(8) + (0x5A5A_5A5A_5A5A_5A5A).to_bytes(8, "little")
     for rax, rcx in ((5, 0x47), (7, 0x31)):
         regs = {"rax": rax, "rbx": 5, "rcx": rcx, "rdx": 0x8000_0008_F0F0_00FF, "rbp": DATA}
@@ -732,13 +737,7 @@ def test_register_bit_offsets_into_memory_translate_like_the_interpreter(op, suf
         {op}{suffix} %{offset_reg}, (%rbp)
         setc %r8b
         {op}{suffix} %{offset_reg}, 8(%rbp)
-        jc 1f
-        inc %rsi
-    1:  jz 2f
-        inc %rdi
-    2:  pushf
-        pop %r10
-        hlt""")
+        {_BIT_FLAGS_READBACK}""")
     data = bytes(range(256))
     changed = False
     for rcx in (0, 5, 70, 300, -1, -200, 0xFFFF_FFFF_0000_0046, 0xFFFF_FFF0):
