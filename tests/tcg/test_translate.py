@@ -755,6 +755,18 @@ def test_register_bit_offsets_into_memory_translate_like_the_interpreter(op, suf
     assert "H0(cpu" not in source
 
 
+def test_a_register_bit_offset_on_an_indexed_address_past_the_machine_word():
+    # base + index*8 + disp is 2**64 + DATA + 8 before it wraps, and the offset (64 bits)
+    # moves it 8 bytes on: the sum leaves the machine word before the fold (PyPy's wrapping
+    # int_add raised OverflowError on it; the KVM differential test found the form).
+    code = assemble(f"btsq %r14, {DATA + 9:#x}(%r11,%rsi,8)\nhlt")
+    regs = {"r11": 0x7FFF_FFFF_FFFF_FFFF, "rsi": 0x1000_0000_0000_0000, "r14": 64}
+    interpreted = _state(*_run(code, regs, None))
+    translated = _state(*_run(code, regs, 0))
+    assert translated == interpreted
+    assert translated[2]["r15"] == 0 and translated[3][16] == 1  # bit 0 of DATA + 16
+
+
 def test_a_register_bit_offset_to_an_unmapped_page_faults_like_the_interpreter():
     code = assemble("add $1, %rdx\nbts %rcx, (%rbp)\nhlt")
     regs = {"rcx": 1 << 40, "rdx": 7, "rbp": DATA}  # 128 GiB on: past the mapped first GiB

@@ -88,8 +88,11 @@ def bt_reg(gen: BlockCodegen, i: Insn) -> None:
     offset = gen.reg(i.reg, size)
     if size != 8:
         offset = gen.sign_extended(offset, size)
-    address = gen.arith64(f"e{gen.index}", gen.linear(i), "+",
-                          f"(({offset} >> {3 + size.bit_length() - 1}) * {size})")
+    # A plain sum folded after: an indexed address can leave the 64-bit range before the
+    # bit offset moves it (PyPy's wrapping int_add refuses such an operand).
+    address = f"e{gen.index}"
+    gen.emit(f"{address} = {gen.linear(i)} + (({offset} >> {3 + size.bit_length() - 1}) * {size})")
+    gen.fold64(address)
     _bit_op(gen, i, kind, bit, address)
 
 
