@@ -47,7 +47,15 @@ def test_high_region_is_backed_by_the_right_bytes():
     memory.write_u32(FOUR_GIB + 0x100, 0x11223344)
     assert memory.read_u32(FOUR_GIB + 0x100) == 0x11223344
     assert memory.read_u32(0x100) == 0  # the low region is separate
+    assert bytes(memory.view(FOUR_GIB + 0x100, 4)) == bytes([0x44, 0x33, 0x22, 0x11])
     assert memory.contains(FOUR_GIB, 2 * MiB) and not memory.contains(FOUR_GIB, 2 * MiB + 1)
+
+
+def test_a_view_may_end_where_ram_ends():
+    memory = GuestMemory(2 * MiB)
+    memory.write(2 * MiB - 4, b"last")
+    assert bytes(memory.view(2 * MiB - 4, 4)) == b"last"
+    assert len(memory.view(2 * MiB, 0)) == 0
 
 
 @pytest.mark.parametrize("gpa,size", [
