@@ -32,6 +32,21 @@ ON_PYPY = platform.python_implementation() == "PyPy"
 PYPY_GC_SETTINGS: Dict[str, str] = {"PYPY_GC_NURSERY": "64MB", "PYPY_GC_MAJOR_COLLECT": "3"}
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, as ``taskset`` sets it)."""
+    getaffinity = getattr(os, "sched_getaffinity", None)  # PyPy 3.9 has none
+    if getaffinity is not None:
+        return len(getaffinity(0))
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Cpus_allowed:"):
+                    return bin(int(line.split()[1].replace(",", ""), 16)).count("1")
+    except (OSError, ValueError):
+        pass
+    return os.cpu_count() or 1
+
+
 def vm_env(base: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
     """``base`` (default: this process's environment) with the settings it lacks added."""
     env = dict(os.environ if base is None else base)

@@ -35,6 +35,7 @@ from typing import Callable, Deque, Dict, List, NamedTuple, Optional, Tuple
 from ...block.backend import BlockBackend
 from ...block.errors import BlockError
 from ...memory import GuestMemory
+from ...runtime_env import usable_cpus
 from . import spec
 from .device import VirtioDevice
 from .iothread import WorkerPool
@@ -76,21 +77,6 @@ WRITE_ZEROES_FLAG_UNMAP = 0x1
 # 8 in flight: 110-125% of the one-thread host with two workers against 82-86% in line, since
 # a second copy in parallel pays there (the host's own two threads: 1.7-1.9x); pinned to one
 # CPU the workers cost 10% (79-90% against 95-107% in line).
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask, as ``taskset`` sets it)."""
-    getaffinity = getattr(os, "sched_getaffinity", None)  # PyPy 3.9 has none
-    if getaffinity is not None:
-        return len(getaffinity(0))
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("Cpus_allowed:"):
-                    return bin(int(line.split()[1].replace(",", ""), 16)).count("1")
-    except (OSError, ValueError):
-        pass
-    return os.cpu_count() or 1
-
-
 DEFAULT_WORKERS = 2 if usable_cpus() >= 2 else 0
 # Below this, handing a request to a worker (a wake-up, a GIL hand-off) costs more than the
 # copy it would overlap.

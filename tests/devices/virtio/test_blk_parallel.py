@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from pyhv import runtime_env
 from pyhv.block.raw import RawImage
 from pyhv.devices.virtio import blk, mmio, spec
 from pyhv.devices.virtio.blk import VirtioBlock
@@ -376,12 +377,12 @@ def test_a_completion_that_finds_the_used_ring_busy_is_published_by_its_holder(r
 
 @pytest.mark.parametrize("cpus, workers", [("0", 0), ("0,1", 2)])
 def test_the_default_pool_follows_the_cpus_the_process_may_use(cpus, workers):
-    if cpus == "0,1" and blk.usable_cpus() < 2:
+    if cpus == "0,1" and runtime_env.usable_cpus() < 2:
         pytest.skip("this host lets the tests use one CPU")
     if shutil.which("taskset") is None:
         pytest.skip("taskset (util-linux) is not installed")
     out = subprocess.run(
         ["taskset", "-c", cpus, sys.executable, "-c",
-         "from pyhv.devices.virtio import blk; print(blk.usable_cpus(), blk.DEFAULT_WORKERS)"],
+         "from pyhv import runtime_env; from pyhv.devices.virtio import blk; print(runtime_env.usable_cpus(), blk.DEFAULT_WORKERS)"],
         check=True, capture_output=True, text=True).stdout.split()
     assert out == [str(len(cpus.split(","))), str(workers)]
