@@ -128,13 +128,13 @@ def test_regions_stay_within_their_limits(monkeypatch):
     body = "".join("add $1, %rax\ncmp $-1, %rax\nje 9f\n" for _ in range(30))
     code = assemble(f"mov $20, %rcx\n1: {body}dec %rcx\njnz 1b\nhlt\n9: hlt")
     translated_regions = []
-    original = Translator.translate_region
+    original = Translator._generate
 
     def recording(translator, parts, bits):
         translated_regions.append((len(parts), sum(len(part) for part in parts), len(parts[0])))
         return original(translator, parts, bits)
 
-    monkeypatch.setattr(Translator, "translate_region", recording)
+    monkeypatch.setattr(Translator, "_generate", recording)
     monkeypatch.setattr(cpu_module, "REGION_PARTS", 8)
     interpreted, translated, cpu = _both(code)
     assert translated == interpreted and translated[2]["rax"] == 600

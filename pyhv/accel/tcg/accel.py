@@ -26,6 +26,7 @@ from ...irq import IrqLine
 from ...lifecycle import Reset, StopRequest
 from ..base import PauseGate, Platform
 from .codecache import CodeCache, code_cache_path
+from .compiler import CompileHelper, helper_wanted
 from .cpu import Cpu, StopReason
 from .hints import WARM_RUNS, BlockHints
 
@@ -86,6 +87,10 @@ class TcgAccelerator:
             cpu.hints = BlockHints(platform.tcg_hints)
         if platform.tcg_hints is not None:
             cpu.translator.code_cache = CodeCache(code_cache_path(platform.tcg_hints))
+        # -icount sleep=off asks for a run that repeats exactly (see .compiler).
+        reproducible = platform.icount_shift is not None and not platform.icount_sleep
+        if helper_wanted(cpu.translate_after, reproducible):
+            cpu.translator.helper = CompileHelper()
         self._wakeup = threading.Event()
         self.chip.source.on_raise = self._interrupt_raised
         self.instructions = 0
@@ -199,3 +204,5 @@ class TcgAccelerator:
             self.cpu.hints.save()
         if self.cpu.translator.code_cache is not None:
             self.cpu.translator.code_cache.save()
+        if self.cpu.translator.helper is not None:
+            self.cpu.translator.helper.close()

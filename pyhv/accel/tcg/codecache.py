@@ -27,9 +27,10 @@ import sys
 import zlib
 from pathlib import Path
 from types import CodeType
-from typing import Dict
+from typing import Dict, Optional
 
 from ...cache import prune_oldest, replace_cache_file
+from .compiler import compile_block
 
 log = logging.getLogger("pyhv.accel.tcg.codecache")
 
@@ -76,23 +77,34 @@ class CodeCache:
         self._unsaved = 0  # blocks compiled that the file lacks
 
     def compile(self, source: str, filename: str) -> CodeType:
-        """``compile(source, filename, "exec")``, from the cache when an earlier boot compiled it."""
+        """:func:`compile_block`, from the cache when an earlier boot compiled it."""
+        code = self.lookup(source, filename)
+        if code is None:
+            code = compile_block(source, filename)
+            self.add(source, filename, code)
+        return code
+
+    def lookup(self, source: str, filename: str) -> Optional[CodeType]:
+        """The code an earlier boot (or this one) compiled from ``source``, if kept."""
         key = _entry_key(source, filename)
         blob = self.used.get(key) or self.previous.get(key)
-        if blob is not None:
-            try:
-                code = marshal.loads(blob)
-            except (EOFError, ValueError, TypeError):
-                code = None
-            if isinstance(code, CodeType) and code.co_filename == filename:
-                self.used[key] = blob
-                self.hits += 1
-                return code
-        code = compile(source, filename, "exec")
-        self.used[key] = marshal.dumps(code)
+        if blob is None:
+            return None
+        try:
+            code = marshal.loads(blob)
+        except (EOFError, ValueError, TypeError):
+            return None
+        if not isinstance(code, CodeType) or code.co_filename != filename:
+            return None
+        self.used[key] = blob
+        self.hits += 1
+        return code
+
+    def add(self, source: str, filename: str, code: CodeType) -> None:
+        """Keep ``code``, compiled from ``source`` in this boot, for the next."""
+        self.used[_entry_key(source, filename)] = marshal.dumps(code)
         self.compiled += 1
         self._unsaved += 1
-        return code
 
     def save(self) -> None:
         """Write this boot's entries, then the earlier ones it did not use, atomically."""

@@ -31,7 +31,7 @@ from .interrupts import TripleFault, raise_exception, raise_interrupt
 from .mmu import ACCESS_FETCH, Mmu
 from .operands import STACK_MASK_64
 from .state import CS, IF, SS, CpuState, signed64
-from .translate import Translator, successors
+from .translate import PendingBlock, Translator, successors
 from .translate_insns import EMITTERS
 
 MAX_BLOCK_INSNS = 64
@@ -75,6 +75,9 @@ def _translate_after_setting() -> Optional[int]:
 
 
 TRANSLATE_AFTER = _translate_after_setting()
+# Runs a block may go on interpreted while the compile helper has its source, before the run
+# loop waits for the code (a block in a loop would otherwise run slowly meanwhile).
+COMPILE_WAIT_RUNS = 32
 MASK64 = 0xFFFF_FFFF_FFFF_FFFF
 
 # On PyPy, the run loop calls thousands of distinct block functions from one call site. The
@@ -136,7 +139,8 @@ class Block:
     """A decoded basic block; ``fn`` is its translated function once it ran ``heat`` times."""
 
     __slots__ = ("phys", "rip", "bits", "cs_base", "insns", "spans", "fn", "heat", "size",
-                 "parts", "epoch", "rip0", "next0", "rip1", "next1", "links", "links_epoch")
+                 "parts", "epoch", "rip0", "next0", "rip1", "next1", "links", "links_epoch",
+                 "pending", "held_by")
 
     def __init__(self, phys: int, rip: int, bits: int, cs_base: int, insns: List[Insn],
                  spans: Dict[int, Tuple[int, int]]) -> None:
@@ -149,6 +153,8 @@ class Block:
         # there: a write drops the block only where it overlaps them.
         self.spans = spans
         self.fn: Optional[Callable[..., int]] = None
+        self.pending: Optional[PendingBlock] = None  # its source with the compile helper
+        self.held_by: Optional[Block] = None  # a pending block whose translation joins it
         self.heat = 0
         self.size = len(insns)
         self.parts = 1  # the blocks its translation covers (see Cpu._region)
@@ -472,7 +478,7 @@ class Cpu:
             keys.append(phys)
         return block
 
-    def _region(self, block: Block) -> List[List[Insn]]:
+    def _region(self, block: Block) -> Tuple[List[List[Insn]], List[Block]]:
         """The parts to translate for ``block`` (see Translator.translate_region).
 
         The first part is ``block`` with the blocks it falls through to where its conditional
@@ -488,7 +494,7 @@ class Cpu:
         write to any of them drops it too, and the first part's length in ``size``, the most
         one call runs before it checks the budget."""
         if block.links or len(block.spans) != 1:
-            return [block.insns]
+            return [block.insns], []
         (page, (first, end)), = block.spans.items()
         linear_page = ((block.cs_base + block.rip) & MASK64) >> 12
 
@@ -559,12 +565,35 @@ class Cpu:
                 self._note_hint(member, PART)
         block.spans = {page: (first, end)}
         block.parts = len(parts)
-        return parts
+        return parts, members
 
-    def _translate(self, block: Block) -> Callable[..., int]:
-        if self.hints is not None:
-            self._note_hint(block, HOT)  # before _region widens the block's spans
-        return self.translator.translate_region(self._region(block), block.bits)
+    def _translate(self, block: Block) -> Optional[Callable[..., int]]:
+        """The block's function; None while the compile helper has its source."""
+        pending = block.pending
+        if pending is None:
+            holder = block.held_by
+            if holder is not None:
+                if holder.pending is not None and self.blocks.get(holder.phys) is holder:
+                    return None  # its code is in the holder's translation, on its way
+                block.held_by = None
+            if self.hints is not None:
+                self._note_hint(block, HOT)  # before _region widens the block's spans
+            parts, members = self._region(block)
+            started = self.translator.start_region(parts, block.bits)
+            if not isinstance(started, PendingBlock):
+                return started
+            block.pending = started
+            # While the helper compiles, the blocks joined to ``block`` run interpreted and
+            # heat up, where they stay cold once ``block``'s function runs their code: each
+            # would be translated again on its own.
+            for member in members:
+                member.held_by = block
+            return None
+        overdue = block.heat > self.translate_after + COMPILE_WAIT_RUNS
+        fn = self.translator.finish(pending, wait=overdue)
+        if fn is not None:
+            block.pending = None
+        return fn
 
     # --- hot-block hints (see .hints) -----------------------------------------------------
     def _block_key(self, block: Block) -> Optional[str]:

@@ -41,10 +41,12 @@ import struct
 import sys
 import time
 import types
-from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
+from types import CodeType
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 from ...runtime_env import ON_PYPY
 from .codecache import CodeCache
+from .compiler import CompileHelper, compile_block
 from .decoder import END, Insn
 from .faults import GuestFault
 from .flags import (CC_ADC, CC_ADD, CC_DEC, CC_EAGER, CC_INC, CC_LOGIC, CC_SBB, CC_SUB, PARITY,
@@ -74,6 +76,21 @@ NUM_GPRS = len(GPR_NAMES)
 _WRAPPING = {"+": "int_add", "-": "int_sub", "<<": "int_lshift", "*": "int_mul"}
 
 BlockFunction = Callable[..., int]
+
+
+class PendingBlock:
+    """A translated block's source on its way to a function: compiled by the helper under
+    ``token`` (see Translator.start_region), then run with ``consts`` as its globals."""
+
+    __slots__ = ("source", "filename", "consts", "profile", "token")
+
+    def __init__(self, source: str, filename: str, consts: Dict[str, object],
+                 profile: Optional["BlockProfile"]) -> None:
+        self.source = source
+        self.filename = filename
+        self.consts = consts
+        self.profile = profile
+        self.token: Optional[int] = None
 
 
 def literal_value(source: str) -> Optional[int]:
@@ -1059,13 +1076,43 @@ class Translator:
         self.profiles: Optional[List[BlockProfile]] = None
         # Code an earlier boot of this guest compiled (see .codecache); None: compile each block.
         self.code_cache: Optional[CodeCache] = None
+        # Compiles sources beside the vCPU for start_region (see .compiler); None: here.
+        self.helper: Optional[CompileHelper] = None
 
     def translate(self, insns: List[Insn], bits: int) -> BlockFunction:
         """Translate one block."""
         return self.translate_region([insns], bits)
 
     def translate_region(self, parts: Sequence[List[Insn]], bits: int) -> BlockFunction:
-        """Translate blocks that jump to one another into one function entered at the first.
+        """Translate blocks that jump to one another into one function entered at the first
+        (see :meth:`_generate`), compiled here."""
+        fn = self._start(parts, bits, None)
+        assert not isinstance(fn, PendingBlock)
+        return fn
+
+    def start_region(self, parts: Sequence[List[Insn]],
+                     bits: int) -> Union[BlockFunction, PendingBlock]:
+        """:meth:`translate_region`, but where the compile helper is at hand and no earlier
+        boot compiled the same source, the source goes to the helper and a PendingBlock comes
+        back, for :meth:`finish`."""
+        return self._start(parts, bits, self.helper)
+
+    def _start(self, parts: Sequence[List[Insn]], bits: int,
+               helper: Optional[CompileHelper]) -> Union[BlockFunction, PendingBlock]:
+        started = time.perf_counter()
+        pending = self._generate(parts, bits)
+        code = self.code_cache.lookup(pending.source, pending.filename) if self.code_cache else None
+        if code is None and helper is not None:
+            pending.token = helper.submit(pending.source, pending.filename)
+        if pending.token is not None:
+            fn: Union[BlockFunction, PendingBlock] = pending
+        else:
+            fn = self._install(pending, code if code is not None else self._compiled(pending, None))
+        self.seconds += time.perf_counter() - started
+        return fn
+
+    def _generate(self, parts: Sequence[List[Insn]], bits: int) -> PendingBlock:
+        """The source of a function for blocks that jump to one another, entered at the first.
 
         A jump to a part's first instruction goes on at that part inside the function, in a
         loop over the parts (``lab``: the part to run), so a loop in the guest is a loop in
@@ -1074,7 +1121,6 @@ class Translator:
         locals from part to part; each part begins with the flags in CpuState. Before each
         jump the function checks what the run loop checks between blocks (``budget``: the
         most instructions it may retire; an exit request; an interrupt RFLAGS.IF lets in)."""
-        started = time.perf_counter()
         insns = [insn for part in parts for insn in part]
         labels = {part[0].addr: label for label, part in enumerate(parts)}
         if not any(target in labels for target in _jump_targets(insns)):
@@ -1108,6 +1154,32 @@ class Translator:
         if labels:
             gen.consts["OFF"] = tuple(k for part in parts for k in range(len(part)))
         source = _prune_flag_locals(_source(gen, gen.lines))
+        if self.keep_source:
+            self.last_source = source
+        return PendingBlock(source, f"<tcg block {insns[0].addr:#x}>", gen.consts, profile)
+
+    def finish(self, pending: PendingBlock, wait: bool = False) -> Optional[BlockFunction]:
+        """The function of a block whose source the compile helper has, once compiled (with
+        ``wait``, waiting for it); None while it is being compiled."""
+        done, code = self.helper.result(pending.token, wait)
+        if not done:
+            return None
+        started = time.perf_counter()
+        fn = self._install(pending, self._compiled(pending, code))
+        self.seconds += time.perf_counter() - started
+        return fn
+
+    def _compiled(self, pending: PendingBlock, code: Optional[CodeType]) -> CodeType:
+        """``code`` (the helper's), or the source compiled here when there is none; kept in
+        the code cache for the next boot."""
+        if code is None:
+            code = compile_block(pending.source, pending.filename)
+        if self.code_cache is not None:
+            self.code_cache.add(pending.source, pending.filename, code)
+        return code
+
+    def _install(self, pending: PendingBlock, code: CodeType) -> BlockFunction:
+        """The block's function, from its code."""
         # A module's dict, not a plain one: PyPy's JIT folds a global read from a module
         # dict into a constant, but looks each one up by name in a plain dict, which cost
         # several dict lookups per block run.
@@ -1117,19 +1189,11 @@ class Translator:
         namespace.update(mmu=mmu, low=mmu.low, R=mmu.r, W=mmu.w)
         namespace.update(self.typed_views)
         namespace.update(self.hint_misses)
-        namespace.update(gen.consts)
-        filename = f"<tcg block {insns[0].addr:#x}>"
-        if self.code_cache is not None:
-            code = self.code_cache.compile(source, filename)
-        else:
-            code = compile(source, filename, "exec")
+        namespace.update(pending.consts)
         exec(code, namespace)
         self.translated += 1
-        self.seconds += time.perf_counter() - started
-        if self.keep_source:
-            self.last_source = source
-        if profile is not None:
-            return profile.counting(namespace["block"])
+        if pending.profile is not None:
+            return pending.profile.counting(namespace["block"])
         return namespace["block"]  # type: ignore[return-value]
 
     def _translate_part(self, gen: BlockCodegen, part: List[Insn], first: int,
