@@ -5,6 +5,8 @@ helper that fails, dies or lies is given up for compiling in the vCPU thread, ne
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import threading
 from typing import List, Optional
 
@@ -88,6 +90,27 @@ def test_a_dead_helper_is_given_up_with_one_warning(helper, caplog):
         assert helper.submit(SOURCE, NAME) is None
     assert not helper.available
     assert len([r for r in caplog.records if "compile helper failed" in r.getMessage()]) == 1
+
+
+def test_a_stalled_helper_is_given_up_after_the_timeout(helper, monkeypatch, caplog):
+    monkeypatch.setattr(compiler_module, "REPLY_TIMEOUT", 0.5)
+    _waited(helper, helper.submit(SOURCE, NAME))  # started
+    process = helper._process
+    os.kill(process.pid, signal.SIGSTOP)
+    try:
+        with caplog.at_level(logging.WARNING, logger="pyhv.accel.tcg.compiler"):
+            token = helper.submit(SOURCE, NAME)
+            outcome = []
+            waiter = threading.Thread(target=lambda: outcome.append(helper.result(token, wait=True)),
+                                      daemon=True)
+            waiter.start()
+            waiter.join(timeout=20)
+            assert outcome == [(True, None)], "the wait for a stalled helper did not end"
+    finally:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGCONT)
+    assert not helper.available and process.poll() is not None
+    assert "no reply in 0.5 s" in caplog.text
 
 
 def test_code_compiled_under_another_name_is_refused(helper, monkeypatch, caplog):

@@ -35,8 +35,8 @@ _LENGTH = struct.Struct("<I")
 # Replies kept for blocks that have not come back for them (a block dropped by a code write
 # never does): beyond this the oldest go, and their blocks, if they do come back, compile here.
 MAX_UNCLAIMED = 256
-# The longest the vCPU waits for one reply before it gives the helper up (a source compiles in
-# about a millisecond).
+# The longest the vCPU waits for one reply, or to hand over a source, before it gives the helper
+# up (a source compiles in about a millisecond).
 REPLY_TIMEOUT = 30.0
 
 
@@ -142,6 +142,7 @@ class CompileHelper:
         # be written: the helper blocks on a full reply pipe, and then stops reading.
         fd_in, fd_out = self._process.stdin.fileno(), self._process.stdout.fileno()
         view = memoryview(frame)
+        deadline = time.monotonic() + REPLY_TIMEOUT
         while view:
             try:
                 view = view[os.write(fd_in, view):]
@@ -150,6 +151,9 @@ class CompileHelper:
                 pass
             except OSError as err:
                 self._fail(f"writing to it: {err}")
+                return False
+            if time.monotonic() > deadline:
+                self._fail(f"it took no input for {REPLY_TIMEOUT} s")
                 return False
             readable, _, _ = select.select([fd_out], [fd_in], [], 1.0)
             if readable and not self._read(None):
