@@ -48,6 +48,14 @@ def test_the_helper_sends_back_what_compile_makes_here(helper):
     assert namespace["block"](5) == 16
 
 
+def test_the_helper_prunes_dead_flag_locals_as_the_vcpu_does(helper):
+    source = "def block(x):\n    fa1 = x + 1\n    fr1 = x * 3\n    return fr1 + 1\n"
+    code = _waited(helper, helper.submit(source, NAME))
+    assert code == compile_block(source, NAME)
+    function = next(const for const in code.co_consts if hasattr(const, "co_varnames"))
+    assert "fr1" in function.co_varnames and "fa1" not in function.co_varnames
+
+
 def test_a_reply_is_taken_without_waiting_once_it_arrived(helper):
     token = helper.submit(SOURCE, NAME)
     _waited(helper, helper.submit("x = 1\n", "<first>"))  # the helper answers in order
@@ -114,10 +122,9 @@ def test_a_stalled_helper_is_given_up_after_the_timeout(helper, monkeypatch, cap
 
 
 def test_code_compiled_under_another_name_is_refused(helper, monkeypatch, caplog):
-    lying = compiler_module._HELPER.replace("compile(source, filename,",
-                                            'compile(source, "<elsewhere>",')
-    assert lying != compiler_module._HELPER
-    monkeypatch.setattr(compiler_module, "_HELPER", lying)
+    lying = compiler_module._HELPER_LOOP.replace("filename, \"exec\"", '"<elsewhere>", "exec"')
+    assert lying != compiler_module._HELPER_LOOP
+    monkeypatch.setattr(compiler_module, "_HELPER_LOOP", lying)
     with caplog.at_level(logging.WARNING, logger="pyhv.accel.tcg.compiler"):
         assert helper.result(helper.submit(SOURCE, NAME), wait=True) == (True, None)
     assert not helper.available

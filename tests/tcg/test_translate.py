@@ -858,7 +858,7 @@ def test_whole_blocks_finish_the_block_the_budget_ends_in(translate_after):
 
 
 def test_flag_locals_nothing_reads_are_pruned_in_rounds():
-    from pyhv.accel.tcg.translate import _prune_flag_locals
+    from pyhv.accel.tcg.flagprune import prune_flag_locals
 
     source = "\n".join([
         "    fa1 = r0",                # read by fr1 only, which dies: dies in round 2
@@ -871,7 +871,7 @@ def test_flag_locals_nothing_reads_are_pruned_in_rounds():
         "    fq4 = 0xfa9",             # a hex literal with fa9 in it reads nothing
         "    x_fq4 = 1",               # fq4 inside another name is not a read of it
     ])
-    kept = _prune_flag_locals(source).split("\n")
+    kept = prune_flag_locals(source).split("\n")
     assert kept == [
         "    fa2 = r1",
         "    fr2 = fa2 ^ 0x1fa2",
@@ -880,7 +880,7 @@ def test_flag_locals_nothing_reads_are_pruned_in_rounds():
         "    s.cc_res = fc3",
         "    x_fq4 = 1",
     ]
-    assert _prune_flag_locals("    s.cc_a = fa0\n    fa0 = 1") == "    s.cc_a = fa0\n    fa0 = 1"
+    assert prune_flag_locals("    s.cc_a = fa0\n    fa0 = 1") == "    s.cc_a = fa0\n    fa0 = 1"
 
 
 # Linear 2-4 MiB through 4 KiB pages out of order: page n at physical page 5n mod 511 of that

@@ -34,7 +34,8 @@ from .compiler import compile_block
 
 log = logging.getLogger("pyhv.accel.tcg.codecache")
 
-FORMAT_VERSION = 1
+# 2: entries named by the source before its dead flag locals are pruned (see .flagprune).
+FORMAT_VERSION = 2
 # File header: what wrote it (this format, the bytecode's magic number), so another Python's
 # file reads as a miss, never as code.
 _MAGIC = b"pyhv-tcg-code\0"

@@ -5,8 +5,9 @@ costs (1.1 ms of 2 ms; the Debian boot translates 12,900 blocks), and it holds t
 thread cannot run it beside the vCPU. A helper process can, on another core: the vCPU hands it
 the source and keeps interpreting the block until the code comes back (``marshal``, as
 ``__pycache__`` stores code), as JIT compilers compile in the background while the interpreter
-goes on. Only the source crosses: the helper imports nothing of pyhv and runs the same Python
-executable, so its code objects are the ones :func:`compile_block` makes here.
+goes on. Only the source crosses: the helper runs the same Python executable with nothing of
+pyhv but the text of .flagprune, so its code objects are the ones :func:`compile_block` makes
+here, dead flag locals pruned there too.
 
 The helper is trusted no more than it needs to be: what it sends back must be a code object
 compiled under the block's file name, else the block is compiled here. If the helper cannot be
@@ -23,11 +24,14 @@ import struct
 import subprocess
 import sys
 import time
+from pathlib import Path
 from types import CodeType
 from typing import Dict, Optional, Tuple
 
 from ...errors import ConfigError
 from ...runtime_env import ON_PYPY, usable_cpus
+from . import flagprune
+from .flagprune import prune_flag_locals
 
 log = logging.getLogger("pyhv.accel.tcg.compiler")
 
@@ -41,9 +45,10 @@ REPLY_TIMEOUT = 30.0
 
 
 def compile_block(source: str, filename: str) -> CodeType:
-    """A block's code as every path makes it (here, the helper, the code cache): not inheriting
-    the caller's ``__future__`` flags, which would differ between this module and the helper."""
-    return compile(source, filename, "exec", dont_inherit=True)
+    """A block's code as every path makes it (here, the helper, the code cache): its dead flag
+    locals pruned, then compiled without inheriting the caller's ``__future__`` flags, which
+    would differ between this module and the helper."""
+    return compile(prune_flag_locals(source), filename, "exec", dont_inherit=True)
 
 
 def helper_wanted(translate_after: Optional[int], reproducible: bool) -> bool:
@@ -61,9 +66,10 @@ def helper_wanted(translate_after: Optional[int], reproducible: bool) -> bool:
     return setting == "on" and translate_after is not None
 
 
-# Run by the helper as ``python -I -c``: read (token, source, filename) frames, answer each with
-# (token, marshalled code or b"", error text). It stops at the end of its input.
-_HELPER = r"""
+# Run by the helper as ``python -I -c`` after flagprune.py's text: read (token, source, filename)
+# frames, answer each with (token, marshalled code or b"", error text), as compile_block makes
+# the code. It stops at the end of its input.
+_HELPER_LOOP = r"""
 import marshal, os, signal, struct, sys
 signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C is for the VM; the helper ends with its input
 L = struct.Struct("<I")
@@ -78,7 +84,8 @@ def read(n):
 while True:
     token, source, filename = marshal.loads(read(L.unpack(read(4))[0]))
     try:
-        reply = (token, marshal.dumps(compile(source, filename, "exec", dont_inherit=True)), "")
+        code = compile(prune_flag_locals(source), filename, "exec", dont_inherit=True)
+        reply = (token, marshal.dumps(code), "")
     except Exception as err:
         reply = (token, b"", "%s: %s" % (type(err).__name__, err))
     frame = marshal.dumps(reply)
@@ -86,6 +93,10 @@ while True:
     while frame:
         frame = frame[os.write(1, frame):]
 """
+
+
+def _helper_script() -> str:
+    return Path(flagprune.__file__).read_text() + _HELPER_LOOP
 
 
 class CompileHelper:
@@ -107,7 +118,7 @@ class CompileHelper:
     def _start(self) -> bool:
         try:
             self._process = subprocess.Popen(
-                [sys.executable, "-I", "-c", _HELPER], stdin=subprocess.PIPE,
+                [sys.executable, "-I", "-c", _helper_script()], stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE, bufsize=0, close_fds=True)
         except OSError as err:
             self._fail(f"cannot start it ({err})")

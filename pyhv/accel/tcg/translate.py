@@ -36,7 +36,6 @@ before that instruction, sets RIP to it and tells the run loop how many instruct
 
 from __future__ import annotations
 
-import re
 import struct
 import sys
 import time
@@ -49,6 +48,7 @@ from .codecache import CodeCache
 from .compiler import CompileHelper, compile_block
 from .decoder import END, Insn
 from .faults import GuestFault
+from .flagprune import prune_flag_locals
 from .flags import (CC_ADC, CC_ADD, CC_DEC, CC_EAGER, CC_INC, CC_LOGIC, CC_SBB, CC_SUB, PARITY,
                     condition, get_cf, materialize)
 from .insns.control import call_rel, jcc, jmp_rel
@@ -346,7 +346,7 @@ class BlockCodegen:
         """Bring local ``name`` back into the signed 64-bit range (a test, rarely a fold);
         ``below``/``above``: which side it may have left by.
 
-        Written ``if name < …`` so that :func:`_prune_flag_locals` sees a flag local's
+        Written ``if name < …`` so that :func:`prune_flag_locals` sees a flag local's
         definition, not a use, and drops the test with the dead local."""
         tests = []
         if below:
@@ -974,60 +974,6 @@ def _source(gen: BlockCodegen, body: List[str]) -> str:
     return "\n".join(out) + "\n"
 
 
-# A flag local's name (fa3, fr12, ...), searched without a leading \b: re finds a literal
-# prefix fast and a pattern that starts with \b slowly (0.02 against 0.2 ms a block on
-# CPython); the character before each match is checked instead, since hex literals hold
-# such names too (0x1cfa2).
-_FLAG_NAME = re.compile(r"f[abcrlq]\d+\b")
-_FLAG_DEF = re.compile(r"^\s*(?:if )?(f[abcrlq]\d+) (?:=|<|>>) ")
-
-
-def _flag_names(text: str) -> List[str]:
-    """Every flag local named in ``text``, in order, repeats included."""
-    names = []
-    for match in _FLAG_NAME.finditer(text):
-        start = match.start()
-        if start == 0 or not (text[start - 1].isalnum() or text[start - 1] == "_"):
-            names.append(match.group())
-    return names
-
-
-def _prune_flag_locals(source: str) -> str:
-    """Drop assignments to flag locals nothing reads (most flags die unread).
-
-    A name is read where it appears other than on a line that assigns it. Dropping a dead
-    ``fc3 = … fr1 …`` can make ``fr1`` dead too: up to three rounds.
-    """
-    lines = source.split("\n")
-    reads: Dict[str, int] = {}
-    for name in _flag_names(source):
-        reads[name] = reads.get(name, 0) + 1
-    assignments = []  # (line index, the name it assigns, the other flag locals it reads)
-    for index, line in enumerate(lines):
-        start = line.lstrip()[:4]
-        if start[:1] != "f" and start != "if f":
-            continue
-        match = _FLAG_DEF.match(line)
-        if match is None:
-            continue
-        defined = match.group(1)
-        names = _flag_names(line)
-        reads[defined] -= names.count(defined)
-        assignments.append((index, defined, [name for name in names if name != defined]))
-    dead: Set[int] = set()
-    for _ in range(3):
-        dying = [entry for entry in assignments if entry[0] not in dead and reads[entry[1]] <= 0]
-        if not dying:
-            break
-        for index, _defined, names in dying:
-            dead.add(index)
-            for name in names:
-                reads[name] -= 1
-    if not dead:
-        return source
-    return "\n".join(line for index, line in enumerate(lines) if index not in dead)
-
-
 class BlockProfile:
     """How often one translated block ran, and which of its instructions fell back."""
 
@@ -1153,9 +1099,9 @@ class Translator:
         gen.consts["ADDR"] = tuple(insn.addr for insn in insns)
         if labels:
             gen.consts["OFF"] = tuple(k for part in parts for k in range(len(part)))
-        source = _prune_flag_locals(_source(gen, gen.lines))
+        source = _source(gen, gen.lines)  # its dead flag locals go as it is compiled
         if self.keep_source:
-            self.last_source = source
+            self.last_source = prune_flag_locals(source)
         return PendingBlock(source, f"<tcg block {insns[0].addr:#x}>", gen.consts, profile)
 
     def finish(self, pending: PendingBlock, wait: bool = False) -> Optional[BlockFunction]:
