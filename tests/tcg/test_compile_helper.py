@@ -131,6 +131,17 @@ def test_code_compiled_under_another_name_is_refused(helper, monkeypatch, caplog
     assert "something other than the block's code" in caplog.text
 
 
+@pytest.mark.parametrize("reply", ["([1], b'', '')", "(0, 'not bytes', '')", "'garbage'"])
+def test_a_malformed_reply_is_refused(helper, monkeypatch, caplog, reply):
+    lying = compiler_module._HELPER_LOOP.replace(
+        "frame = marshal.dumps(reply)", f"frame = marshal.dumps({reply})")
+    assert lying != compiler_module._HELPER_LOOP
+    monkeypatch.setattr(compiler_module, "_HELPER_LOOP", lying)
+    with caplog.at_level(logging.WARNING, logger="pyhv.accel.tcg.compiler"):
+        assert helper.result(helper.submit(SOURCE, NAME), wait=True) == (True, None)
+    assert not helper.available and "malformed reply" in caplog.text
+
+
 def test_replies_nobody_comes_back_for_are_bounded(helper, monkeypatch):
     monkeypatch.setattr(compiler_module, "MAX_UNCLAIMED", 4)
     tokens = [helper.submit(f"x = {k}\n", NAME) for k in range(10)]

@@ -234,6 +234,8 @@ class CompileHelper:
             try:
                 token, blob, error = marshal.loads(inbox[4:4 + size])
             except (EOFError, ValueError, TypeError):
+                token = blob = error = None
+            if not (isinstance(token, int) and isinstance(blob, bytes) and isinstance(error, str)):
                 self._fail("it sent back a malformed reply")
                 return False
             inbox = inbox[4 + size:]
