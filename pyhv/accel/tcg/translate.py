@@ -1047,13 +1047,16 @@ class Translator:
                helper: Optional[CompileHelper]) -> Union[BlockFunction, PendingBlock]:
         started = time.perf_counter()
         pending = self._generate(parts, bits)
-        code = self.code_cache.lookup(pending.source, pending.filename) if self.code_cache else None
-        if code is None and helper is not None:
-            pending.token = helper.submit(pending.source, pending.filename)
+        code = None
+        if helper is not None:
+            if self.code_cache is not None:
+                code = self.code_cache.lookup(pending.source, pending.filename)
+            if code is None:
+                pending.token = helper.submit(pending.source, pending.filename)
         if pending.token is not None:
             fn: Union[BlockFunction, PendingBlock] = pending
         else:
-            fn = self._install(pending, code if code is not None else self._compiled(pending, None))
+            fn = self._install(pending, code if code is not None else self._compile_here(pending))
         self.seconds += time.perf_counter() - started
         return fn
 
@@ -1111,18 +1114,19 @@ class Translator:
         if not done:
             return None
         started = time.perf_counter()
-        fn = self._install(pending, self._compiled(pending, code))
+        if code is None:
+            code = self._compile_here(pending)
+        elif self.code_cache is not None:
+            self.code_cache.add(pending.source, pending.filename, code)
+        fn = self._install(pending, code)
         self.seconds += time.perf_counter() - started
         return fn
 
-    def _compiled(self, pending: PendingBlock, code: Optional[CodeType]) -> CodeType:
-        """``code`` (the helper's), or the source compiled here when there is none; kept in
-        the code cache for the next boot."""
-        if code is None:
-            code = compile_block(pending.source, pending.filename)
+    def _compile_here(self, pending: PendingBlock) -> CodeType:
+        """The block's code compiled in this thread, or loaded from the code cache."""
         if self.code_cache is not None:
-            self.code_cache.add(pending.source, pending.filename, code)
-        return code
+            return self.code_cache.compile(pending.source, pending.filename)
+        return compile_block(pending.source, pending.filename)
 
     def _install(self, pending: PendingBlock, code: CodeType) -> BlockFunction:
         """The block's function, from its code."""
