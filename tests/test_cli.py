@@ -154,7 +154,8 @@ def test_guest_run_keeps_a_command_with_quotes_as_it_is_and_refuses_one_too_long
     assert "config" not in seen
 
 
-_BAD_TCG_SETTINGS = [("PYHV_TCG_TRANSLATE_AFTER", "soon"), ("PYHV_TCG_TRANSLATE_AFTER", "-5")]
+_BAD_TCG_SETTINGS = [("PYHV_TCG_TRANSLATE_AFTER", "soon"), ("PYHV_TCG_TRANSLATE_AFTER", "-5"),
+                     ("PYHV_TCG_COMPILE_HELPER", "yes")]
 if sys.implementation.name == "pypy":  # PyPy's JIT parameters are read on PyPy only
     _BAD_TCG_SETTINGS.append(("PYHV_PYPY_JIT", "no_such_parameter=3"))
 
