@@ -168,6 +168,9 @@ class VirtioBlock(VirtioDevice):
         # interrupts while it holds _used_lock (the queue's thread and the workers share it).
         self._completed: Deque[Tuple[int, int, int]] = collections.deque()  # (queue, head, length)
         self._used_lock = threading.Lock()
+        # Set by a thread that asked to publish while another held _used_lock, so the holder
+        # publishes once more after letting go (see _publish).
+        self._publish_asked = False
         # Requests in the workers' hands, and how many completions they publish at a time
         # (see _run_in_pool); _pool_lock makes "the last one out publishes" exact.
         self._in_pool = 0
@@ -291,17 +294,23 @@ class VirtioBlock(VirtioDevice):
         """Move completed requests to their used rings and interrupt if the driver asks.
 
         ``wait`` also waits for a publication in progress on another thread (a reset must
-        not pull the rings from under it). Without it this never blocks: whoever holds the
-        lock publishes the entries queued meanwhile too, and looks again after letting go,
-        so none is left behind. A thread blocked on a ``threading`` lock takes 160 µs to
-        wake on PyPy 3.9, and the holder releases the GIL inside (the interrupt is a
-        system call)."""
-        completed, lock = self._completed, self._used_lock
+        not pull the rings from under it). Without it this never blocks: a thread that finds
+        the lock held leaves ``_publish_asked`` set, and the holder publishes again after
+        letting go, so no completion that asked is left behind. It does not look again for
+        completions that did not ask: a worker's request in the middle of a batch waits for
+        the batch. A thread blocked on a ``threading`` lock takes 160 µs to wake on PyPy 3.9,
+        and the holder releases the GIL inside (the interrupt is a system call)."""
+        lock = self._used_lock
+        self._publish_asked = True
         if wait:
             with lock:
+                self._publish_asked = False
                 self._publish_locked()
-        while completed and lock.acquire(False):
+        while self._publish_asked and lock.acquire(False):
             try:
+                # Cleared before the completed queue is drained: an entry whose thread asked
+                # after this line is either drained below or asks again after release.
+                self._publish_asked = False
                 self._publish_locked()
             finally:
                 lock.release()
