@@ -90,7 +90,12 @@ class TcgAccelerator:
         # -icount sleep=off asks for a run that repeats exactly (see .compiler).
         reproducible = platform.icount_shift is not None and not platform.icount_sleep
         if helper_wanted(cpu.translate_after, reproducible):
-            cpu.translator.helper = CompileHelper()
+            # Its code comes from the cache where an earlier boot compiled it; an empty or
+            # unreadable cache file is not worth its reading.
+            cache = cpu.translator.code_cache
+            helper = CompileHelper(cache.path if cache is not None and cache.previous else None)
+            helper.start()  # it imports pyhv while the guest's first blocks warm up
+            cpu.translator.helper = helper
         self._wakeup = threading.Event()
         self.chip.source.on_raise = self._interrupt_raised
         self.instructions = 0

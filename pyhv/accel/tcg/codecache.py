@@ -27,7 +27,7 @@ import sys
 import zlib
 from pathlib import Path
 from types import CodeType
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 from ...cache import prune_oldest, replace_cache_file
 from .compiler import compile_block
@@ -69,9 +69,11 @@ class CodeCache:
     """The code objects read from ``path`` at start-up, and those this boot compiles; :meth:`save`
     writes the ones this boot used or made first, then the older ones, up to MAX_BYTES."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.previous: Dict[bytes, bytes] = _load(self.path)
+    def __init__(self, path: Optional[Path]) -> None:
+        """``path`` None: a cache of this boot's code only, never saved (the compile helper's
+        where there is no file to read)."""
+        self.path = Path(path) if path is not None else None
+        self.previous: Dict[bytes, bytes] = _load(self.path) if self.path is not None else {}
         self.used: Dict[bytes, bytes] = {}
         self.hits = 0
         self.compiled = 0
@@ -101,6 +103,28 @@ class CodeCache:
         self.hits += 1
         return code
 
+    def entry(self, source: str, filename: str) -> Tuple[bytes, bytes, bool]:
+        """(key, marshalled code, new) for ``source``: kept, else compiled and kept. How the
+        compile helper uses its read-only copy of the cache (the vCPU keeps it with :meth:`keep`)."""
+        key = _entry_key(source, filename)
+        blob = self.used.get(key) or self.previous.get(key)
+        if blob is not None:
+            self.used[key] = blob
+            return key, blob, False
+        blob = marshal.dumps(compile_block(source, filename))
+        self.used[key] = blob
+        return key, blob, True
+
+    def keep(self, key: bytes, blob: bytes, new: bool) -> None:
+        """Keep an entry the compile helper made or found (see :meth:`entry`), as
+        :meth:`compile` keeps what it compiles or finds."""
+        self.used[key] = blob
+        if new:
+            self.compiled += 1
+            self._unsaved += 1
+        else:
+            self.hits += 1
+
     def add(self, source: str, filename: str, code: CodeType) -> None:
         """Keep ``code``, compiled from ``source`` in this boot, for the next."""
         self.used[_entry_key(source, filename)] = marshal.dumps(code)
@@ -109,7 +133,7 @@ class CodeCache:
 
     def save(self) -> None:
         """Write this boot's entries, then the earlier ones it did not use, atomically."""
-        if not self._unsaved or (self.previous and self._unsaved < SAVE_MIN_NEW):
+        if self.path is None or not self._unsaved or (self.previous and self._unsaved < SAVE_MIN_NEW):
             return  # the file holds (nearly) all of this boot's code already
         merged: Dict[bytes, bytes] = {}
         size = 0

@@ -75,7 +75,7 @@ def _translate_after_setting() -> Optional[int]:
 
 
 TRANSLATE_AFTER = _translate_after_setting()
-# Runs a block may go on interpreted while the compile helper has its source, before the run
+# Runs a block may go on interpreted while the compile helper translates it, before the run
 # loop waits for the code (a block in a loop would otherwise run slowly meanwhile).
 COMPILE_WAIT_RUNS = 32
 MASK64 = 0xFFFF_FFFF_FFFF_FFFF
@@ -153,7 +153,7 @@ class Block:
         # there: a write drops the block only where it overlaps them.
         self.spans = spans
         self.fn: Optional[Callable[..., int]] = None
-        self.pending: Optional[PendingBlock] = None  # its source with the compile helper
+        self.pending: Optional[PendingBlock] = None  # on its way from the compile helper
         self.held_by: Optional[Block] = None  # a pending block whose translation joins it
         self.heat = 0
         self.size = len(insns)
@@ -568,7 +568,7 @@ class Cpu:
         return parts, members
 
     def _translate(self, block: Block) -> Optional[Callable[..., int]]:
-        """The block's function; None while the compile helper has its source."""
+        """The block's function; None while the compile helper translates it."""
         pending = block.pending
         if pending is None:
             holder = block.held_by
@@ -583,7 +583,7 @@ class Cpu:
             if not isinstance(started, PendingBlock):
                 return started
             block.pending = started
-            # While the helper compiles, the blocks joined to ``block`` run interpreted and
+            # While the helper translates, the blocks joined to ``block`` run interpreted and
             # heat up, where they stay cold once ``block``'s function runs their code: each
             # would be translated again on its own.
             for member in members:

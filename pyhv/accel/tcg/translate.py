@@ -53,6 +53,7 @@ from .flags import (CC_ADC, CC_ADD, CC_DEC, CC_EAGER, CC_INC, CC_LOGIC, CC_SBB, 
                     condition, get_cf, materialize)
 from .insns.control import call_rel, jcc, jmp_rel
 from .insns.rmw import read_for_update
+from .insns.system import read_tsc
 from .state import ARITH_FLAGS, GPR_NAMES, IF, signed64
 
 try:  # PyPy: machine-word arithmetic that wraps instead of growing a long integer
@@ -78,11 +79,21 @@ _WRAPPING = {"+": "int_add", "-": "int_sub", "<<": "int_lshift", "*": "int_mul"}
 BlockFunction = Callable[..., int]
 
 
-class PendingBlock:
-    """A translated block's source on its way to a function: compiled by the helper under
-    ``token`` (see Translator.start_region), then run with ``consts`` as its globals."""
+# Blocks the compile helper may have in hand before the vCPU translates the next one itself.
+# The helper takes about 1.6 ms a block; early in a boot blocks come faster, and one queued
+# behind many runs interpreted, or is waited for, meanwhile. The vCPU's translating and
+# waiting over the Debian boot's first 150M instructions (CPython): no limit 1.04 + 1.79 s;
+# 16: 0.94 + 1.24 s; 8: 1.30 + 0.77 s; 4: 1.73 + 0.46 s; 2: 2.43 + 0.31 s; all of it in the
+# vCPU (the source generated there, compiled in the helper) 2.33 + 0.47 s.
+HELPER_QUEUE = 8
 
-    __slots__ = ("source", "filename", "consts", "profile", "token")
+
+class PendingBlock:
+    """A block on its way to a function. Translated here: its ``source`` and ``consts`` (the
+    globals it runs with). With the compile helper: ``parts`` and ``bits``, sent under
+    ``token`` (see Translator.start_region)."""
+
+    __slots__ = ("source", "filename", "consts", "profile", "token", "parts", "bits")
 
     def __init__(self, source: str, filename: str, consts: Dict[str, object],
                  profile: Optional["BlockProfile"]) -> None:
@@ -91,6 +102,13 @@ class PendingBlock:
         self.consts = consts
         self.profile = profile
         self.token: Optional[int] = None
+        self.parts: Sequence[List[Insn]] = ()
+        self.bits = 0
+
+
+def block_filename(first: Insn) -> str:
+    """The file name a block's code is compiled under, which tracebacks and profiles show."""
+    return f"<tcg block {first.addr:#x}>"
 
 
 def literal_value(source: str) -> Optional[int]:
@@ -130,7 +148,7 @@ class Untranslatable(Exception):
 # Helpers every generated function sees as globals.
 _SHARED_GLOBALS = {
     "GuestFault": GuestFault, "PARITY": PARITY, "condition": condition, "get_cf": get_cf,
-    "read_for_update": read_for_update, "materialize": materialize,
+    "read_for_update": read_for_update, "materialize": materialize, "read_tsc": read_tsc,
     "U2": struct.Struct("<H").unpack_from, "U4": struct.Struct("<I").unpack_from,
     "U8": struct.Struct("<q").unpack_from, "P2": struct.Struct("<H").pack_into,
     "P4": struct.Struct("<I").pack_into, "P8": struct.Struct("<q").pack_into,
@@ -1031,96 +1049,62 @@ class Translator:
 
     def translate_region(self, parts: Sequence[List[Insn]], bits: int) -> BlockFunction:
         """Translate blocks that jump to one another into one function entered at the first
-        (see :meth:`_generate`), compiled here."""
-        fn = self._start(parts, bits, None)
-        assert not isinstance(fn, PendingBlock)
+        (see :func:`generate_block`), here."""
+        started = time.perf_counter()
+        pending = self._generate(parts, bits)
+        fn = self._install(pending, self._compile_here(pending))
+        self.seconds += time.perf_counter() - started
         return fn
 
     def start_region(self, parts: Sequence[List[Insn]],
                      bits: int) -> Union[BlockFunction, PendingBlock]:
-        """:meth:`translate_region`, but where the compile helper is at hand and no earlier
-        boot compiled the same source, the source goes to the helper and a PendingBlock comes
-        back, for :meth:`finish`."""
-        return self._start(parts, bits, self.helper)
-
-    def _start(self, parts: Sequence[List[Insn]], bits: int,
-               helper: Optional[CompileHelper]) -> Union[BlockFunction, PendingBlock]:
-        started = time.perf_counter()
-        pending = self._generate(parts, bits)
-        code = None
-        if helper is not None:
-            if self.code_cache is not None:
-                code = self.code_cache.lookup(pending.source, pending.filename)
-            if code is None:
-                pending.token = helper.submit(pending.source, pending.filename)
-        if pending.token is not None:
-            fn: Union[BlockFunction, PendingBlock] = pending
-        else:
-            fn = self._install(pending, code if code is not None else self._compile_here(pending))
-        self.seconds += time.perf_counter() - started
-        return fn
+        """:meth:`translate_region`, but where the compile helper is at hand and has fewer than
+        HELPER_QUEUE blocks in hand, the instructions go to the helper and a PendingBlock comes
+        back, for :meth:`finish`. (The helper translates with the table of translate_insns, as
+        every Cpu does; a profiled or kept source is made here.)"""
+        helper = self.helper
+        if (helper is not None and self.profiles is None and not self.keep_source
+                and helper.in_flight() < HELPER_QUEUE):
+            started = time.perf_counter()
+            filename = block_filename(parts[0][0])
+            token = helper.submit(parts, bits, self.low_end, filename)
+            self.seconds += time.perf_counter() - started
+            if token is not None:
+                pending = PendingBlock("", filename, {}, None)
+                pending.token, pending.parts, pending.bits = token, parts, bits
+                return pending
+        return self.translate_region(parts, bits)
 
     def _generate(self, parts: Sequence[List[Insn]], bits: int) -> PendingBlock:
-        """The source of a function for blocks that jump to one another, entered at the first.
-
-        A jump to a part's first instruction goes on at that part inside the function, in a
-        loop over the parts (``lab``: the part to run), so a loop in the guest is a loop in
-        Python, which PyPy's JIT compiles as one: a call among thousands of block functions
-        costs about 0.3 us there, as much as fifteen translated instructions. Registers stay in
-        locals from part to part; each part begins with the flags in CpuState. Before each
-        jump the function checks what the run loop checks between blocks (``budget``: the
-        most instructions it may retire; an exit request; an interrupt RFLAGS.IF lets in)."""
-        insns = [insn for part in parts for insn in part]
-        labels = {part[0].addr: label for label, part in enumerate(parts)}
-        if not any(target in labels for target in _jump_targets(insns)):
-            labels = {}  # straight code: no loop in Python either
-        gen = BlockCodegen(insns, bits, self.low_end, labels,
-                           tuple(len(part) for part in parts))
+        """The block's source, generated here (see :func:`generate_block`)."""
         profile: Optional[BlockProfile] = None
         if self.profiles is not None:
-            profile = BlockProfile(insns)
+            profile = BlockProfile([insn for part in parts for insn in part])
             self.profiles.append(profile)
-            gen.emit(f"{gen.const('PROFILE', profile)}.runs += 1")
-        if labels:
-            gen.emit("while True:")
-            gen.indent += 1
-        first = 0
-        for label, part in enumerate(parts):
-            gen.part_start, gen.part_last = first, first + len(part) - 1
-            if labels:
-                gen.emit(f"{'if' if label == 0 else 'elif'} lab == {label}:")
-                gen.indent += 1
-                gen.emit(f"pc = {first}")
-                gen.flags = None
-                gen.dirty = set()
-                gen.hints = {}  # a part is entered from several places
-                gen.ended = False
-            self._translate_part(gen, part, first, profile)
-            if labels:
-                gen.indent -= 1
-            first += len(part)
-        gen.consts["ADDR"] = tuple(insn.addr for insn in insns)
-        if labels:
-            gen.consts["OFF"] = tuple(k for part in parts for k in range(len(part)))
-        source = _source(gen, gen.lines)  # its dead flag locals go as it is compiled
+        source, filename, consts = generate_block(parts, bits, self.low_end, self.emitters, profile)
         if self.keep_source:
             self.last_source = prune_flag_locals(source)
-        return PendingBlock(source, f"<tcg block {insns[0].addr:#x}>", gen.consts, profile)
+        return PendingBlock(source, filename, consts, profile)
 
     def finish(self, pending: PendingBlock, wait: bool = False) -> Optional[BlockFunction]:
-        """The function of a block whose source the compile helper has, once compiled (with
-        ``wait``, waiting for it); None while it is being compiled."""
-        done, code = self.helper.result(pending.token, wait)
+        """The function of a block the compile helper has, once translated (with ``wait``,
+        waiting for it); None while it is being translated."""
+        done, translated = self.helper.result(pending.token, wait)
         if not done:
             return None
-        started = time.perf_counter()
-        if code is None:
-            code = self._compile_here(pending)
-        elif self.code_cache is not None:
-            self.code_cache.add(pending.source, pending.filename, code)
-        fn = self._install(pending, code)
-        self.seconds += time.perf_counter() - started
-        return fn
+        if translated is not None:
+            started = time.perf_counter()
+            try:
+                pending.consts = block_consts(translated.names, pending.parts)
+            except ValueError as err:
+                self.helper.fail(f"it sent back a block with {err}")
+            else:
+                if self.code_cache is not None:
+                    self.code_cache.keep(translated.key, translated.blob, translated.new)
+                fn = self._install(pending, translated.code)
+                self.seconds += time.perf_counter() - started
+                return fn
+        return self.translate_region(pending.parts, pending.bits)
 
     def _compile_here(self, pending: PendingBlock) -> CodeType:
         """The block's code compiled in this thread, or loaded from the code cache."""
@@ -1146,62 +1130,129 @@ class Translator:
             return pending.profile.counting(namespace["block"])
         return namespace["block"]  # type: ignore[return-value]
 
-    def _translate_part(self, gen: BlockCodegen, part: List[Insn], first: int,
-                        profile: Optional[BlockProfile]) -> None:
-        last = first + len(part) - 1
-        for k, insn in enumerate(part, first):
-            gen.index = k
-            gen.wrote_slow = False
-            gen.insn_indent = gen.indent
-            emitter = self.emitters.get(insn.handler)
-            mark = len(gen.lines)
-            saved = (set(gen.dirty), set(gen.ever_dirty), gen.flags, dict(gen.fault_sources),
-                     set(gen.pc_set), set(gen.used), gen.uses_memory, gen.uses_stack,
-                     set(gen.segs_used), dict(gen.hints))
-            if emitter is not None:
-                try:
-                    emitter(gen, insn)
-                except Untranslatable:
-                    del gen.lines[mark:]
-                    (gen.dirty, gen.ever_dirty, gen.flags, gen.fault_sources, gen.pc_set,
-                     gen.used, gen.uses_memory, gen.uses_stack, gen.segs_used,
-                     gen.hints) = saved
-                    gen.indent = gen.insn_indent
-                    gen.pending = gen.pending_key = gen.update_read = None
-                    gen.a_unset = False
-                    emitter = None
-            if emitter is None:
-                self._fallback(gen, insn, k, last)
-                if profile is not None:
-                    profile.fallbacks.append(insn)
-                if gen.ended:
-                    return
-                continue
+
+def generate_block(parts: Sequence[List[Insn]], bits: int, low_end: int,
+                   emitters: Dict[Callable, Callable],
+                   profile: Optional[BlockProfile] = None) -> Tuple[str, str, Dict[str, object]]:
+    """The source of a function for blocks that jump to one another, entered at the first,
+    its file name and the globals it needs beyond the shared ones: (source, filename, consts).
+
+    A jump to a part's first instruction goes on at that part inside the function, in a loop
+    over the parts (``lab``: the part to run), so a loop in the guest is a loop in Python,
+    which PyPy's JIT compiles as one: a call among thousands of block functions costs about
+    0.3 us there, as much as fifteen translated instructions. Registers stay in locals from
+    part to part; each part begins with the flags in CpuState. Before each jump the function
+    checks what the run loop checks between blocks (``budget``: the most instructions it may
+    retire; an exit request; an interrupt RFLAGS.IF lets in).
+
+    It needs nothing of the machine but ``low_end`` (where low RAM ends), so the compile
+    helper runs it too; every constant but ``profile`` can be rebuilt from its name and the
+    parts (:func:`block_consts`)."""
+    insns = [insn for part in parts for insn in part]
+    labels = {part[0].addr: label for label, part in enumerate(parts)}
+    if not any(target in labels for target in _jump_targets(insns)):
+        labels = {}  # straight code: no loop in Python either
+    gen = BlockCodegen(insns, bits, low_end, labels, tuple(len(part) for part in parts))
+    if profile is not None:
+        gen.emit(f"{gen.const('PROFILE', profile)}.runs += 1")
+    if labels:
+        gen.emit("while True:")
+        gen.indent += 1
+    first = 0
+    for label, part in enumerate(parts):
+        gen.part_start, gen.part_last = first, first + len(part) - 1
+        if labels:
+            gen.emit(f"{'if' if label == 0 else 'elif'} lab == {label}:")
+            gen.indent += 1
+            gen.emit(f"pc = {first}")
+            gen.flags = None
+            gen.dirty = set()
+            gen.hints = {}  # a part is entered from several places
+            gen.ended = False
+        _translate_part(gen, part, first, emitters, profile)
+        if labels:
+            gen.indent -= 1
+        first += len(part)
+    gen.consts.update(block_consts(("ADDR", "OFF") if labels else ("ADDR",), parts))
+    source = _source(gen, gen.lines)  # its dead flag locals go as it is compiled
+    return source, block_filename(insns[0]), gen.consts
+
+
+def block_consts(names: Sequence[str], parts: Sequence[List[Insn]]) -> Dict[str, object]:
+    """The constants ``names`` of a block translated from ``parts``: what the compile helper's
+    code is run with, rebuilt from this process's own instructions. ``H<k>``/``I<k>``: the
+    handler of instruction k and the instruction (a fallback); ``ADDR``: each instruction's
+    address; ``OFF``: each one's index in its part. ValueError for any other name."""
+    insns = [insn for part in parts for insn in part]
+    consts: Dict[str, object] = {}
+    for name in names:
+        if name == "ADDR":
+            consts[name] = tuple(insn.addr for insn in insns)
+        elif name == "OFF":
+            consts[name] = tuple(k for part in parts for k in range(len(part)))
+        elif name[:1] in ("H", "I") and name[1:].isdigit() and int(name[1:]) < len(insns):
+            insn = insns[int(name[1:])]
+            consts[name] = insn.handler if name[0] == "H" else insn
+        else:
+            raise ValueError(f"a block has no constant {name!r}")
+    return consts
+
+
+def _translate_part(gen: BlockCodegen, part: List[Insn], first: int,
+                    emitters: Dict[Callable, Callable], profile: Optional[BlockProfile]) -> None:
+    last = first + len(part) - 1
+    for k, insn in enumerate(part, first):
+        gen.index = k
+        gen.wrote_slow = False
+        gen.insn_indent = gen.indent
+        emitter = emitters.get(insn.handler)
+        mark = len(gen.lines)
+        saved = (set(gen.dirty), set(gen.ever_dirty), gen.flags, dict(gen.fault_sources),
+                 set(gen.pc_set), set(gen.used), gen.uses_memory, gen.uses_stack,
+                 set(gen.segs_used), dict(gen.hints))
+        if emitter is not None:
+            try:
+                emitter(gen, insn)
+            except Untranslatable:
+                del gen.lines[mark:]
+                (gen.dirty, gen.ever_dirty, gen.flags, gen.fault_sources, gen.pc_set,
+                 gen.used, gen.uses_memory, gen.uses_stack, gen.segs_used,
+                 gen.hints) = saved
+                gen.indent = gen.insn_indent
+                gen.pending = gen.pending_key = gen.update_read = None
+                gen.a_unset = False
+                emitter = None
+        if emitter is None:
+            _fallback(gen, insn, k, last)
+            if profile is not None:
+                profile.fallbacks.append(insn)
             if gen.ended:
                 return
-            if gen.wrote_slow:
-                gen.emit("if brk:")
-                gen.indent += 1
-                gen.exit(f"{insn.next_rip:#x}", k + 1)
-                gen.indent -= 1
-        gen.jump(part[-1].next_rip, last + 1)
-
-    @staticmethod
-    def _fallback(gen: BlockCodegen, insn: Insn, k: int, last: int) -> None:
-        """Run ``insn`` through its interpreter handler with CpuState in sync."""
-        handler = gen.const(f"H{k}", insn.handler)
-        operand = gen.const(f"I{k}", insn)
-        gen.sync_out()
-        gen.emit(f"s.rip = {insn.next_rip:#x}")
-        gen.emit(f"pc = {-1 - k}")
-        gen.emit(f"{handler}(cpu, {operand})")
-        gen.dirty = set()
-        gen.flags = None
-        gen.hints = {}  # the handler may have moved any register, or changed the paging
-        if k == last:
-            gen.emit(f"return {gen.retired(k + 1)}")
-            gen.ended = True
+            continue
+        if gen.ended:
             return
-        gen.emit("if cpu.break_block:")
-        gen.emit(f"    return {gen.retired(k + 1)}")
-        gen.emit("#RELOAD")
+        if gen.wrote_slow:
+            gen.emit("if brk:")
+            gen.indent += 1
+            gen.exit(f"{insn.next_rip:#x}", k + 1)
+            gen.indent -= 1
+    gen.jump(part[-1].next_rip, last + 1)
+
+def _fallback(gen: BlockCodegen, insn: Insn, k: int, last: int) -> None:
+    """Run ``insn`` through its interpreter handler with CpuState in sync."""
+    handler = gen.const(f"H{k}", insn.handler)
+    operand = gen.const(f"I{k}", insn)
+    gen.sync_out()
+    gen.emit(f"s.rip = {insn.next_rip:#x}")
+    gen.emit(f"pc = {-1 - k}")
+    gen.emit(f"{handler}(cpu, {operand})")
+    gen.dirty = set()
+    gen.flags = None
+    gen.hints = {}  # the handler may have moved any register, or changed the paging
+    if k == last:
+        gen.emit(f"return {gen.retired(k + 1)}")
+        gen.ended = True
+        return
+    gen.emit("if cpu.break_block:")
+    gen.emit(f"    return {gen.retired(k + 1)}")
+    gen.emit("#RELOAD")

@@ -124,7 +124,7 @@ def rdtsc(gen: BlockCodegen, i: Insn) -> None:
     gen.emit(f"if s.cr4 & {system.CR4_TSD:#x} and s.cpl != 0:")
     gen.emit(f"    raise GuestFault({GP}, 0)")
     tsc = gen.temp()
-    gen.emit(f"{tsc} = {gen.const('read_tsc', system.read_tsc)}(cpu)")
+    gen.emit(f"{tsc} = read_tsc(cpu)")
     gen.set_reg(RAX, 8, f"{tsc} & 0xffffffff")
     gen.set_reg(RDX, 8, f"{tsc} >> 32")
 
