@@ -362,6 +362,19 @@ def _translated_source(source: str, count: int) -> str:
     return translator.last_source
 
 
+def test_a_flag_result_reads_its_masked_operands_back_from_their_locals():
+    # 32-bit operands are written out masked, an AND each time on CPython: the result takes
+    # them from fa<k>/fb<k>. Plain names and literals are read as they are.
+    source = _translated_source("cmp %ecx, %edx\nhlt", 1)
+    assert "fr0 = (fa0 - fb0) & 0xffffffff" in source
+    source = _translated_source("test %ecx, %edx\nhlt", 1)
+    assert "fr0 = fa0 & fb0" in source
+    source = _translated_source("inc %edx\nhlt", 1)
+    assert "fr0 = (fa0 + 1) & 0xffffffff" in source
+    source = _translated_source("and %rcx, %rdx\nhlt", 1)
+    assert "fr0 = r2 & r1" in source
+
+
 def test_untranslated_forms_fall_back_to_the_handler():
     source = _translated_source("bsf %rcx, %rax\nrcr $3, %rax\nadd %rcx, %rax\nhlt", 3)
     assert "H0(cpu, I0)" in source and "H1(cpu, I1)" in source and "H2(" not in source

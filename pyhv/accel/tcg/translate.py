@@ -36,6 +36,7 @@ before that instruction, sets RIP to it and tells the run loop how many instruct
 
 from __future__ import annotations
 
+import re
 import struct
 import sys
 import time
@@ -139,6 +140,10 @@ def _jump_targets(insns: List[Insn]) -> Set[int]:
     targets = {insn.imm for insn in insns if insn.handler is jcc}
     targets.update(successors(insns))
     return targets
+
+
+# An operand written out as a name or an integer literal: reading it again costs nothing.
+_PLAIN_OPERAND = re.compile(r"[A-Za-z_]\w*|-?(?:0x[0-9a-f]+|\d+)")
 
 
 class Untranslatable(Exception):
@@ -690,6 +695,16 @@ class BlockCodegen:
         return value
 
     # --- lazy flags -------------------------------------------------------------------
+    def set_flags_from(self, op: int, size: int, a: str, b: str, result: Callable[[str, str], str],
+                       carry: str = "") -> None:
+        """:meth:`set_flags` with ``res = result(a, b)``, the operands read back from fa<k> and
+        fb<k> where they are expressions: ``(r7 & 0xffffffff)``, a 32-bit operand, costs an AND
+        each time it is written out on CPython, where ``fa<k>`` is a local's load."""
+        k = self.index
+        res = result(a if _PLAIN_OPERAND.fullmatch(a) else f"fa{k}",
+                     b if _PLAIN_OPERAND.fullmatch(b) else f"fb{k}")
+        self.set_flags(op, size, a, b, res, carry)
+
     def set_flags(self, op: int, size: int, a: str, b: str, res: str, carry: str = "") -> None:
         """Record that the current instruction set the flags as ``op`` on a, b → res."""
         k = self.index

@@ -54,20 +54,19 @@ def _alu(gen: BlockCodegen, i: Insn, kind: int, dest: int, dest_is_rm: bool, src
         return
     if size == 8 and (kind == ADD or ((kind == SUB or kind == CMP) and src != value)):
         gen.add64(value, src, kind != ADD)
-        res, op = "", (CC_ADD if kind == ADD else CC_SUB)
+        gen.set_flags(CC_ADD if kind == ADD else CC_SUB, size, value, src, "")
+    elif (kind == SUB or kind == XOR) and src == value:
+        gen.set_flags(CC_SUB if kind == SUB else CC_LOGIC, size, value, src, "0")
     elif kind == ADD:
-        res, op = f"({value} + {src}) & {mask:#x}", CC_ADD
+        gen.set_flags_from(CC_ADD, size, value, src, lambda a, b: f"({a} + {b}) & {mask:#x}")
     elif kind == SUB or kind == CMP:
-        res, op = f"({value} - {src}) & {mask:#x}", CC_SUB
-        if src == value and kind == SUB:
-            res = "0"
+        gen.set_flags_from(CC_SUB, size, value, src, lambda a, b: f"({a} - {b}) & {mask:#x}")
     elif kind == AND:
-        res, op = f"{value} & {src}", CC_LOGIC
+        gen.set_flags_from(CC_LOGIC, size, value, src, lambda a, b: f"{a} & {b}")
     elif kind == OR:
-        res, op = f"{value} | {src}", CC_LOGIC
+        gen.set_flags_from(CC_LOGIC, size, value, src, lambda a, b: f"{a} | {b}")
     else:
-        res, op = ("0" if src == value else f"{value} ^ {src}"), CC_LOGIC
-    gen.set_flags(op, size, value, src, res)
+        gen.set_flags_from(CC_LOGIC, size, value, src, lambda a, b: f"{a} ^ {b}")
     if kind == CMP:
         return
     if in_memory:
@@ -98,7 +97,7 @@ def alu_rm_imm(gen: BlockCodegen, i: Insn) -> None:
 
 
 def _test(gen: BlockCodegen, i: Insn, a: str, b: str) -> None:
-    gen.set_flags(CC_LOGIC, i.opsize, a, b, f"{a} & {b}")
+    gen.set_flags_from(CC_LOGIC, i.opsize, a, b, lambda a, b: f"{a} & {b}")
 
 
 def test_rm_r(gen: BlockCodegen, i: Insn) -> None:
@@ -130,12 +129,13 @@ def _incdec(gen: BlockCodegen, i: Insn, reg: int, on_rm: bool, inc: bool) -> Non
 
     def result(value: str, k: int) -> str:
         carry = gen.carry()
+        op = CC_INC if inc else CC_DEC
         if i.opsize == 8:
             gen.add64(value, "1", not inc)
-            res = ""  # fr<k> is already computed
+            gen.set_flags(op, 8, value, "1", "", carry=carry)  # fr<k> is already computed
         else:
-            res = f"({value} + 1) & {mask:#x}" if inc else f"({value} - 1) & {mask:#x}"
-        gen.set_flags(CC_INC if inc else CC_DEC, i.opsize, value, "1", res, carry=carry)
+            sign = "+" if inc else "-"
+            gen.set_flags_from(op, i.opsize, value, "1", lambda a, _one: f"({a} {sign} 1) & {mask:#x}", carry)
         return f"fr{k}"
 
     _unary(gen, i, reg, on_rm, result)
