@@ -2,8 +2,8 @@
 
 The translator computes each instruction's flags into locals (``fa3``, ``fr3``, ...) and most
 of them die unread, overwritten by the next instruction's. The pass works on the source text,
-so the compile helper (.compiler), which runs this module's text and nothing else of pyhv, can
-run it beside the vCPU as well as the vCPU thread can. Only ``re`` and ``typing``: keep it so.
+where a block compiles (:func:`.compiler.compile_block`): in the vCPU thread, or in the compile
+helper beside it.
 """
 
 from __future__ import annotations
