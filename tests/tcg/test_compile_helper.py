@@ -277,6 +277,23 @@ def test_the_helper_takes_code_from_the_cache_and_the_vcpu_keeps_its_entries(tmp
     assert vcpu_cache.lookup(later_source, NAME) == fresh.code  # kept for the next boot
 
 
+def test_a_cache_entry_that_is_not_the_blocks_code_is_compiled_again(tmp_path, caplog):
+    # The helper's cache must not send the vCPU a blob that fails its checks: that would give
+    # the whole helper up for one bad entry.
+    source, _, _ = generate_block(PARTS, 64, LOW_END, EMITTERS)
+    earlier = CodeCache(tmp_path / "guest.code")
+    earlier.add(source, NAME, compile("x = 1", "<elsewhere>", "exec"))
+    earlier.save()
+    helper = CompileHelper(tmp_path / "guest.code")
+    try:
+        with caplog.at_level(logging.WARNING, logger="pyhv.accel.tcg.compiler"):
+            translated = _waited(helper, _submit(helper))
+        assert helper.available and "compile helper failed" not in caplog.text
+    finally:
+        helper.close()
+    assert translated.new and translated.code == compile_block(source, NAME)
+
+
 @pytest.mark.parametrize("setting, pypy, translate_after, reproducible, cpus, wanted", [
     ("auto", False, 32, False, 2, True),
     ("auto", True, 6400, False, 2, False),  # PyPy: compiling is a small part of translating

@@ -107,10 +107,8 @@ class CodeCache:
         """(key, marshalled code, new) for ``source``: kept, else compiled and kept. How the
         compile helper uses its read-only copy of the cache (the vCPU keeps it with :meth:`keep`)."""
         key = _entry_key(source, filename)
-        blob = self.used.get(key) or self.previous.get(key)
-        if blob is not None:
-            self.used[key] = blob
-            return key, blob, False
+        if self.lookup(source, filename) is not None:  # a blob that loads as the block's code
+            return key, self.used[key], False
         blob = marshal.dumps(compile_block(source, filename))
         self.used[key] = blob
         return key, blob, True
