@@ -107,8 +107,8 @@ class Insn:
                  "index", "scale", "disp", "imm", "imm2", "bits", "raw_reg")
 
     def __reduce__(self):
-        # For the compile helper: its fields as one tuple, which pickles in a tenth of the
-        # time the default (a dict of the slots) takes.
+        # For the compile helper: its fields as one tuple, not the default dict of its slots
+        # (a region pickled in 32 us instead of 54 at the median, in the Debian boot).
         return insn_from_fields, (_insn_fields(self),)
 
     def __repr__(self) -> str:
