@@ -12,7 +12,6 @@ import os
 import pickle
 import signal
 import threading
-from pathlib import Path
 from typing import List, Optional
 
 import pytest
