@@ -28,7 +28,8 @@ of iterations (measured: the device's 1 MiB reads ran at 5.7, 6.0, 7.2, 9.2, 11.
 
 Both sides read and write the host page cache: the image is written first and stays cached
 (no O_DIRECT, no cache dropping; the block backends use neither). Guest buffers and the
-host buffer are touched before timing. Every figure is the best of ``--repeat`` runs (the
+host buffers start on page boundaries, as a guest's block layer hands out pages, and are
+touched before timing. Every figure is the best of ``--repeat`` runs (the
 machine is shared). ``--inline`` adds the synchronous path (queue processed inside the
 kick, no I/O thread); ``--irq`` measures the interrupt paths under KVM (KVM_IRQ_LINE and
 KVM_SIGNAL_MSI ioctls against an irqfd eventfd write).
@@ -46,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import mmap
 import os
 import platform
 import random
@@ -75,6 +77,7 @@ from pyhv.irq import CallbackIrqLine
 from pyhv.memory import GuestMemory, MiB
 
 KiB = 1 << 10
+PAGE = 4 * KiB
 SECTOR = 512
 GUEST_RAM = 128 * MiB
 QUEUE_SIZE = 256
@@ -130,8 +133,8 @@ def host_run(path: str, work: Workload, offsets: List[int], threads: int = 1) ->
     request at a time with its share of the buffers: what the host gets from the
     parallelism the device's worker pool uses."""
     fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    buffers = _page_buffers(work.depth, work.size)
     try:
-        buffers = [memoryview(bytearray(b"\x5a" * work.size)) for _ in range(work.depth)]
         if threads == 1:
             start = time.perf_counter()
             _host_requests(fd, path, work, offsets, buffers)
@@ -147,6 +150,20 @@ def host_run(path: str, work: Workload, offsets: List[int], threads: int = 1) ->
         return time.perf_counter() - start
     finally:
         os.close(fd)
+
+
+def _page_buffers(count: int, size: int) -> List[memoryview]:
+    """``count`` buffers of ``size`` bytes, each from a page boundary, filled (in an anonymous
+    mapping, unmapped once they are all gone). The device's requests land in whole guest
+    pages, as Linux's block layer gives them, and the host gets the same: where a copy starts
+    inside a cache line changes its cost (1 MiB writes from 16 bytes into a line ran at
+    9.4 GB/s, from a page at 13.7 GB/s, on a 2-core AMD EPYC), and a bytearray starts
+    wherever malloc puts it."""
+    stride = (size + PAGE - 1) // PAGE * PAGE
+    area = mmap.mmap(-1, count * stride)
+    area.write(b"\x5a" * (count * stride))
+    view = memoryview(area)
+    return [view[k * stride:k * stride + size] for k in range(count)]
 
 
 # --- pyhv's device, driven like a guest ------------------------------------------------------------
@@ -215,7 +232,9 @@ class DeviceRig:
         self.chains = {}  # head -> the request's buffers (a packed ring writes them again each time)
         for _ in range(work.depth):
             header = self.driver.alloc(16)
-            data = self.driver.alloc(work.size, fill=0x5A)  # touched: faulted in, like a guest's
+            # Whole pages, as a guest's block layer hands them out (see _page_buffers); touched:
+            # faulted in, like a guest's.
+            data = self.driver.alloc(work.size, fill=0x5A, align=PAGE)
             status = self.driver.alloc(1, fill=0xFF)
             buffers = [Buffer(header, 16, False), Buffer(data, work.size, not work.write), Buffer(status, 1, True)]
             head = self.queue.add_chain(buffers) if not self.packed else len(self.chains)

@@ -13,15 +13,11 @@ from ...bus import Bus
 from ...memory import GuestMemory
 from ..virtio import pci as vpci
 from ..virtio import spec
-from ..virtio.mock_driver import Buffer, MockQueue, mock_queue
+from ..virtio.mock_driver import Buffer, DataArea, MockQueue, align_up, mock_queue
 from ..virtio.queue import DESCRIPTOR_SIZE
 from . import config as cfg
 from .host import CONFIG_ADDRESS_PORT, CONFIG_DATA_PORT
 from .msix import CAP_ID_MSIX, CONTROL_ENABLE, CONTROL_FUNCTION_MASK, ENTRY_SIZE
-
-
-def _align(value: int, alignment: int) -> int:
-    return (value + alignment - 1) // alignment * alignment
 
 
 class MockPciConfig:
@@ -95,7 +91,7 @@ class MockVirtioPciDriver:
         self.queues: List[Optional[MockQueue]] = []
         self.packed = False  # VIRTIO_F_RING_PACKED accepted
         self._ring_cursor = ring_area
-        self._data_cursor = data_area
+        self._data = DataArea(memory, data_area)
         self.regions: Dict[int, int] = {}  # cfg_type -> guest physical address
         self.notify_multiplier = 0
         self.msix_cap = 0
@@ -178,7 +174,7 @@ class MockVirtioPciDriver:
         self.common_write(vpci.QUEUE_SELECT, 2, index)
         size = self.common_read(vpci.QUEUE_SIZE, 2) if size is None else size
         queue = mock_queue(self.memory, self._ring_cursor, max(size, 1), self.packed)
-        self._ring_cursor = _align(queue.end, 4096)
+        self._ring_cursor = align_up(queue.end, 4096)
         self.common_write(vpci.QUEUE_SIZE, 2, size)
         if vector is not None:
             self.common_write(vpci.QUEUE_MSIX_VECTOR, 2, vector)
@@ -199,11 +195,9 @@ class MockVirtioPciDriver:
                         | spec.STATUS_DRIVER_OK)
         return accepted
 
-    def alloc(self, size: int, fill: int = 0) -> int:
-        gpa = self._data_cursor
-        self._data_cursor = _align(gpa + size, 16)
-        self.memory.fill(gpa, size, fill)
-        return gpa
+    def alloc(self, size: int, fill: int = 0, align: int = 16) -> int:
+        """A fresh buffer in the data area, filled with ``fill`` (see :class:`DataArea`)."""
+        return self._data.alloc(size, fill, align)
 
     def kick(self, index: int) -> None:
         self.common_write(vpci.QUEUE_SELECT, 2, index)
