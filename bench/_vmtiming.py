@@ -33,6 +33,25 @@ DEBUG_EXIT_DEVICE = "isa-debug-exit,iobase=0xf4,iosize=4"
 TERMINATE_GRACE_S = 10.0
 
 
+def host_summary(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The machine a benchmark ran on, for its report: the CPU model, the CPUs this process may
+    use and the load average. Figures from different machines differ by 2-3x here (an AMD EPYC
+    against an Intel one), so a report says which it came from."""
+    model = "unknown CPU"
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as stream:
+            for line in stream:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    model = value.strip()
+                    break
+    except OSError:
+        pass
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    load = " ".join(f"{value:.2f}" for value in os.getloadavg())
+    return f"{model}, {cpus} CPUs, load {load}"
+
+
 class BenchError(Exception):
     """A VMM could not run the benchmark guest as expected."""
 

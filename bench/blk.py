@@ -61,6 +61,7 @@ import threading
 import time
 from typing import Callable, List, NamedTuple, Optional, Tuple
 
+from _vmtiming import host_summary
 from pyhv.block import fileio, open_image
 from pyhv.block.cli import main as img_main
 from pyhv.bus import Bus
@@ -548,7 +549,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     formats = [f for f in args.formats.split(",") if f]
     size = args.size_mib * MiB
-    print(f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} CPUs; "
+    print(f"{platform.python_implementation()} {platform.python_version()}, {host_summary()}; "
           f"{args.size_mib} MiB images in {args.dir}; page cache on both sides; best of {args.repeat}")
     directory = tempfile.mkdtemp(prefix="pyhv-bench-blk-", dir=args.dir)
     try:

@@ -41,7 +41,7 @@ from typing import List, NamedTuple, Optional, Sequence
 
 from _vmtiming import (
     DEBUG_EXIT_DEVICE, QEMU_BINARY, BenchError, Vmm, WatchedRun, add_vmm_arguments, chosen_interpreters,
-    interpreter_label, watch_run,
+    host_summary, interpreter_label, watch_run,
 )
 from pyhv.runtime_env import vm_env
 
@@ -283,7 +283,7 @@ def main(argv: Sequence[str]) -> int:
     timeouts = {vmm.label: timeout_s for vmm, _, timeout_s, _, _ in plan}
     rounds = [f"best of {args.rounds} for QEMU"] if not args.no_qemu else []
     rounds += [f"best of {args.pyhv_rounds} for pyhv"] if not args.no_pyhv else []
-    print(f"time to '{MARKER}' ({', '.join(rounds)}), VMM start-up included")
+    print(f"time to '{MARKER}' ({', '.join(rounds)}), VMM start-up included; {host_summary()}")
     for result in results:
         print(describe(result, reference, timeouts[result.label]))
     for problem in problems:

@@ -78,3 +78,21 @@ def test_best_of_keeps_the_smallest_and_refuses_no_rounds():
     assert _vmtiming.best_of([3.0, 1.5, 2.0]) == 1.5
     with pytest.raises(_vmtiming.BenchError, match="no rounds"):
         _vmtiming.best_of([])
+
+
+def test_the_host_summary_names_the_cpu_model_the_cpus_and_the_load(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9R14\n"
+                       "processor\t: 1\nmodel name\t: AMD EPYC 9R14\n")
+    summary = _vmtiming.host_summary(str(cpuinfo))
+    model, cpus, load = summary.split(", ")
+    assert model == "AMD EPYC 9R14"
+    assert cpus.endswith(" CPUs") and int(cpus.split()[0]) >= 1
+    assert load.startswith("load ") and len(load.split()) == 4
+
+
+def test_the_host_summary_without_a_cpu_model_says_so(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t:\n")
+    assert _vmtiming.host_summary(str(cpuinfo)).startswith("unknown CPU, ")
+    assert _vmtiming.host_summary(str(tmp_path / "absent")).startswith("unknown CPU, ")
