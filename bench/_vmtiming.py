@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence
 
-from pyhv.runtime_env import vm_env
+from pyhv.runtime_env import usable_cpus, vm_env
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_INTERPRETERS = {
@@ -47,9 +47,8 @@ def host_summary(cpuinfo: str = "/proc/cpuinfo") -> str:
                     break
     except OSError:
         pass
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     load = " ".join(f"{value:.2f}" for value in os.getloadavg())
-    return f"{model}, {cpus} CPUs, load {load}"
+    return f"{model}, {usable_cpus()} CPUs, load {load}"
 
 
 class BenchError(Exception):
