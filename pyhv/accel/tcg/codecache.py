@@ -89,7 +89,10 @@ class CodeCache:
 
     def lookup(self, source: str, filename: str) -> Optional[CodeType]:
         """The code an earlier boot (or this one) compiled from ``source``, if kept."""
-        key = _entry_key(source, filename)
+        return self._find(_entry_key(source, filename), filename)
+
+    def _find(self, key: bytes, filename: str) -> Optional[CodeType]:
+        """:meth:`lookup` by the entry's key: a kept blob that loads as ``filename``'s code."""
         blob = self.used.get(key) or self.previous.get(key)
         if blob is None:
             return None
@@ -107,10 +110,10 @@ class CodeCache:
         """(key, marshalled code, new) for ``source``: kept, else compiled and kept. How the
         compile helper uses its read-only copy of the cache (the vCPU keeps it with :meth:`keep`)."""
         key = _entry_key(source, filename)
-        if self.lookup(source, filename) is not None:  # a blob that loads as the block's code
+        if self._find(key, filename) is not None:  # a blob that loads as the block's code
             return key, self.used[key], False
         blob = marshal.dumps(compile_block(source, filename))
-        self.used[key] = blob
+        self.keep(key, blob, True)
         return key, blob, True
 
     def keep(self, key: bytes, blob: bytes, new: bool) -> None:
@@ -125,9 +128,7 @@ class CodeCache:
 
     def add(self, source: str, filename: str, code: CodeType) -> None:
         """Keep ``code``, compiled from ``source`` in this boot, for the next."""
-        self.used[_entry_key(source, filename)] = marshal.dumps(code)
-        self.compiled += 1
-        self._unsaved += 1
+        self.keep(_entry_key(source, filename), marshal.dumps(code), True)
 
     def save(self) -> None:
         """Write this boot's entries, then the earlier ones it did not use, atomically."""
