@@ -13,9 +13,11 @@ from typing import Callable, Dict, List, Optional, Tuple
 from . import __version__
 from .chardev import CharBackend
 from .devices.debug_exit import SHUTDOWN_REASON_PREFIX as DEBUG_EXIT_REASON
+from .devices.pvpanic import PANIC_EXIT_STATUS
 from .devices.pvpanic import PANIC_REASON as GUEST_PANIC_REASON
 from .errors import ConfigError, PyhvError, VmFatalError
 from .lifecycle import Reset, Shutdown, StopRequest
+from .panic_watch import panic_message
 from .runtime_env import pyhv_argv, restart_with_vm_env
 
 EXIT_ERROR = 1
@@ -61,12 +63,22 @@ def _run_until_stop(config, kept_chardevs) -> Tuple[int, Optional[StopRequest]]:
         finally:
             _restore_handlers(previous)
             machine.close()
+        panic = machine.lifecycle.guest_panic
         if isinstance(stop, Shutdown):
-            if stop.reason.startswith("terminating on signal") or stop.reason == GUEST_PANIC_REASON:
+            if stop.reason.startswith(GUEST_PANIC_REASON):
+                print(f"pyhv: {panic_message(panic)}", file=sys.stderr)
+            elif stop.reason.startswith("terminating on signal"):
                 print(f"pyhv: {stop.reason}", file=sys.stderr)
             return stop.status, stop
         if isinstance(stop, Reset) and config.no_reboot:
+            if panic is not None:
+                print(f"pyhv: {panic_message(panic)} (seen on the serial console; the guest then reset)",
+                      file=sys.stderr)
+                return PANIC_EXIT_STATUS, stop
             return 0, stop
+        if panic is not None:
+            print(f"pyhv: {panic_message(panic)}; booting it again (-no-reboot ends the VM instead)",
+                  file=sys.stderr)
         # A reset without -no-reboot: build the machine again and boot from scratch.
 
 

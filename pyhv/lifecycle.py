@@ -34,6 +34,9 @@ class Lifecycle:
         self.pending: Optional[StopRequest] = None
         self.stopped = threading.Event()
         self._listeners: List[Callable[[], None]] = []
+        # The reason of a kernel panic the guest printed on its console (pyhv.panic_watch),
+        # for whoever reports the reset or the stop that follows it.
+        self.guest_panic: Optional[str] = None
 
     def add_listener(self, callback: Callable[[], None]) -> None:
         """Call ``callback()`` (from the requesting thread) whenever a stop is requested,
@@ -48,6 +51,11 @@ class Lifecycle:
         self.stopped.set()
         for callback in self._listeners:
             callback()
+
+    def note_guest_panic(self, reason: str) -> None:
+        """The guest's kernel said it panicked (the first reason is kept); it may reset next."""
+        if self.guest_panic is None:
+            self.guest_panic = reason
 
     def shutdown(self, status: int, reason: str) -> None:
         # The first request wins: a debug-exit followed by a reset must keep its status.

@@ -191,6 +191,7 @@ class Machine:
 
     def _attach_serial_ports(self) -> None:
         from .devices.serial import Serial
+        from .panic_watch import PanicWatch
 
         if len(self.config.serial) > len(SERIAL_PORTS):
             raise ConfigError(f"at most {len(SERIAL_PORTS)} -serial ports are supported")
@@ -199,7 +200,7 @@ class Machine:
             backend = self._serial_backend(spec)
             if not backend.wants_device:
                 continue
-            uart = Serial(self.accel.irq_line(irq), backend)
+            uart = Serial(self.accel.irq_line(irq), PanicWatch(backend, self.lifecycle))
             self.serial_ports.append((base, irq))
             self.pio.attach(base, 8, uart)
             backend.start(uart.receive)

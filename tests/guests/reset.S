@@ -5,17 +5,6 @@
  */
         .include "common.inc"
 
-        .set I8042_COMMAND, 0x64
-        .set I8042_PULSE_RESET, 0xfe
-        .set IGNORED_RESET_SPINS, 1000000
-
 main32:
         PRINT 32, "resetting through the i8042\n"
-        mov $I8042_PULSE_RESET, %al
-        out %al, $I8042_COMMAND
-        mov $IGNORED_RESET_SPINS, %ecx
-1:      pause
-        dec %ecx
-        jnz 1b
-        PRINT 32, "reset ignored\n"
-        EXIT EXIT_FAIL
+        RESET_THROUGH_I8042

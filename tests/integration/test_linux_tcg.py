@@ -37,10 +37,11 @@ def guest():
     return build_default_guest()
 
 
-def boot(guest, command: str, debug_exit: bool = True) -> subprocess.CompletedProcess:
+def boot(guest, command: str, debug_exit: bool = True, kernel_args: str = "") -> subprocess.CompletedProcess:
+    """``kernel_args``: more kernel parameters, before the ` -- ` that hands ``command`` to init."""
     argv: List[str] = [sys.executable, "-m", "pyhv", "run", "-accel", "tcg", "-m", "256", "-nographic",
                        "-no-reboot", "-kernel", str(guest.kernel), "-initrd", str(guest.initrd),
-                       "-append", f"{guest.cmdline} -- {command}"]
+                       "-append", f"{guest.cmdline}{' ' + kernel_args if kernel_args else ''} -- {command}"]
     if debug_exit:
         argv[6:6] = ["-device", DEBUG_EXIT]
     started = time.monotonic()
@@ -89,6 +90,16 @@ def test_guest_kernel_panic_ends_pyhv_with_a_message_and_a_failure_status(guest)
     assert "Kernel panic" in result.stdout, describe(result)
     assert "pyhv: guest kernel panicked" in result.stderr, describe(result)
     assert result.returncode == PANIC_EXIT_STATUS != 0, describe(result)
+
+
+def test_a_panic_before_init_ends_pyhv_with_the_kernels_reason(guest):
+    # No /init to run: the kernel looks for a root file system, finds none and panics long
+    # before init could load pvpanic_mmio; panic=-1 then resets. pyhv read the panic on the
+    # console (pyhv/panic_watch.py), so the reset under -no-reboot ends with status 1, not 0.
+    result = boot(guest, "true", kernel_args="rdinit=/nonexistent")
+    assert "Kernel panic - not syncing: VFS: Unable to mount root fs" in result.stdout, describe(result)
+    assert "pyhv: guest kernel panicked: VFS: Unable to mount root fs" in result.stderr, describe(result)
+    assert result.returncode == PANIC_EXIT_STATUS, describe(result)
 
 
 def test_guest_run_prints_the_command_output_and_returns_its_status():
