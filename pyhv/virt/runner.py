@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from ..chardev import CharBackend
+from ..devices.pvpanic import PANIC_REASON as GUEST_PANIC_REASON
 from ..errors import PyhvError, VmFatalError
 from ..lifecycle import Reset, Shutdown, StopRequest
+from ..panic_watch import panic_message
 from ..qmp.commands import GENERIC_ERROR, QmpError
 from ..qmp.server import QmpServer
 from .domain import DomainConfig
@@ -204,12 +206,24 @@ class DomainRunner:
             print(f"pyhv: guest crashed: {err}", file=sys.stderr, flush=True)
             machine.close()
             self.machine = None
-            return ("restart" if self.dom.on_crash == "restart" else "stop"), "crashed"
+            return self._crashed()
         machine.close()
         self.machine = None
-        return self._after(stop)
+        return self._after(stop, machine.lifecycle.guest_panic)
 
-    def _after(self, stop: StopRequest) -> Tuple[str, str]:
+    def _crashed(self) -> Tuple[str, str]:
+        return ("restart" if self.dom.on_crash == "restart" else "stop"), "crashed"
+
+    def _after(self, stop: StopRequest, panic: Optional[str] = None) -> Tuple[str, str]:
+        """What the domain does after ``stop``; ``panic``: the reason of a kernel panic the
+        guest printed on its console before it (see pyhv.panic_watch)."""
+        # A kernel panic is a crash, as libvirt takes QEMU's pvpanic: on_crash decides, whether
+        # the pvpanic device ended the machine or the kernel reset it after saying so.
+        if ((isinstance(stop, Shutdown) and stop.reason.startswith(GUEST_PANIC_REASON))
+                or (isinstance(stop, Reset) and panic is not None)):
+            print(f"pyhv: {panic_message(panic)}", file=sys.stderr, flush=True)
+            self._emit("GUEST_PANICKED", {"action": "run" if self.dom.on_crash == "restart" else "poweroff"})
+            return self._crashed()
         if isinstance(stop, Shutdown):
             if stop.reason in (QUIT_REASON, SIGNAL_REASON):
                 self._emit("SHUTDOWN", {"guest": False, "reason": stop.reason})

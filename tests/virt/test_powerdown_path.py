@@ -91,3 +91,22 @@ def test_reboot_without_a_power_button_fails_and_leaves_power_off_alone(runner, 
         runner.reboot()
     runner._emit = lambda event, data: None
     assert runner._after(Shutdown(0, "ACPI power-off")) == ("stop", "shutdown")
+
+
+@pytest.mark.parametrize("on_crash, expected", [("destroy", ("stop", "crashed")), ("restart", ("restart", "crashed"))])
+def test_a_kernel_panic_is_a_crash_that_on_crash_decides(runner, on_crash, expected) -> None:
+    from pyhv.lifecycle import Reset, Shutdown
+
+    events = []
+    runner._emit = lambda event, data: events.append((event, data))
+    runner.dom.on_crash = on_crash
+    action = "run" if on_crash == "restart" else "poweroff"
+    # The pvpanic device ended the machine (the guest's driver was loaded) ...
+    assert runner._after(Shutdown(1, "guest kernel panicked")) == expected
+    # ... or the kernel printed its panic on the console and then reset (panic=-1).
+    assert runner._after(Reset("i8042 reset"), "VFS: Unable to mount root fs") == expected
+    assert events == [("GUEST_PANICKED", {"action": action})] * 2
+    # A reset with no panic before it is still a reboot, as on_reboot says (restart by default).
+    events.clear()
+    assert runner._after(Reset("i8042 reset")) == ("restart", "booted")
+    assert [event for event, _ in events] == ["RESET"]
