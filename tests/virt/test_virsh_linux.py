@@ -43,12 +43,13 @@ PROMPT = b"pyhv-guest:/# "  # PS1 of the default guest's /etc/profile: '\h:\w\$ 
 POWER_DOWN = b"reboot: Power down"  # printed by the kernel at KERN_EMERG, so quiet keeps it
 
 
-def linux_domain_xml(guest) -> str:
-    # on_reboot=destroy: a panic (panic=-1 reboots) ends the domain instead of booting again.
+def linux_domain_xml(guest, kernel_args: str = "") -> str:
+    # on_reboot=destroy: a reset that is no panic ends the domain instead of booting again.
+    cmdline = f"{guest.cmdline} {kernel_args}".strip()
     return (f"<domain type='qemu'>\n  <name>{NAME}</name>\n  <memory unit='MiB'>256</memory>\n"
             f"  <vcpu>1</vcpu>\n"
             f"  <os>\n    <type arch='x86_64' machine='pc'>hvm</type>\n    <kernel>{guest.kernel}</kernel>\n"
-            f"    <initrd>{guest.initrd}</initrd>\n    <cmdline>{guest.cmdline}</cmdline>\n  </os>\n"
+            f"    <initrd>{guest.initrd}</initrd>\n    <cmdline>{cmdline}</cmdline>\n  </os>\n"
             f"  <on_poweroff>destroy</on_poweroff>\n  <on_reboot>destroy</on_reboot>\n"
             f"  <on_crash>destroy</on_crash>\n"
             f"  <devices>\n    <serial type='pty'/>\n    <console type='pty'/>\n  </devices>\n</domain>\n")
@@ -217,3 +218,22 @@ def test_reboot_powers_the_guest_off_through_acpi_and_boots_it_again(virsh, stor
         virsh(["destroy", NAME])
     log = log_path.read_text()
     assert "event RESET" in log and "shut off (destroyed)" in log, log
+
+
+def test_a_kernel_panic_before_init_leaves_the_domain_shut_off_crashed(virsh, store_env, tmp_path: Path) -> None:
+    # No /init: the kernel panics looking for a root file system, before init could load the
+    # pvpanic driver, and panic=-1 resets. The domain process read the panic on the console,
+    # so on_crash (destroy) decides, not on_reboot.
+    from pyhv.guestimage import build_default_guest
+
+    xml = tmp_path / f"{NAME}.xml"
+    xml.write_text(linux_domain_xml(build_default_guest(), "rdinit=/nonexistent"))
+    assert virsh(["define", str(xml)]).returncode == 0
+    assert virsh(["start", NAME]).returncode == 0
+    deadline = time.monotonic() + BOOT_TIMEOUT_S
+    while listed_state(virsh) is not None and time.monotonic() < deadline:
+        time.sleep(1.0)
+    log = (store_env["runtime"] / "log" / f"{NAME}.log").read_text()
+    assert domstate(virsh) == "shut off (crashed)", log
+    assert "pyhv: guest kernel panicked: VFS: Unable to mount root fs" in log, log
+    assert "GUEST_PANICKED" in log, log
