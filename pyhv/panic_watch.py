@@ -30,11 +30,14 @@ from .devices.pvpanic import PANIC_EXIT_STATUS, PANIC_REASON
 from .devices.serial import CharSink
 from .lifecycle import Lifecycle
 
-# A printk line as the console shows it: an optional "[ seconds.micros] " timestamp first.
-_PANIC_LINE = re.compile(rb"^(?:\[\s*\d+\.\d+\] )?Kernel panic - not syncing: (.*)$")
-_END_LINE = re.compile(rb"^(?:\[\s*\d+\.\d+\] )?---\[ end Kernel panic - not syncing: (.*) \]---$")
-# Longer lines are not the kernel's (printk lines are at most 1,024 bytes): their rest is skipped.
-MAX_LINE = 1024
+# A printk line as the console shows it: the "[ seconds.micros] " timestamp first, if the kernel
+# prints one (CONFIG_PRINTK_TIME), with the "[ T1]" caller id after it if it prints that too.
+_PREFIX = rb"^(?:\[\s*\d+\.\d+\](?:\[\s*[CT]\d+\])? )?"
+_PANIC_LINE = re.compile(_PREFIX + rb"Kernel panic - not syncing: (.*)$")
+_END_LINE = re.compile(_PREFIX + rb"---\[ end Kernel panic - not syncing: (.*) \]---$")
+# Longer lines are not the kernel's (it formats a panic's reason into 1,024 bytes): their rest
+# is skipped.
+MAX_LINE = 4096
 
 
 class PanicWatch:

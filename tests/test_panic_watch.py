@@ -72,3 +72,10 @@ def test_the_first_reason_is_kept():
     watch, _sink, lifecycle = _watch()
     watch.write(PANIC_LINE + b"Kernel panic - not syncing: a second one\n")
     assert lifecycle.guest_panic == REASON
+
+
+def test_a_caller_id_after_the_timestamp_and_a_long_reason():
+    watch, _sink, lifecycle = _watch()
+    reason = "x" * 1023  # the kernel formats the reason into 1,024 bytes
+    watch.write(b"[    1.930832][    T1] Kernel panic - not syncing: " + reason.encode() + b"\r\n")
+    assert lifecycle.guest_panic == reason
