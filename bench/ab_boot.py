@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from _vmtiming import DEFAULT_INTERPRETERS, REPO_ROOT, BenchError, host_summary
+from pyhv.runtime_env import usable_cpu_ids
 
 # tcg_kernel.py's result line: "pypy: 423,635,229 instructions (...), wall 33.53 s, cpu 33.37 s, ..."
 RESULT_LINE = re.compile(r"^(?:pypy|cpython): ([\d,]+) instructions .*?, cpu ([\d.]+) s,", re.MULTILINE)
@@ -118,12 +119,6 @@ def cpu_plan(rounds: int, cpus: Sequence[int]) -> List[Tuple[Optional[int], Opti
     return [(first, second) if k % 2 == 0 else (second, first) for k in range(rounds)]
 
 
-def _usable_cpus() -> List[int]:
-    if hasattr(os, "sched_getaffinity"):
-        return sorted(os.sched_getaffinity(0))
-    return list(range(os.cpu_count() or 1))
-
-
 def _command(python: Path, million: float, cpu: Optional[int]) -> List[str]:
     pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
     return pin + [str(python), "bench/tcg_kernel.py", "--million", f"{million:g}", "--no-block-profile"]
@@ -177,7 +172,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             settings = " ".join(f"{k}={v}" for k, v in variant.env.items()) or "no settings"
             print(f"{variant.label}: {variant.tree}, {settings}")
         pin = not args.no_pin and shutil.which("taskset") is not None
-        plan = cpu_plan(args.rounds, _usable_cpus() if pin else [])
+        plan = cpu_plan(args.rounds, usable_cpu_ids() if pin else [])
         pairs = []
         for k, cpus in enumerate(plan):
             pair = run_round(args.python, args.million, variants, cpus)

@@ -32,19 +32,25 @@ ON_PYPY = platform.python_implementation() == "PyPy"
 PYPY_GC_SETTINGS: Dict[str, str] = {"PYPY_GC_NURSERY": "64MB", "PYPY_GC_MAJOR_COLLECT": "3"}
 
 
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask, as ``taskset`` sets it)."""
+def usable_cpu_ids(status_path: str = "/proc/self/status") -> List[int]:
+    """The CPUs this process may run on, by number (its affinity mask, as ``taskset`` sets it)."""
     getaffinity = getattr(os, "sched_getaffinity", None)  # PyPy 3.9 has none
     if getaffinity is not None:
-        return len(getaffinity(0))
+        return sorted(getaffinity(0))
     try:
-        with open("/proc/self/status") as status:
+        with open(status_path) as status:
             for line in status:
                 if line.startswith("Cpus_allowed:"):
-                    return bin(int(line.split()[1].replace(",", ""), 16)).count("1")
+                    mask = int(line.split()[1].replace(",", ""), 16)
+                    return [cpu for cpu in range(mask.bit_length()) if mask >> cpu & 1]
     except (OSError, ValueError):
         pass
-    return os.cpu_count() or 1
+    return list(range(os.cpu_count() or 1))
+
+
+def usable_cpus() -> int:
+    """How many CPUs this process may run on (see :func:`usable_cpu_ids`)."""
+    return len(usable_cpu_ids())
 
 
 def vm_env(base: Optional[Mapping[str, str]] = None) -> Dict[str, str]:

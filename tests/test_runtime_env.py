@@ -45,3 +45,15 @@ def test_restart_replaces_the_process_with_the_settings_and_the_same_pyhv(tmp_pa
     assert pid == before  # exec: the same process
     assert nursery == "8MB" and major == PYPY_GC_SETTINGS["PYPY_GC_MAJOR_COLLECT"]
     assert path.split(":")[0] == str(Path(runtime_env.__file__).resolve().parent.parent)
+
+
+def test_usable_cpu_ids_reads_the_affinity_mask_where_os_has_no_sched_getaffinity(tmp_path, monkeypatch):
+    # PyPy 3.9's os has no sched_getaffinity: the mask comes from /proc/self/status.
+    import pyhv.runtime_env as runtime_env
+
+    monkeypatch.delattr(runtime_env.os, "sched_getaffinity", raising=False)
+    status = tmp_path / "status"
+    status.write_text("Name:\tpython\nCpus_allowed:\t00000000,0000000a\nCpus_allowed_list:\t1,3\n")
+    assert runtime_env.usable_cpu_ids(str(status)) == [1, 3]
+    status.write_text("Name:\tpython\n")  # no mask: every CPU the machine has
+    assert runtime_env.usable_cpu_ids(str(status)) == list(range(runtime_env.os.cpu_count() or 1))
