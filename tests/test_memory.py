@@ -151,3 +151,34 @@ def test_typed_writes_are_single_stores(size):
         os.close(ready_r)
         os.close(ready_w)
         memory.close()
+
+
+def _thp_mode() -> str:
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as stream:
+            text = stream.read()
+    except OSError:
+        return ""
+    return text[text.index("[") + 1:text.index("]")] if "[" in text else ""
+
+
+def _smaps_field(address: int, field: str) -> str:
+    """``field`` of the mapping of /proc/self/smaps that holds ``address``."""
+    inside = False
+    with open("/proc/self/smaps") as stream:
+        for line in stream:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                start, end = (int(part, 16) for part in head.split("-"))
+                inside = start <= address < end
+            elif inside and head == field + ":":
+                return line.split()[1]
+    raise AssertionError(f"no {field} for {address:#x} in /proc/self/smaps")
+
+
+@pytest.mark.skipif(_thp_mode() != "madvise", reason="the host's transparent huge pages are not in madvise mode")
+def test_private_ram_asks_for_huge_pages():
+    # In madvise mode a mapping gets 2 MiB pages only if it asked for them (as QEMU asks for
+    # guest RAM): THPeligible says whether it did.
+    memory = GuestMemory(8 * MiB)
+    assert _smaps_field(memory.host_address(memory.regions[0]), "THPeligible") == "1"
