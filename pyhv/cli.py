@@ -187,7 +187,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"pyhv: unknown command '{args[0]}' (commands: {', '.join(COMMANDS)})", file=sys.stderr)
         return 2
     if argv is None and (args[0] == "run" or args[:2] == ["guest", "run"]):
-        # The process is pyhv itself (not a caller passing argv): PyPy's GC settings
+        # The process is pyhv itself (not a caller passing argv): PyPy's GC and malloc settings
         # (runtime_env.py) may need a restart; this returns once they are set.
         restart_with_vm_env(pyhv_argv(args))
     try:

@@ -1,4 +1,5 @@
-"""What a VM process wants from its Python runtime before it starts: PyPy's GC settings.
+"""What a VM process wants from its Python runtime before it starts: PyPy's GC settings, and
+huge pages for its heap.
 
 PyPy reads its garbage collector's settings from the environment at start-up only. Its
 defaults (a nursery the size of the L2 cache, here 1 MB, and a major collection each time the
@@ -10,6 +11,12 @@ the defaults, 2.1 s of 42.6 s with a 16 MB nursery and major collections at 3x (
 a 30 s boot, GC minor collections 1.1 s of it): 64 MB against 16 MB, faster in seven pairs of
 seven side by side by 0.1-3.0 s (mean about 0.9 s, 3%), peak memory 532 -> 713 MB; 32 MB
 gained less than 64 (0.2 and 0.4 s behind it), 128 MB no more.
+
+glibc's ``malloc.hugetlb=1`` tunable (read by the dynamic loader, so also at start-up only)
+has malloc ask for transparent huge pages on the memory it maps, which is where PyPy's nursery
+and heap live (guest RAM asks for its own, pyhv/memory.py): faster in 7 of 8 pairs of Debian
+boots side by side (bench/ab_boot.py, 2026-11-28, mean 0.5 s of 33-37), peak memory 686 ->
+693 MB.
 
 ``pyhv run`` and ``pyhv guest run`` on PyPy restart themselves once with these settings
 (:func:`restart_with_vm_env`), and so does bench/tcg_kernel.py; processes pyhv starts itself (``virsh start``) get them in
@@ -29,7 +36,8 @@ from typing import Dict, List, Mapping, Optional
 #: test of the runtime that code paths tuned for one or the other ask.
 ON_PYPY = platform.python_implementation() == "PyPy"
 
-PYPY_GC_SETTINGS: Dict[str, str] = {"PYPY_GC_NURSERY": "64MB", "PYPY_GC_MAJOR_COLLECT": "3"}
+PYPY_SETTINGS: Dict[str, str] = {"PYPY_GC_NURSERY": "64MB", "PYPY_GC_MAJOR_COLLECT": "3",
+                                 "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
 
 
 def usable_cpu_ids(status_path: str = "/proc/self/status") -> List[int]:
@@ -56,7 +64,7 @@ def usable_cpus() -> int:
 def vm_env(base: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
     """``base`` (default: this process's environment) with the settings it lacks added."""
     env = dict(os.environ if base is None else base)
-    for name, value in PYPY_GC_SETTINGS.items():
+    for name, value in PYPY_SETTINGS.items():
         env.setdefault(name, value)
     return env
 
@@ -66,7 +74,7 @@ def needs_restart(environ: Optional[Mapping[str, str]] = None,
     """True on PyPy when a setting is missing from the environment it started with."""
     environ = os.environ if environ is None else environ
     implementation = platform.python_implementation() if implementation is None else implementation
-    return implementation == "PyPy" and any(name not in environ for name in PYPY_GC_SETTINGS)
+    return implementation == "PyPy" and any(name not in environ for name in PYPY_SETTINGS)
 
 
 def pyhv_argv(args: List[str]) -> List[str]:

@@ -1,4 +1,4 @@
-"""PyPy's GC settings for VM processes (pyhv/runtime_env.py)."""
+"""PyPy's GC and malloc settings for VM processes (pyhv/runtime_env.py)."""
 
 from __future__ import annotations
 
@@ -9,20 +9,20 @@ from pathlib import Path
 
 import pyhv
 from pyhv import runtime_env
-from pyhv.runtime_env import PYPY_GC_SETTINGS, needs_restart, vm_env
+from pyhv.runtime_env import PYPY_SETTINGS, needs_restart, vm_env
 
 
 def test_vm_env_adds_the_settings_and_keeps_the_users_own() -> None:
     env = vm_env({"PATH": "/bin", "PYPY_GC_NURSERY": "8MB"})
     assert env["PATH"] == "/bin"
     assert env["PYPY_GC_NURSERY"] == "8MB"  # the user's choice wins
-    assert env["PYPY_GC_MAJOR_COLLECT"] == PYPY_GC_SETTINGS["PYPY_GC_MAJOR_COLLECT"]
+    assert env["PYPY_GC_MAJOR_COLLECT"] == PYPY_SETTINGS["PYPY_GC_MAJOR_COLLECT"]
 
 
 def test_only_pypy_without_every_setting_restarts() -> None:
     assert needs_restart({}, "PyPy")
     assert needs_restart({"PYPY_GC_NURSERY": "16MB"}, "PyPy")
-    assert not needs_restart(dict(PYPY_GC_SETTINGS), "PyPy")  # restarted already: no loop
+    assert not needs_restart(dict(PYPY_SETTINGS), "PyPy")  # restarted already: no loop
     assert not needs_restart({}, "CPython")
 
 
@@ -32,7 +32,7 @@ def test_restart_replaces_the_process_with_the_settings_and_the_same_pyhv(tmp_pa
         import os, sys
         from pyhv import runtime_env
         runtime_env.needs_restart = lambda: True
-        report = "import os; print(os.getpid(), os.environ['PYPY_GC_NURSERY'], os.environ['PYPY_GC_MAJOR_COLLECT'], os.environ['PYTHONPATH'])"
+        report = "import os; print(os.getpid(), os.environ['PYPY_GC_NURSERY'], os.environ['PYPY_GC_MAJOR_COLLECT'], os.environ['GLIBC_TUNABLES'], os.environ['PYTHONPATH'])"
         print(os.getpid(), flush=True)
         runtime_env.restart_with_vm_env([sys.executable, "-c", report])
         print("not restarted")
@@ -41,9 +41,10 @@ def test_restart_replaces_the_process_with_the_settings_and_the_same_pyhv(tmp_pa
     result = subprocess.run([sys.executable, "-c", child], stdout=subprocess.PIPE, universal_newlines=True,
                             env=env, cwd=str(tmp_path), check=True, timeout=60)
     before, after = result.stdout.splitlines()
-    pid, nursery, major, path = after.split()
+    pid, nursery, major, tunables, path = after.split()
     assert pid == before  # exec: the same process
-    assert nursery == "8MB" and major == PYPY_GC_SETTINGS["PYPY_GC_MAJOR_COLLECT"]
+    assert nursery == "8MB" and major == PYPY_SETTINGS["PYPY_GC_MAJOR_COLLECT"]
+    assert tunables == "glibc.malloc.hugetlb=1"
     assert path.split(":")[0] == str(Path(runtime_env.__file__).resolve().parent.parent)
 
 
