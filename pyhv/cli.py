@@ -121,10 +121,35 @@ def _init_command(text: str) -> str:
     return text
 
 
+def _take_append(options: List[str]) -> Tuple[List[str], List[str]]:
+    """``options`` without their -append options, and those options' texts.
+
+    In ``pyhv guest run`` an -append adds to the default guest's command line rather than
+    replacing it: replaced, the guest would lose its console and the command after ``--``,
+    and a user asking for ``loglevel=7`` would get a VM that runs silently forever."""
+    kept: List[str] = []
+    texts: List[str] = []
+    i = 0
+    while i < len(options):
+        name, eq, inline = options[i].lstrip("-").partition("=")
+        if options[i].startswith("-") and name == "append":
+            if eq:
+                texts.append(inline)
+            elif i + 1 < len(options):
+                i += 1
+                texts.append(options[i])
+            else:
+                raise ConfigError(f"option '{options[i]}' needs a value")
+        else:
+            kept.append(options[i])
+        i += 1
+    return kept, [text for text in texts if text.strip()]
+
+
 def guest_run(argv: List[str]) -> int:
     """``pyhv guest run [RUN OPTIONS] [-- COMMAND]``: boot the default guest (built and cached
     on first use); with a command, run it in the guest and exit with its status, else give
-    the guest's shell on the console."""
+    the guest's shell on the console. An -append adds to the guest's command line."""
     from .guestimage import build_default_guest
     from .qemu_args import parse_run_args
 
@@ -132,8 +157,9 @@ def guest_run(argv: List[str]) -> int:
     if "--" in argv:
         split = argv.index("--")
         options, command = argv[:split], argv[split + 1:]
+    options, extra_append = _take_append(options)
     guest = build_default_guest()
-    append = guest.cmdline
+    append = " ".join([guest.cmdline] + extra_append)
     if command:
         append += " -- " + _init_command(" ".join(command))
     config = parse_run_args(GUEST_RUN_DEFAULTS + ["-kernel", str(guest.kernel), "-initrd", str(guest.initrd),

@@ -154,6 +154,21 @@ def test_guest_run_keeps_a_command_with_quotes_as_it_is_and_refuses_one_too_long
     assert "config" not in seen
 
 
+def test_guest_run_append_adds_to_the_default_command_line(monkeypatch):
+    from pyhv.lifecycle import Shutdown
+
+    # Replacing it would drop the console and the command: a VM running silently forever.
+    cli, seen = _fake_guest_run(monkeypatch, Shutdown(1, "isa-debug-exit: guest wrote 0x0 (1 bytes)"))
+    assert cli.main(["guest", "run", "-append", "loglevel=7", "--append=panic=0", "-m", "512",
+                     "--", "uname", "-r"]) == 0
+    config = seen["config"]
+    assert config.append == 'console=ttyS0 quiet loglevel=7 panic=0 -- "uname -r"'
+    assert config.ram_size == 512 << 20
+    seen.clear()
+    assert cli.main(["guest", "run", "-append"]) == 1  # no value: a clear error, no VM
+    assert "config" not in seen
+
+
 _BAD_TCG_SETTINGS = [("PYHV_TCG_TRANSLATE_AFTER", "soon"), ("PYHV_TCG_TRANSLATE_AFTER", "-5"),
                      ("PYHV_TCG_COMPILE_HELPER", "yes")]
 if sys.implementation.name == "pypy":  # PyPy's JIT parameters are read on PyPy only
