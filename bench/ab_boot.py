@@ -167,6 +167,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                 raise BenchError(f"variant {variant.label}: {variant.tree} has no bench/tcg_kernel.py")
         if not args.python.exists():
             raise BenchError(f"--python {args.python}: not found (scripts/setup.sh makes the venvs)")
+        # Absolute, for the variants run in their own trees; not resolved, which would take a
+        # venv's interpreter out of its venv.
+        args.python = Path(os.path.abspath(args.python))
         print(host_summary())
         for variant in variants:
             settings = " ".join(f"{k}={v}" for k, v in variant.env.items()) or "no settings"

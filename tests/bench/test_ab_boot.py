@@ -71,3 +71,18 @@ def test_cpu_plan_swaps_the_two_cpus_every_round():
     assert ab_boot.cpu_plan(4, [3, 1, 2]) == [(1, 2), (2, 1), (1, 2), (2, 1)]
     assert ab_boot.cpu_plan(2, [0]) == [(None, None), (None, None)]
     assert ab_boot.cpu_plan(1, []) == [(None, None)]
+
+
+def test_main_runs_a_relative_python_inside_each_variants_tree(tmp_path, monkeypatch, capsys):
+    # Each variant runs in its own tree, so a --python relative to the caller's directory
+    # must be made absolute first, and not resolved (a venv's python is a link into it).
+    for name in ("a", "b"):
+        (tmp_path / name / "bench").mkdir(parents=True)
+        (tmp_path / name / "bench" / "tcg_kernel.py").write_text(
+            f"print({TCG_KERNEL_OUTPUT.splitlines()[0]!r})\n")
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "python").symlink_to(sys.executable)
+    monkeypatch.chdir(tmp_path)
+    assert ab_boot.main(["--python", "bin/python", "--a-tree", "a", "--b-tree", "b",
+                         "--rounds", "1", "--no-pin"]) == 0
+    assert "A - B, CPU s: +0.00" in capsys.readouterr().out
