@@ -552,18 +552,36 @@ def parse_on_off(what: str, key: str, value: str) -> bool:
     raise ConfigError(f"{what}: {key} expects on or off, got '{value}'")
 
 
-def _parse_flags(spec: str, options: List[str], known: Tuple[str, ...]) -> dict:
-    """Options as {name: bool}; QEMU's bare ``server`` / ``nowait`` spellings included."""
+def _parse_flags(spec: str, options: List[str], known: Tuple[str, ...], what: str = "") -> dict:
+    """Options as {name: bool}; QEMU's bare ``server`` / ``nowait`` spellings included.
+    Errors name ``what`` (default: ``chardev 'SPEC'``)."""
+    what = what or f"chardev {spec!r}"
     flags = {}
     for option in options:
         name, has_value, value = option.partition("=")
         if not has_value and name.startswith("no") and name[2:] in known:
             flags[name[2:]] = False
         elif name in known:
-            flags[name] = parse_on_off(f"chardev {spec!r}", f"option {name}", value) if has_value else True
+            flags[name] = parse_on_off(what, f"option {name}", value) if has_value else True
         else:
-            raise ConfigError(f"chardev {spec!r}: unknown option {option!r}")
+            raise ConfigError(f"{what}: unknown option {option!r}")
     return flags
+
+
+def parse_unix_spec(spec: str, what: str = "") -> Tuple[str, bool, bool]:
+    """``unix:PATH[,server[=on|off]][,wait=on|off|,nowait]``: (path, server, wait). As in
+    QEMU, a server waits for its first client unless told not to. Errors name ``what``
+    (default: ``chardev 'SPEC'``)."""
+    what = what or f"chardev {spec!r}"
+    kind, colon, rest = spec.partition(":")
+    parts = split_options(rest)
+    if kind != "unix" or not colon or not parts[0]:
+        raise ConfigError(f"{what}: unix: needs a path")
+    flags = _parse_flags(spec, parts[1:], ("server", "wait"), what)
+    server = flags.get("server", False)
+    if "wait" in flags and not server:
+        raise ConfigError(f"{what}: wait/nowait only applies to a server socket")
+    return parts[0], server, flags.get("wait", True)
 
 
 def open_chardev(spec: str, lifecycle: Optional[Lifecycle] = None) -> CharBackend:
@@ -582,15 +600,8 @@ def open_chardev(spec: str, lifecycle: Optional[Lifecycle] = None) -> CharBacken
             raise ConfigError(f"chardev {spec!r}: file: needs a path")
         return FileBackend(rest)
     if colon and kind == "unix":
-        parts = split_options(rest)
-        path = parts[0]
-        if not path:
-            raise ConfigError(f"chardev {spec!r}: unix: needs a path")
-        flags = _parse_flags(spec, parts[1:], ("server", "wait"))
-        server = flags.get("server", False)
-        if "wait" in flags and not server:
-            raise ConfigError(f"chardev {spec!r}: wait/nowait only applies to a server socket")
-        return UnixSocketBackend(path, server=server, wait=flags.get("wait", True))
+        path, server, wait = parse_unix_spec(spec)
+        return UnixSocketBackend(path, server=server, wait=wait)
     raise ConfigError(
         f"unsupported character device {spec!r}: expected stdio, file:PATH, "
         f"unix:PATH[,server][,nowait], null or none"

@@ -18,9 +18,12 @@ from .devices.pvpanic import PANIC_REASON as GUEST_PANIC_REASON
 from .errors import ConfigError, PyhvError, VmFatalError
 from .lifecycle import Reset, Shutdown, StopRequest
 from .panic_watch import panic_message
+from .qmp.control import QMP_RESET_REASON, QUIT_REASON, MachineControl
+from .qmp.server import QmpServer
 from .runtime_env import pyhv_argv, restart_with_vm_env
 
 EXIT_ERROR = 1
+SIGNAL_REASON = "terminating on signal"  # followed by the signal's number
 # Signals that end the VM; the input threads must not swallow them (see _block_signals).
 TERMINATING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -37,14 +40,82 @@ def run_command(argv: List[str]) -> int:
 def run_config(config) -> Tuple[int, Optional[StopRequest]]:
     """Run the machine ``config`` describes; its exit status and the request that ended it."""
     kept_chardevs: Dict[str, CharBackend] = {}  # file and socket back-ends live across resets
+    monitors = Monitors()
     try:
-        return _run_until_stop(config, kept_chardevs)
+        return _run_until_stop(config, kept_chardevs, monitors)
     finally:
+        monitors.close()
         for backend in kept_chardevs.values():
             backend.close()
 
 
-def _run_until_stop(config, kept_chardevs) -> Tuple[int, Optional[StopRequest]]:
+class Monitors:
+    """The QMP monitors of a `pyhv run` process (``-qmp``) and the control they act through."""
+
+    def __init__(self) -> None:
+        self.control: Optional[MachineControl] = None
+        self.servers: List[QmpServer] = []
+
+    def attach(self, machine, config) -> None:
+        """Act on ``machine`` from now on (None: no machine runs); the first time, open the
+        monitors ``config`` asks for."""
+        if self.control is None and config.qmp and machine is not None:
+            self._open(config, machine)
+        elif self.control is not None:
+            self.control.machine = machine
+
+    def _open(self, config, machine) -> None:
+        """Listen on each ``-qmp`` socket; then wait for the first client of those that ask it
+        (QEMU's ``wait=on``, its default), before the guest starts."""
+        self.control = MachineControl(config.name)
+        self.control.machine = machine
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {*TERMINATING_SIGNALS, signal.SIGUSR1})
+        try:
+            for spec in config.qmp:
+                server = QmpServer(spec.path, self.control)
+                self.servers.append(server)
+                server.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        for spec, server in zip(config.qmp, self.servers):
+            if spec.wait:
+                print(f"pyhv: waiting for a QMP client on unix:{spec.path}", file=sys.stderr, flush=True)
+                server.wait_for_client()
+
+    def emit(self, events: List[Tuple[str, Dict[str, object]]]) -> None:
+        for server in self.servers:
+            for event, data in events:
+                server.emit(event, data)
+
+    def close(self) -> None:
+        if self.control is not None:
+            self.control.finish()
+        for server in self.servers:
+            server.close()
+
+
+def stop_events(stop: StopRequest, panic: Optional[str], reboots: bool) -> List[Tuple[str, Dict[str, object]]]:
+    """The QMP events QEMU sends when its machine stops for ``stop``: ``panic`` is the reason
+    of a kernel panic seen on the console, ``reboots`` whether a reset boots the guest again
+    (QEMU's -no-reboot turns every reset into a shutdown)."""
+    if isinstance(stop, Shutdown):
+        if stop.reason.startswith(GUEST_PANIC_REASON):
+            return [("GUEST_PANICKED", {"action": "poweroff"}), ("SHUTDOWN", {"guest": True, "reason": "guest-panic"})]
+        if stop.reason == QUIT_REASON:
+            return [("SHUTDOWN", {"guest": False, "reason": "host-qmp-quit"})]
+        if stop.reason.startswith(SIGNAL_REASON):
+            return [("SHUTDOWN", {"guest": False, "reason": "host-signal"})]
+        return [("SHUTDOWN", {"guest": True, "reason": "guest-shutdown"})]
+    by_guest = stop.reason != QMP_RESET_REASON
+    events: List[Tuple[str, Dict[str, object]]] = []
+    if panic is not None and by_guest:
+        events.append(("GUEST_PANICKED", {"action": "run" if reboots else "poweroff"}))
+    events.append(("RESET" if reboots else "SHUTDOWN",
+                   {"guest": by_guest, "reason": "guest-reset" if by_guest else QMP_RESET_REASON}))
+    return events
+
+
+def _run_until_stop(config, kept_chardevs, monitors: Monitors) -> Tuple[int, Optional[StopRequest]]:
     from .machine import Machine
 
     while True:
@@ -56,19 +127,31 @@ def _run_until_stop(config, kept_chardevs) -> Tuple[int, Optional[StopRequest]]:
             machine = Machine(config, kept_chardevs=kept_chardevs)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-        previous = _on_terminating_signals(
-            lambda signum: machine.lifecycle.shutdown(0, f"terminating on signal {signum}"))
+        previous = {}
         try:
+            # The monitors open once the first machine is built, as QEMU's answer only then:
+            # a client that connects at once finds a machine to act on.
+            monitors.attach(machine, config)
+            previous = _on_terminating_signals(
+                lambda signum: machine.lifecycle.shutdown(0, f"{SIGNAL_REASON} {signum}"))
             stop = machine.run()
         finally:
             _restore_handlers(previous)
+            monitors.attach(None, config)
             machine.close()
+        control = monitors.control
         panic = machine.lifecycle.guest_panic
+        monitors.emit(stop_events(stop, panic, not config.no_reboot))
         if isinstance(stop, Shutdown):
             if stop.reason.startswith(GUEST_PANIC_REASON):
                 print(f"pyhv: {panic_message(panic)}", file=sys.stderr)
-            elif stop.reason.startswith("terminating on signal"):
+            elif stop.reason.startswith(SIGNAL_REASON):
                 print(f"pyhv: {stop.reason}", file=sys.stderr)
+            elif control is not None and control.reboot_on_poweroff and stop.reason != QUIT_REASON:
+                # x-guest-reboot: the guest powered off when asked to; boot it again.
+                control.reboot_on_poweroff = False
+                monitors.emit([("RESET", {"guest": False, "reason": QMP_RESET_REASON})])
+                continue
             return stop.status, stop
         if isinstance(stop, Reset) and config.no_reboot:
             if panic is not None:

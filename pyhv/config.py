@@ -29,6 +29,14 @@ class DeviceSpec:
 
 
 @dataclass
+class QmpSocketSpec:
+    """One ``-qmp unix:PATH,server=on[,wait=off]``: a QMP monitor listening on PATH."""
+
+    path: str
+    wait: bool  # the VM starts only once a client has connected (QEMU's default)
+
+
+@dataclass
 class MachineConfig:
     name: Optional[str] = None
     ram_size: int = DEFAULT_RAM
@@ -50,6 +58,7 @@ class MachineConfig:
     icount_sleep: bool = True
     decompress: Optional[bool] = None  # host-side bzImage decompression; None = default
     seed: Optional[int] = None  # -seed: the guest's boot RNG seed derived from it (None: random)
+    qmp: List[QmpSocketSpec] = field(default_factory=list)  # the VM process's QMP monitors
 
 
 _SIZE_SUFFIX = {"": MiB, "B": 1, "K": 1 << 10, "M": MiB, "G": 1 << 30, "T": 1 << 40}

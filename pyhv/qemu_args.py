@@ -9,8 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple
 
-from .config import (MachineConfig, parse_accel, parse_chardev, parse_device, parse_icount, parse_int,
-                     parse_memory_size)
+from .chardev import parse_unix_spec
+from .config import (MachineConfig, QmpSocketSpec, parse_accel, parse_chardev, parse_device, parse_icount,
+                     parse_int, parse_memory_size)
 from .errors import ConfigError
 
 Handler = Callable[[MachineConfig, str], None]
@@ -46,6 +47,19 @@ def _chardev(cfg: MachineConfig, value: str) -> None:
     if chardev_id in cfg.chardevs:
         raise ConfigError(f"-chardev {value}: id '{chardev_id}' is already used")
     cfg.chardevs[chardev_id] = spec
+
+
+def _qmp(cfg: MachineConfig, value: str) -> None:
+    """``-qmp unix:PATH,server=on[,wait=off]``; QEMU's other back-ends are refused by name."""
+    if not value.startswith("unix:"):
+        raise ConfigError(f"-qmp {value}: pyhv serves QMP on unix sockets only "
+                          "(-qmp unix:PATH,server=on,wait=off)")
+    path, server, wait = parse_unix_spec(value, f"-qmp {value}")
+    if not server:
+        raise ConfigError(f"-qmp {value}: pyhv's monitor listens for clients: add server=on")
+    if any(spec.path == path for spec in cfg.qmp):
+        raise ConfigError(f"-qmp {value}: {path} is already a QMP socket")
+    cfg.qmp.append(QmpSocketSpec(path, wait))
 
 
 def _icount(cfg: MachineConfig, value: str) -> None:
@@ -150,6 +164,7 @@ OPTIONS: Dict[str, Tuple[bool, Handler]] = {
     "netdev": (True, lambda cfg, v: cfg.netdevs.append(v)),
     "nic": (True, _nic),
     "icount": (True, _icount),
+    "qmp": (True, _qmp),
     "seed": (True, _seed),
     # pyhv's own: host-side decompression of a bzImage payload (on/off/auto)
     "kernel-decompress": (True, _decompress),

@@ -1,5 +1,6 @@
 """`pyhv run` parses QEMU's syntax; anything it does not support is a clear error."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -150,3 +151,29 @@ def test_nic_is_a_netdev_and_its_card():
 def test_bad_nic(text, message):
     with pytest.raises(ConfigError, match=message):
         parse_run_args(["-kernel", "k", "-nic", text])
+
+
+def test_qmp_sockets_in_qemus_spellings():
+    config = parse_run_args(["-kernel", "k", "-qmp", "unix:/run/a.sock,server=on,wait=off",
+                             "--qmp", "unix:/run/b.sock,server,nowait", "-qmp", "unix:/run/c.sock,server"])
+    assert [(spec.path, spec.wait) for spec in config.qmp] == [
+        ("/run/a.sock", False), ("/run/b.sock", False), ("/run/c.sock", True)]  # QEMU's server waits
+    assert parse_run_args(["-kernel", "k"]).qmp == []
+
+
+@pytest.mark.parametrize("value, message", [
+    ("tcp:localhost:4444,server=on", "-qmp tcp:localhost:4444,server=on: pyhv serves QMP on unix sockets only"),
+    ("stdio", "pyhv serves QMP on unix sockets only"),
+    ("unix:/run/q.sock", "add server=on"),
+    ("unix:,server=on", "-qmp unix:,server=on: unix: needs a path"),
+    ("unix:/run/q.sock,server=on,wait=maybe", "option wait expects on or off, got 'maybe'"),
+    ("unix:/run/q.sock,server=on,telnet=on", "-qmp unix:/run/q.sock,server=on,telnet=on: unknown option 'telnet=on'"),
+])
+def test_bad_qmp_options(value, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_run_args(["-kernel", "k", "-qmp", value])
+
+
+def test_one_socket_cannot_serve_two_monitors():
+    with pytest.raises(ConfigError, match="already a QMP socket"):
+        parse_run_args(["-kernel", "k", "-qmp", "unix:/run/q,server,nowait", "-qmp", "unix:/run/q,server"])

@@ -31,7 +31,7 @@ class QmpError(PyhvError):
 
 
 class VmControl(Protocol):
-    """What the monitor may ask of the VM process (implemented by pyhv.virt.runner)."""
+    """What the monitor may ask of the VM process (implemented by pyhv.qmp.control)."""
 
     name: Optional[str]
 

@@ -67,6 +67,7 @@ class QmpServer:
         self._lock = threading.RLock()
         self._clients: List[_Client] = []
         self._closed = False
+        self._first_client = threading.Event()
         self._listener = self._listen(path)
         self._thread = threading.Thread(target=self._accept_loop, name="pyhv-qmp", daemon=True)
 
@@ -88,6 +89,10 @@ class QmpServer:
 
     def start(self) -> None:
         self._thread.start()
+
+    def wait_for_client(self, timeout: Optional[float] = None) -> bool:
+        """Block until a client has connected (QEMU's ``wait=on``); False on timeout."""
+        return self._first_client.wait(timeout)
 
     def emit(self, event: str, data: Dict[str, Any]) -> None:
         """Send an event to every client that finished negotiation."""
@@ -132,6 +137,7 @@ class QmpServer:
                     sock.close()
                     return
                 self._clients.append(client)
+            self._first_client.set()
             threading.Thread(target=self._serve, args=(client,), name="pyhv-qmp-client", daemon=True).start()
 
     def _serve(self, client: _Client) -> None:

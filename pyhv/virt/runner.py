@@ -12,7 +12,6 @@ import argparse
 import os
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -22,7 +21,7 @@ from ..devices.pvpanic import PANIC_REASON as GUEST_PANIC_REASON
 from ..errors import PyhvError, VmFatalError
 from ..lifecycle import Reset, Shutdown, StopRequest
 from ..panic_watch import panic_message
-from ..qmp.commands import GENERIC_ERROR, QmpError
+from ..qmp.control import QMP_RESET_REASON, QUIT_REASON, MachineControl
 from ..qmp.server import QmpServer
 from .domain import DomainConfig
 from .domain_ifaces import DomainInterfaces
@@ -33,9 +32,7 @@ from .store import Store
 
 TERMINATING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 BLOCKED_WHILE_BUILDING = (*TERMINATING_SIGNALS, signal.SIGUSR1)
-QUIT_REASON = "host-qmp-quit"
 SIGNAL_REASON = "host-signal"
-QMP_RESET_REASON = "host-qmp-system-reset"
 
 
 def console_paths(store: Store, dom: DomainConfig) -> List[str]:
@@ -51,82 +48,24 @@ def console_paths(store: Store, dom: DomainConfig) -> List[str]:
     return paths
 
 
-class DomainRunner:
+class DomainRunner(MachineControl):
     """Runs one domain until it ends; the VmControl the QMP monitor acts through."""
 
     def __init__(self, store: Store, dom: DomainConfig, domain_id: int) -> None:
+        super().__init__(dom.name)
         self.store = store
         self.dom = dom
-        self.name: Optional[str] = dom.name
         self.domain_id = domain_id
-        self.machine = None
         self.consoles = console_paths(store, dom)
         self.config = to_machine_config(dom, self.consoles)
         self.live_xml = domain_to_xml(dom, domain_id, self.consoles[0] if self.consoles else None)
-        self._vcpu_thread_id = threading.get_native_id()
-        self._pause_lock = threading.Lock()
         self.server: Optional[QmpServer] = None
         self.interfaces: Optional[DomainInterfaces] = None  # TAP devices, passt: made in run()
-        # Set by reboot(): the guest's next power-off boots the machine again (virsh reboot).
-        self.reboot_on_poweroff = False
         # The console sockets and log files, kept across reboots: a console stays attached.
         self.kept_chardevs: Dict[str, CharBackend] = {}
 
-    # --- VmControl ---------------------------------------------------------------------------
-    def status(self) -> str:
-        machine = self.machine
-        return "paused" if machine is not None and machine.paused else "running"
-
-    def pause(self) -> None:
-        with self._pause_lock:
-            machine = self._require_machine()
-            machine.pause()
-            self._write_status("paused", "user")
-
-    def resume(self) -> None:
-        with self._pause_lock:
-            self._require_machine().resume()
-            self._write_status("running", "unpaused")
-
-    def powerdown(self) -> None:
-        if not self._require_machine().request_powerdown():
-            raise QmpError(GENERIC_ERROR, "this machine has no ACPI power button (no ACPI PM device attached)")
-
-    def reset(self) -> None:
-        self._require_machine().lifecycle.reset(QMP_RESET_REASON)
-
-    def reboot(self) -> None:
-        self.reboot_on_poweroff = True
-        try:
-            self.powerdown()
-        except QmpError:
-            self.reboot_on_poweroff = False
-            raise
-
-    def quit(self) -> None:
-        self._require_machine().lifecycle.shutdown(0, QUIT_REASON)
-
-    def registers(self) -> Dict[str, int]:
-        with self._pause_lock:
-            machine = self._require_machine()
-            if machine.paused:
-                return machine.registers()
-            if not machine.pause():
-                machine.resume()
-                raise QmpError(GENERIC_ERROR, "the vCPU did not stop in time to read its registers")
-            try:
-                return machine.registers()
-            finally:
-                machine.resume()
-
-    def vcpu_thread_id(self) -> int:
-        return self._vcpu_thread_id
-
-    def _require_machine(self):
-        machine = self.machine
-        if machine is None:
-            raise QmpError(GENERIC_ERROR, "the machine is being rebuilt; try again")
-        return machine
+    def paused_changed(self, state: str, reason: str) -> None:
+        self._write_status(state, reason)
 
     # --- running ---------------------------------------------------------------------------
     def _write_status(self, state: str, reason: str) -> None:
@@ -176,7 +115,8 @@ class DomainRunner:
                 self.machine = self._build()
                 self._write_status("running", "booted")
         finally:
-            machine, self.machine = self.machine, None
+            machine = self.machine
+            self.finish()
             if machine is not None:
                 machine.close()
             for backend in self.kept_chardevs.values():

@@ -12,7 +12,6 @@ from typing import List
 import pytest
 
 HERE = Path(__file__).resolve().parent
-GUESTS_DIR = HERE.parent / "guests"
 DATA_DIR = HERE / "data"
 
 
@@ -26,20 +25,11 @@ def store_env(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def loop_kernel(tmp_path_factory) -> Path:
-    """tests/virt/loop.S built with the shared guest runtime (needs binutils)."""
+def loop_kernel(guest_path) -> Path:
+    """tests/guests/loop.S, a guest that never ends by itself (needs binutils)."""
     if shutil.which("as") is None or shutil.which("ld") is None:
         pytest.skip("binutils (as, ld) not installed: cannot build the loop guest")
-    source = tmp_path_factory.mktemp("loop-src")
-    for name in ("common.inc", "guest.ld"):
-        shutil.copy(GUESTS_DIR / name, source / name)
-    shutil.copy(HERE / "loop.S", source / "loop.S")
-    sys.path.insert(0, str(GUESTS_DIR))
-    try:
-        import build
-    finally:
-        sys.path.remove(str(GUESTS_DIR))
-    return Path(build.build_guest("loop", tmp_path_factory.mktemp("loop-out"), source_dir=source))
+    return guest_path("loop")
 
 
 def run_virsh(args: List[str], env_dirs: dict, stdin: bytes = b"", timeout: float = 120) -> subprocess.CompletedProcess:
