@@ -11,6 +11,7 @@ import sys
 from typing import Callable, Dict, List, Optional, Tuple
 
 from . import __version__
+from .block.overlay import remove_overlays
 from .chardev import CharBackend
 from .devices.debug_exit import SHUTDOWN_REASON_PREFIX as DEBUG_EXIT_REASON
 from .devices.pvpanic import PANIC_EXIT_STATUS
@@ -40,13 +41,15 @@ def run_command(argv: List[str]) -> int:
 def run_config(config) -> Tuple[int, Optional[StopRequest]]:
     """Run the machine ``config`` describes; its exit status and the request that ended it."""
     kept_chardevs: Dict[str, CharBackend] = {}  # file and socket back-ends live across resets
+    kept_overlays: Dict[str, str] = {}  # and so do -snapshot's overlays, deleted at the end
     monitors = Monitors()
     try:
-        return _run_until_stop(config, kept_chardevs, monitors)
+        return _run_until_stop(config, kept_chardevs, kept_overlays, monitors)
     finally:
         monitors.close()
         for backend in kept_chardevs.values():
             backend.close()
+        remove_overlays(kept_overlays.values())
 
 
 class Monitors:
@@ -115,7 +118,7 @@ def stop_events(stop: StopRequest, panic: Optional[str], reboots: bool) -> List[
     return events
 
 
-def _run_until_stop(config, kept_chardevs, monitors: Monitors) -> Tuple[int, Optional[StopRequest]]:
+def _run_until_stop(config, kept_chardevs, kept_overlays, monitors: Monitors) -> Tuple[int, Optional[StopRequest]]:
     from .machine import Machine
 
     while True:
@@ -124,7 +127,7 @@ def _run_until_stop(config, kept_chardevs, monitors: Monitors) -> Tuple[int, Opt
         blocked = {*TERMINATING_SIGNALS, signal.SIGUSR1}
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
         try:
-            machine = Machine(config, kept_chardevs=kept_chardevs)
+            machine = Machine(config, kept_chardevs=kept_chardevs, kept_overlays=kept_overlays)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         previous = {}

@@ -59,6 +59,7 @@ class MachineConfig:
     decompress: Optional[bool] = None  # host-side bzImage decompression; None = default
     seed: Optional[int] = None  # -seed: the guest's boot RNG seed derived from it (None: random)
     qmp: List[QmpSocketSpec] = field(default_factory=list)  # the VM process's QMP monitors
+    snapshot: bool = False  # -snapshot: every -drive writes to a temporary overlay
 
 
 _SIZE_SUFFIX = {"": MiB, "B": 1, "K": 1 << 10, "M": MiB, "G": 1 << 30, "T": 1 << 40}

@@ -124,14 +124,20 @@ class Machine:
     """One VM: memory, buses, devices, boot state and an accelerator."""
 
     def __init__(self, config: MachineConfig, notice: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
-                 kept_chardevs: Optional[Dict[str, CharBackend]] = None):
+                 kept_chardevs: Optional[Dict[str, CharBackend]] = None,
+                 kept_overlays: Optional[Dict[str, str]] = None):
         """``kept_chardevs``: file and unix-socket back-ends by spec, owned by the caller, which
         passes the same dict to the machine it builds after a reset so that, as in QEMU, a
-        reset neither truncates a log file nor drops a connected console client."""
+        reset neither truncates a log file nor drops a connected console client.
+        ``kept_overlays``: the same for the temporary overlays of ``snapshot`` drives
+        (see DriveOpener), which the caller deletes."""
         self.config = config
         self.lifecycle = Lifecycle()
         self.backends: List[CharBackend] = []  # opened here, closed by close()
         self.kept_chardevs = kept_chardevs
+        from .devices.virtio.drives import DriveOpener  # with the rest of virtio, on demand
+
+        self.drive_opener = DriveOpener(kept_overlays)
         self.memory = GuestMemory(config.ram_size)
         self.pio = Bus("pio")
         self.mmio = Bus("mmio")
@@ -226,7 +232,8 @@ class Machine:
         if self.virtio is None:
             from .devices.virtio.attach import VirtioMmioBuilder
 
-            self.virtio = VirtioMmioBuilder(self.mmio, self.memory, self.accel.irq_line, self.chardevs)
+            self.virtio = VirtioMmioBuilder(self.mmio, self.memory, self.accel.irq_line, self.chardevs,
+                                            self.drive_opener.open, self.config.snapshot)
         return self.virtio
 
     def _attach_drives(self) -> None:
@@ -242,7 +249,7 @@ class Machine:
 
         drives = self.virtio.drives if self.virtio is not None else None
         self.pci = PciBuilder(self.pio, self.mmio, self.memory, self.accel.irq_line, self.accel.msi_sink(),
-                              drives=drives)
+                              drives=drives, open_drive=self.drive_opener.open)
         for text in self.config.netdevs:
             self.pci.add_netdev(text)
 

@@ -165,6 +165,7 @@ OPTIONS: Dict[str, Tuple[bool, Handler]] = {
     "nic": (True, _nic),
     "icount": (True, _icount),
     "qmp": (True, _qmp),
+    "snapshot": (False, _flag("snapshot", True)),
     "seed": (True, _seed),
     # pyhv's own: host-side decompression of a bzImage payload (on/off/auto)
     "kernel-decompress": (True, _decompress),

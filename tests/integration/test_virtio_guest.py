@@ -334,6 +334,35 @@ def test_same_guest_under_qemu_microvm(variant, tmp_path, guest_kernel):
         assert image.read_bytes() == disk_after(scenario)
 
 
+SNAPSHOT_OPTIONS = [
+    pytest.param(["-snapshot"], id="dash-snapshot"),
+    pytest.param(None, id="drive-snapshot-on"),
+]
+
+
+@pytest.mark.parametrize("vmm", [pytest.param("kvm", marks=pytest.mark.kvm), "tcg", "qemu"])
+@pytest.mark.parametrize("how", SNAPSHOT_OPTIONS)
+def test_snapshot_gives_the_guest_its_writes_and_leaves_the_image_as_it_was(vmm, how, tmp_path, guest_kernel,
+                                                                            monkeypatch):
+    """-snapshot (or snapshot=on): the guest writes and reads back as on a writable disk, and
+    the image is as it was afterwards; the temporary overlay is gone, under QEMU too."""
+    scenario, image = raw_scenario(tmp_path, seed=4242, irq_pin=None)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))  # where both VMMs put the overlay
+    snapshot = "" if how is not None else ",snapshot=on"
+    options = (how or []) + ["-drive", f"file={image},if=none,id=disk0,format=raw{snapshot}",
+                             "-device", f"virtio-blk-device,drive=disk0,serial={SERIAL}"]
+    if vmm == "qemu":
+        scenario = scenario._replace(queue_max=QEMU_QUEUE_MAX)
+        run = run_qemu_microvm(guest_kernel("virtio_blk"), scenario, options)
+    else:
+        run = run_pyhv_with(guest_kernel("virtio_blk"), vmm, scenario, options)
+    assert_guest_output(run, scenario)
+    assert image.read_bytes() == scenario.disk
+    assert list(scratch.iterdir()) == []
+
+
 # --- what the guest and pyhv say when the set-up is wrong ----------------------------------------
 
 @pytest.mark.parametrize("accel", ACCELERATORS)

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 from typing import Callable, Dict, List, Mapping, NamedTuple, Optional
 
-from ...block.backend import open_image
-from ...block.errors import BlockError
+from ...block.backend import BlockBackend
 from ...bus import Bus
 from ...config import parse_int
 from ...errors import ConfigError
@@ -26,7 +25,7 @@ from ...memory import GuestMemory
 from ...net.backend import NetBackend, open_netdev, parse_netdev
 from ..virtio.blk import VirtioBlock
 from ..virtio.device import VirtioDevice
-from ..virtio.drives import DriveSpec, pop_on_off
+from ..virtio.drives import DriveOpener, DriveSpec, pop_on_off
 from ..virtio.net import DEFAULT_MAC, VirtioNet, parse_mac
 from ..virtio.pci import VirtioPciFunction
 from ..virtio.rng import VirtioRng
@@ -51,8 +50,10 @@ class PciBuilder:
 
     def __init__(self, pio: Bus, mmio: Bus, memory: GuestMemory, irq_line: Callable[[int], IrqLine],
                  msi_sink: MsiSink, drives: Optional[Mapping[str, DriveSpec]] = None,
-                 intx_gsis=DEFAULT_INTX_GSIS, ecam_base: Optional[int] = ECAM_BASE) -> None:
+                 intx_gsis=DEFAULT_INTX_GSIS, ecam_base: Optional[int] = ECAM_BASE,
+                 open_drive: Callable[[DriveSpec], BlockBackend] = DriveOpener().open) -> None:
         self.memory = memory
+        self.open_drive = open_drive
         self.msi_sink = msi_sink
         self.irq_line = irq_line
         self.drives = drives if drives is not None else {}
@@ -113,10 +114,7 @@ class PciBuilder:
         """A virtio-blk device for ``drive`` (also for ``-drive if=virtio`` on a PCI machine)."""
         if drive.id in self._used_drives:
             raise ConfigError(f"-device {driver}: drive '{drive.id}' is already used by {self._used_drives[drive.id]}")
-        try:
-            backend = open_image(drive.path, drive.format, drive.read_only)
-        except BlockError as err:
-            raise ConfigError(f"drive '{drive.id}': {err}") from err
+        backend = self.open_drive(drive)
         self._used_drives[drive.id] = driver
         return VirtioBlock(self.memory, backend, serial, drive.discard, packed=packed)
 

@@ -18,8 +18,7 @@ from __future__ import annotations
 
 from typing import Callable, Dict, List, NamedTuple, Optional
 
-from ...block.backend import open_image
-from ...block.errors import BlockError
+from ...block.backend import BlockBackend
 from ...bus import Bus
 from ...chardev import CharBackend, NullBackend
 from ...errors import ConfigError
@@ -28,7 +27,7 @@ from ...memory import GuestMemory
 from .blk import VirtioBlock
 from .console import VirtioConsole
 from .device import VirtioDevice
-from .drives import DriveSpec, parse_blockdev, parse_drive, pop_on_off
+from .drives import DriveOpener, DriveSpec, parse_blockdev, parse_drive, pop_on_off
 from .mmio import MMIO_WINDOW_SIZE, VirtioMmioTransport
 from .rng import VirtioRng
 
@@ -64,8 +63,13 @@ class VirtioMmioBuilder:
     """
 
     def __init__(self, mmio: Bus, memory: GuestMemory, irq_line: Callable[[int], IrqLine],
-                 chardevs: Optional[Dict[str, CharBackend]] = None) -> None:
+                 chardevs: Optional[Dict[str, CharBackend]] = None,
+                 open_drive: Callable[[DriveSpec], BlockBackend] = DriveOpener().open,
+                 snapshot: bool = False) -> None:
+        """``open_drive`` opens a drive's image; ``snapshot`` is QEMU's ``-snapshot``."""
         self.mmio = mmio
+        self.open_drive = open_drive
+        self.snapshot = snapshot
         self.memory = memory
         self.irq_line = irq_line
         self.chardevs = dict(chardevs or {})
@@ -78,7 +82,7 @@ class VirtioMmioBuilder:
     # --- options ----------------------------------------------------------------------------
     def add_drive(self, text: str) -> Optional[MmioSlot]:
         """One ``-drive``; the slot of the device it created (``if=virtio``), else None."""
-        drive = parse_drive(text, self._drive_count)
+        drive = parse_drive(text, self._drive_count, self.snapshot)
         self._drive_count += 1
         self._remember(drive, f"-drive {text}")
         if drive.interface == "virtio":
@@ -127,10 +131,7 @@ class VirtioMmioBuilder:
         if drive.id in self._used_drives:
             raise ConfigError(f"-device {driver}: drive '{drive.id}' is already used by "
                               f"{self._used_drives[drive.id]}")
-        try:
-            backend = open_image(drive.path, drive.format, drive.read_only)
-        except BlockError as err:
-            raise ConfigError(f"drive '{drive.id}': {err}") from err
+        backend = self.open_drive(drive)
         self._used_drives[drive.id] = driver
         return self.attach(VirtioBlock(self.memory, backend, serial, drive.discard, packed=packed), driver)
 

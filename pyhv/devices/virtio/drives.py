@@ -1,9 +1,10 @@
-"""QEMU's ``-drive`` and ``-blockdev`` options, parsed into plain values.
+"""QEMU's ``-drive`` and ``-blockdev`` options, parsed into plain values, and the images they
+name opened (:class:`DriveOpener`).
 
 Supported spellings (anything else is a ConfigError naming the option)::
 
     -drive file=PATH,if=virtio|none[,format=raw|qcow2][,readonly=on|off][,id=ID]
-           [,media=disk][,cache=writeback][,discard=unmap|ignore]
+           [,media=disk][,cache=writeback][,discard=unmap|ignore][,snapshot=on|off]
     -blockdev driver=file,node-name=N,filename=PATH[,read-only=on|off]
     -blockdev driver=raw|qcow2,node-name=N,file.driver=file,file.filename=PATH[,read-only=on|off]
     -blockdev driver=raw|qcow2,node-name=N,file=NODE[,read-only=on|off]
@@ -13,8 +14,12 @@ Supported spellings (anything else is a ConfigError naming the option)::
 
 from __future__ import annotations
 
+import os
 from typing import Dict, NamedTuple, Optional
 
+from ...block.backend import BlockBackend, open_image
+from ...block.errors import BlockError
+from ...block.overlay import create_temporary_overlay, remove_overlays
 from ...chardev import parse_on_off, split_options
 from ...errors import ConfigError
 
@@ -31,6 +36,7 @@ class DriveSpec(NamedTuple):
     read_only: bool
     interface: str  # "virtio": a device is created for it; "none": a -device names it
     discard: bool = True  # False: discard=ignore, the device does not offer DISCARD
+    snapshot: bool = False  # writes go to a temporary overlay: the image stays as it was
 
 
 def _key_values(option: str, text: str) -> Dict[str, str]:
@@ -60,8 +66,9 @@ def _format(option: str, value: Optional[str]) -> Optional[str]:
     return value
 
 
-def parse_drive(text: str, index: int) -> DriveSpec:
-    """``-drive`` number ``index`` (its id when it names none, as QEMU's ``drive0``...)."""
+def parse_drive(text: str, index: int, snapshot: bool = False) -> DriveSpec:
+    """``-drive`` number ``index`` (its id when it names none, as QEMU's ``drive0``...);
+    ``snapshot``: QEMU's ``-snapshot``, the default of its ``snapshot=``."""
     values = _key_values("-drive", text)
     path = values.pop("file", "")
     if not path:
@@ -84,9 +91,10 @@ def parse_drive(text: str, index: int) -> DriveSpec:
     discard = values.pop("discard", "unmap")
     if discard not in ("unmap", "on", "ignore", "off"):
         raise ConfigError(f"-drive {text}: discard={discard}: use unmap or ignore")
+    snapshot = parse_on_off(f"-drive {text}", "snapshot", values.pop("snapshot", "on" if snapshot else "off"))
     if values:
         raise ConfigError(f"-drive {text}: unsupported option '{next(iter(values))}'")
-    return DriveSpec(drive_id, path, fmt, read_only, interface, discard in ("unmap", "on"))
+    return DriveSpec(drive_id, path, fmt, read_only, interface, discard in ("unmap", "on"), snapshot)
 
 
 def parse_blockdev(text: str, nodes: Dict[str, DriveSpec]) -> DriveSpec:
@@ -125,3 +133,38 @@ def parse_blockdev(text: str, nodes: Dict[str, DriveSpec]) -> DriveSpec:
     if values:
         raise ConfigError(f"{option}: unsupported option '{next(iter(values))}'")
     return DriveSpec(node, path, fmt, read_only, "none", discard in ("unmap", "on"))
+
+
+class DriveOpener:
+    """Opens each drive's image; for a ``snapshot`` drive, a temporary overlay on it.
+
+    ``kept_overlays`` (drive id and image -> overlay path), owned by the VM process, keeps an
+    overlay for the machine built after a reset, as QEMU keeps its overlay until it exits: the
+    guest's writes outlive a reboot but not the process. The owner deletes them
+    (:func:`pyhv.block.overlay.remove_overlays`). Without it an overlay is deleted as soon as
+    it is open: nothing is left behind, whatever ends the process."""
+
+    def __init__(self, kept_overlays: Optional[Dict[str, str]] = None) -> None:
+        self.kept_overlays = kept_overlays
+
+    def open(self, drive: DriveSpec) -> BlockBackend:
+        try:
+            if not drive.snapshot or drive.read_only:
+                return open_image(drive.path, drive.format, drive.read_only)
+            return self._open_overlay(drive)
+        except BlockError as err:
+            raise ConfigError(f"drive '{drive.id}': {err}") from err
+
+    def _open_overlay(self, drive: DriveSpec) -> BlockBackend:
+        kept = self.kept_overlays
+        key = f"{drive.id}:{os.path.realpath(drive.path)}"
+        overlay = kept.get(key) if kept is not None else None
+        if overlay is None:
+            overlay = create_temporary_overlay(drive.path, drive.format)
+            if kept is not None:
+                kept[key] = overlay
+        try:
+            return open_image(overlay, "qcow2", read_only=False)
+        finally:
+            if kept is None:
+                remove_overlays([overlay])

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from pyhv.devices.virtio.drives import DriveSpec, parse_blockdev, parse_drive
+from pyhv.block.overlay import remove_overlays
+from pyhv.devices.virtio.drives import DriveOpener, DriveSpec, parse_blockdev, parse_drive
 from pyhv.errors import ConfigError
 
 
@@ -71,3 +74,75 @@ def test_blockdev_node_name_reused():
     nodes = {"a": parse_blockdev("driver=file,node-name=a,filename=x", {})}
     with pytest.raises(ConfigError, match="already used"):
         parse_blockdev("driver=file,node-name=a,filename=y", nodes)
+
+
+def test_drive_snapshot_from_the_option_or_from_qemus_dash_snapshot():
+    assert not parse_drive("file=x,if=virtio", 0).snapshot
+    assert parse_drive("file=x,if=virtio,snapshot=on", 0).snapshot
+    assert parse_drive("file=x,if=virtio", 0, snapshot=True).snapshot  # -snapshot
+    assert not parse_drive("file=x,if=virtio,snapshot=off", 0, snapshot=True).snapshot  # the drive's own wins
+    with pytest.raises(ConfigError, match="snapshot expects on or off"):
+        parse_drive("file=x,if=virtio,snapshot=sometimes", 0)
+
+
+@pytest.fixture
+def image(tmp_path, monkeypatch):
+    """A raw image of 8 sectors of known bytes, and TMPDIR pointing at an empty directory."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    path = tmp_path / "disk.raw"
+    path.write_bytes(bytes(range(256)) * 16)
+    return path, scratch
+
+
+def _snapshot_drive(path) -> DriveSpec:
+    return parse_drive(f"file={path},if=virtio,format=raw,snapshot=on", 0)
+
+
+def test_a_snapshot_drive_writes_to_an_overlay_and_leaves_the_image_alone(image):
+    path, scratch = image
+    before = path.read_bytes()
+    with DriveOpener().open(_snapshot_drive(path)) as disk:
+        assert list(scratch.iterdir()) == []  # deleted as soon as it was open
+        assert disk.read(0, 512) == before[:512]  # reads through to the image
+        disk.write(512, b"\xee" * 512)
+        disk.flush()
+        assert disk.read(0, 1024) == before[:512] + b"\xee" * 512
+    assert path.read_bytes() == before
+
+
+def test_a_kept_overlay_survives_a_reset_and_is_deleted_by_its_owner(image):
+    path, scratch = image
+    kept = {}
+    with DriveOpener(kept).open(_snapshot_drive(path)) as disk:
+        disk.write(0, b"\x11" * 512)
+    with DriveOpener(kept).open(_snapshot_drive(path)) as disk:  # the machine built after a reset
+        assert disk.read(0, 512) == b"\x11" * 512
+    assert [p.name for p in scratch.iterdir()] == [os.path.basename(next(iter(kept.values())))]
+    remove_overlays(kept.values())
+    assert list(scratch.iterdir()) == []
+    assert path.read_bytes()[:512] == bytes(range(256)) * 2
+
+
+def test_a_read_only_snapshot_drive_needs_no_overlay(image):
+    path, scratch = image
+    drive = parse_drive(f"file={path},if=virtio,format=raw,snapshot=on,readonly=on", 0)
+    with DriveOpener({}).open(drive) as disk:
+        assert disk.read_only and list(scratch.iterdir()) == []
+
+
+def test_no_place_for_the_overlay_is_one_clear_error(image, monkeypatch, tmp_path):
+    path, _ = image
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match=r"drive 'drive0': cannot create a temporary overlay in .*missing: "
+                                          r"No such file or directory \(set TMPDIR"):
+        DriveOpener().open(_snapshot_drive(path))
+    assert path.read_bytes() == bytes(range(256)) * 16
+
+
+def test_a_snapshot_of_a_missing_image_names_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    with pytest.raises(ConfigError, match="could not open .*nothing.raw.*No such file"):
+        DriveOpener().open(_snapshot_drive(tmp_path / "nothing.raw"))
+    assert list(tmp_path.iterdir()) == []
