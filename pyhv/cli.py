@@ -19,6 +19,7 @@ from .devices.pvpanic import PANIC_REASON as GUEST_PANIC_REASON
 from .errors import ConfigError, PyhvError, VmFatalError
 from .lifecycle import Reset, Shutdown, StopRequest
 from .panic_watch import panic_message
+from .pidfile import PidFile
 from .qmp.control import QMP_RESET_REASON, QUIT_REASON, MachineControl
 from .qmp.server import QmpServer
 from .runtime_env import pyhv_argv, restart_with_vm_env
@@ -43,9 +44,12 @@ def run_config(config) -> Tuple[int, Optional[StopRequest]]:
     kept_chardevs: Dict[str, CharBackend] = {}  # file and socket back-ends live across resets
     kept_overlays: Dict[str, str] = {}  # and so do -snapshot's overlays, deleted at the end
     monitors = Monitors()
+    pidfile = PidFile(config.pidfile) if config.pidfile else None
     try:
         return _run_until_stop(config, kept_chardevs, kept_overlays, monitors)
     finally:
+        if pidfile is not None:
+            pidfile.close()
         monitors.close()
         for backend in kept_chardevs.values():
             backend.close()

@@ -60,6 +60,7 @@ class MachineConfig:
     seed: Optional[int] = None  # -seed: the guest's boot RNG seed derived from it (None: random)
     qmp: List[QmpSocketSpec] = field(default_factory=list)  # the VM process's QMP monitors
     snapshot: bool = False  # -snapshot: every -drive writes to a temporary overlay
+    pidfile: Optional[str] = None  # -pidfile: the VM process's PID, written and locked there
 
 
 _SIZE_SUFFIX = {"": MiB, "B": 1, "K": 1 << 10, "M": MiB, "G": 1 << 30, "T": 1 << 40}

@@ -166,6 +166,7 @@ OPTIONS: Dict[str, Tuple[bool, Handler]] = {
     "icount": (True, _icount),
     "qmp": (True, _qmp),
     "snapshot": (False, _flag("snapshot", True)),
+    "pidfile": (True, _set("pidfile")),
     "seed": (True, _seed),
     # pyhv's own: host-side decompression of a bzImage payload (on/off/auto)
     "kernel-decompress": (True, _decompress),

@@ -185,3 +185,15 @@ def test_a_bad_qmp_option_is_one_clear_error_and_no_vm(spec, message, guest_kern
     assert done.returncode == 1 and b"hello from" not in done.stdout, err
     assert err.startswith("pyhv: ") and message.format(missing=missing) in err and "Traceback" not in err, err
     assert os.listdir(tmp_path) == [], "nothing left behind"
+
+
+@pytest.mark.parametrize("vmm", VMMS)
+def test_pidfile_names_the_running_vm_and_goes_with_it(vmm, guest_kernel, tmp_path):
+    pidfile = tmp_path / f"{vmm}.pid"
+
+    def check(client):
+        return pidfile.read_text(), client.cmd_raw("quit")
+
+    (text, _), status, stderr = _run_scenario(vmm, guest_kernel("loop"), tmp_path, check, "-pidfile", str(pidfile))
+    assert text.strip().isdigit() and status == 0, stderr
+    assert not pidfile.exists()  # QEMU removes it at exit too
