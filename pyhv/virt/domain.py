@@ -62,6 +62,7 @@ class Disk:
     target: str
     format: str = "raw"
     readonly: bool = False
+    transient: bool = False  # <transient/>: the guest's writes are dropped when the domain stops
 
 
 @dataclass
@@ -379,8 +380,12 @@ def _disk(r: _Reader, node: XmlNode, dom: DomainConfig) -> None:
     readonly = r.child(node, "readonly")
     if readonly is not None:
         r.finish(readonly)
+    transient = r.child(node, "transient")
+    if transient is not None:
+        r.attr(transient, "shareBacking", "no", ("no",))
+        r.finish(transient)
     r.finish(node)
-    dom.disks.append(Disk(path, dev, fmt, readonly is not None))
+    dom.disks.append(Disk(path, dev, fmt, readonly is not None, transient is not None))
 
 
 def interface_name_problem(name: str) -> Optional[str]:

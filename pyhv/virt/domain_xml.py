@@ -69,6 +69,8 @@ def _devices(root: XmlNode, dom: DomainConfig, console_path: Optional[str]) -> N
         node.add("target", {"dev": disk.target, "bus": "virtio"})
         if disk.readonly:
             node.add("readonly")
+        if disk.transient:
+            node.add("transient")
     for iface in dom.interfaces:
         node = devices.add("interface", {"type": iface.type})
         node.add("mac", {"address": iface.mac})

@@ -28,7 +28,10 @@ def _drive_text(index: int, dom: DomainConfig) -> str:
     disk = dom.disks[index]
     path = disk.source.replace(",", ",,")  # QEMU option syntax: ',,' is a literal comma
     readonly = "on" if disk.readonly else "off"
-    return f"file={path},if=virtio,format={disk.format},readonly={readonly},id={disk.target}"
+    # libvirt's <transient/> is QEMU's snapshot=on: an overlay the domain process deletes.
+    snapshot = "on" if disk.transient else "off"
+    return (f"file={path},if=virtio,format={disk.format},readonly={readonly},snapshot={snapshot},"
+            f"id={disk.target}")
 
 
 def check_interfaces(dom: DomainConfig) -> None:

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from ..block.overlay import remove_overlays
 from ..chardev import CharBackend
 from ..devices.pvpanic import PANIC_REASON as GUEST_PANIC_REASON
 from ..errors import PyhvError, VmFatalError
@@ -63,6 +64,9 @@ class DomainRunner(MachineControl):
         self.interfaces: Optional[DomainInterfaces] = None  # TAP devices, passt: made in run()
         # The console sockets and log files, kept across reboots: a console stays attached.
         self.kept_chardevs: Dict[str, CharBackend] = {}
+        # And the overlays of <transient/> disks: the guest's writes outlive a reboot, not the
+        # domain (libvirt's meaning); deleted when it shuts off.
+        self.kept_overlays: Dict[str, str] = {}
 
     def paused_changed(self, state: str, reason: str) -> None:
         self._write_status(state, reason)
@@ -85,7 +89,7 @@ class DomainRunner(MachineControl):
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, BLOCKED_WHILE_BUILDING)
         try:
             self.config.netdevs = self.interfaces.netdevs() if self.interfaces is not None else []
-            return Machine(self.config, kept_chardevs=self.kept_chardevs)
+            return Machine(self.config, kept_chardevs=self.kept_chardevs, kept_overlays=self.kept_overlays)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
@@ -121,6 +125,7 @@ class DomainRunner(MachineControl):
                 machine.close()
             for backend in self.kept_chardevs.values():
                 backend.close()
+            remove_overlays(self.kept_overlays.values())
             if self.interfaces is not None:
                 self.interfaces.close()
             self._write_status("shutoff", final_reason)

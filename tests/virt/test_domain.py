@@ -90,7 +90,7 @@ def test_machine_config(tmp_path):
     cfg = to_machine_config(dom, ["/run/c.sock"])
     assert cfg.accel == ("kvm",) and cfg.cpu == "host" and cfg.no_reboot and cfg.ram_size == 64 << 20
     assert cfg.serial == ["unix:/run/c.sock,server,nowait"]
-    assert cfg.drives == [f"file={str(disk).replace(',', ',,')},if=virtio,format=raw,readonly=on,id=vda"]
+    assert cfg.drives == [f"file={str(disk).replace(',', ',,')},if=virtio,format=raw,readonly=on,snapshot=off,id=vda"]
     assert [d.driver for d in cfg.devices] == ["virtio-rng-device"]
     assert to_machine_config(parse_domain(minimal(str(kernel), dom_type="qemu")), []).accel == ("tcg",)
 
@@ -155,3 +155,24 @@ def test_ignore_unsupported_lists_what_it_skipped():
     assert any("<blkiotune>" in n and "ignored" in n for n in dom.ignored)
     assert any("<graphics>" in n for n in dom.ignored)
     assert "graphics" not in domain_to_xml(dom)
+
+
+def test_a_transient_disk_is_a_snapshot_drive_and_written_back_valid(tmp_path, relaxng):
+    kernel, disk = tmp_path / "k", tmp_path / "d.qcow2"
+    kernel.write_bytes(b"k")
+    disk.write_bytes(b"\0" * 512)
+    devices = (f"<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{disk}'/>"
+               "<target dev='vdb' bus='virtio'/><transient/></disk>")
+    dom = parse_domain(minimal(str(kernel), devices=devices))
+    assert [(d.target, d.transient) for d in dom.disks] == [("vdb", True)]
+    out = domain_to_xml(dom)
+    _valid(relaxng, out)
+    assert "<transient/>" in out and parse_domain(out).disks[0].transient
+    assert to_machine_config(dom, []).drives == [f"file={disk},if=virtio,format=qcow2,readonly=off,snapshot=on,id=vdb"]
+
+
+def test_a_transient_disk_shared_between_domains_is_refused():
+    devices = ("<disk type='file' device='disk'><source file='/d.img'/><target dev='vda' bus='virtio'/>"
+               "<transient shareBacking='yes'/></disk>")
+    with pytest.raises(DomainXmlError, match="shareBacking"):
+        parse_domain(minimal(devices=devices))
