@@ -3,9 +3,10 @@
 Each client gets the greeting, must negotiate with ``qmp_capabilities``, then sends
 ``{"execute": ..., "arguments": ..., "id": ...}`` objects and receives ``return`` or
 ``error`` replies carrying the same ``id``, plus asynchronous events with timestamps.
-One thread accepts, one serves each client. Commands run one at a time under a lock that
-events also take, so a reply always precedes the events its command caused (``quit``
-answers before ``SHUTDOWN`` is sent).
+One thread accepts, one serves each client. Commands run one at a time, under a lock that
+events do not take: an event never waits for a command (a command may itself wait for the
+VM process to build its next machine, which the process announces with events first). As in
+QEMU, an event can then reach a client before the reply to the command that caused it.
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ class QmpServer:
     def __init__(self, path: str, control: VmControl) -> None:
         self.path = path
         self.monitor = Monitor(control, self.emit)
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # one command at a time; close() waits for it
+        self._clients_lock = threading.Lock()  # the client list, for events too
         self._clients: List[_Client] = []
         self._closed = False
         self._first_client = threading.Event()
@@ -97,16 +99,18 @@ class QmpServer:
     def emit(self, event: str, data: Dict[str, Any]) -> None:
         """Send an event to every client that finished negotiation."""
         message = event_message(event, data)
-        with self._lock:
-            for client in list(self._clients):
-                if client.negotiated:
-                    client.send(message)
+        with self._clients_lock:
+            clients = list(self._clients)
+        for client in clients:
+            if client.negotiated:
+                client.send(message)
 
     def close(self) -> None:
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+        with self._clients_lock:
             clients, self._clients = self._clients, []
         try:
             self._listener.shutdown(socket.SHUT_RDWR)
@@ -132,7 +136,7 @@ class QmpServer:
             except OSError:
                 return
             client = _Client(sock)
-            with self._lock:
+            with self._clients_lock:
                 if self._closed:
                     sock.close()
                     return
@@ -158,7 +162,7 @@ class QmpServer:
                     client.send(_error(GENERIC_ERROR, "JSON parse error, input too long"))
                     pending = ""
         finally:
-            with self._lock:
+            with self._clients_lock:
                 if client in self._clients:
                     self._clients.remove(client)
             client.sock.close()

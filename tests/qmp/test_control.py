@@ -53,3 +53,39 @@ def test_before_any_machine_a_command_fails_at_once():
     with pytest.raises(QmpError, match="being rebuilt"):
         control.powerdown()
     assert control.status() == "running"
+
+
+def test_a_command_waiting_for_the_next_machine_does_not_hold_up_events(tmp_path):
+    # The VM process announces a reset (RESET) before it builds the next machine; a command
+    # that arrived in between waits for that machine and must not block the announcement.
+    import json
+    import socket
+
+    from pyhv.qmp.server import QmpServer
+
+    control = MachineControl("vm")
+    control.machine = FakeMachine()
+    server = QmpServer(str(tmp_path / "q.sock"), control)
+    server.start()
+    client = socket.socket(socket.AF_UNIX)
+    client.connect(str(tmp_path / "q.sock"))
+    lines = client.makefile("rb")
+    try:
+        lines.readline()  # the greeting
+        client.sendall(b'{"execute": "qmp_capabilities"}\n')
+        assert json.loads(lines.readline()) == {"return": {}}
+        control.machine = None  # the machine stopped for a reset
+        client.sendall(b'{"execute": "quit", "id": 1}\n')
+        time.sleep(0.2)  # the quit is now waiting for a machine
+        started = time.monotonic()
+        server.emit("RESET", {"guest": False, "reason": "host-qmp-system-reset"})
+        assert time.monotonic() - started < 1
+        following = FakeMachine()
+        control.machine = following
+        messages = [json.loads(lines.readline()) for _ in range(2)]
+        assert [m.get("event", m.get("return")) for m in messages] == ["RESET", {}]
+        assert following.lifecycle.stops == [(0, QUIT_REASON)]
+    finally:
+        client.close()
+        control.finish()
+        server.close()
