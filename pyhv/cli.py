@@ -20,12 +20,11 @@ from .errors import ConfigError, PyhvError, VmFatalError
 from .lifecycle import Reset, Shutdown, StopRequest
 from .panic_watch import panic_message
 from .pidfile import PidFile
-from .qmp.control import QMP_RESET_REASON, QUIT_REASON, MachineControl
-from .qmp.server import QmpServer
+from .qmp.control import QMP_RESET_REASON, QUIT_REASON
+from .qmp.monitors import SIGNAL_REASON, Monitors, stop_events
 from .runtime_env import pyhv_argv, restart_with_vm_env
 
 EXIT_ERROR = 1
-SIGNAL_REASON = "terminating on signal"  # followed by the signal's number
 # Signals that end the VM; the input threads must not swallow them (see _block_signals).
 TERMINATING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -43,7 +42,7 @@ def run_config(config) -> Tuple[int, Optional[StopRequest]]:
     """Run the machine ``config`` describes; its exit status and the request that ended it."""
     kept_chardevs: Dict[str, CharBackend] = {}  # file and socket back-ends live across resets
     kept_overlays: Dict[str, str] = {}  # and so do -snapshot's overlays, deleted at the end
-    monitors = Monitors()
+    monitors = Monitors({*TERMINATING_SIGNALS, signal.SIGUSR1})
     pidfile = PidFile(config.pidfile) if config.pidfile else None
     try:
         return _run_until_stop(config, kept_chardevs, kept_overlays, monitors)
@@ -54,72 +53,6 @@ def run_config(config) -> Tuple[int, Optional[StopRequest]]:
         for backend in kept_chardevs.values():
             backend.close()
         remove_overlays(kept_overlays.values())
-
-
-class Monitors:
-    """The QMP monitors of a `pyhv run` process (``-qmp``) and the control they act through."""
-
-    def __init__(self) -> None:
-        self.control: Optional[MachineControl] = None
-        self.servers: List[QmpServer] = []
-
-    def attach(self, machine, config) -> None:
-        """Act on ``machine`` from now on (None: no machine runs); the first time, open the
-        monitors ``config`` asks for."""
-        if self.control is None and config.qmp and machine is not None:
-            self._open(config, machine)
-        elif self.control is not None:
-            self.control.machine = machine
-
-    def _open(self, config, machine) -> None:
-        """Listen on each ``-qmp`` socket; then wait for the first client of those that ask it
-        (QEMU's ``wait=on``, its default), before the guest starts."""
-        self.control = MachineControl(config.name)
-        self.control.machine = machine
-        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {*TERMINATING_SIGNALS, signal.SIGUSR1})
-        try:
-            for spec in config.qmp:
-                server = QmpServer(spec.path, self.control)
-                self.servers.append(server)
-                server.start()
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-        for spec, server in zip(config.qmp, self.servers):
-            if spec.wait:
-                print(f"pyhv: waiting for a QMP client on unix:{spec.path}", file=sys.stderr, flush=True)
-                server.wait_for_client()
-
-    def emit(self, events: List[Tuple[str, Dict[str, object]]]) -> None:
-        for server in self.servers:
-            for event, data in events:
-                server.emit(event, data)
-
-    def close(self) -> None:
-        if self.control is not None:
-            self.control.finish()
-        for server in self.servers:
-            server.close()
-
-
-def stop_events(stop: StopRequest, panic: Optional[str], reboots: bool) -> List[Tuple[str, Dict[str, object]]]:
-    """The QMP events QEMU sends when its machine stops for ``stop``: ``panic`` is the reason
-    of a kernel panic seen on the console, ``reboots`` whether a reset boots the guest again
-    (QEMU's -no-reboot turns every reset into a shutdown)."""
-    if isinstance(stop, Shutdown):
-        if stop.reason.startswith(GUEST_PANIC_REASON):
-            return [("GUEST_PANICKED", {"action": "poweroff"}), ("SHUTDOWN", {"guest": True, "reason": "guest-panic"})]
-        if stop.reason == QUIT_REASON:
-            return [("SHUTDOWN", {"guest": False, "reason": "host-qmp-quit"})]
-        if stop.reason.startswith(SIGNAL_REASON):
-            return [("SHUTDOWN", {"guest": False, "reason": "host-signal"})]
-        return [("SHUTDOWN", {"guest": True, "reason": "guest-shutdown"})]
-    by_guest = stop.reason != QMP_RESET_REASON
-    events: List[Tuple[str, Dict[str, object]]] = []
-    if panic is not None and by_guest:
-        events.append(("GUEST_PANICKED", {"action": "run" if reboots else "poweroff"}))
-    events.append(("RESET" if reboots else "SHUTDOWN",
-                   {"guest": by_guest, "reason": "guest-reset" if by_guest else QMP_RESET_REASON}))
-    return events
 
 
 def _run_until_stop(config, kept_chardevs, kept_overlays, monitors: Monitors) -> Tuple[int, Optional[StopRequest]]:
@@ -136,7 +69,7 @@ def _run_until_stop(config, kept_chardevs, kept_overlays, monitors: Monitors) ->
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         previous = {}
         try:
-            # The monitors open once the first machine is built, as QEMU's answer only then:
+            # The monitors open once the first machine is built (QEMU, too, answers only then):
             # a client that connects at once finds a machine to act on.
             monitors.attach(machine, config)
             previous = _on_terminating_signals(

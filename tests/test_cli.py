@@ -198,30 +198,3 @@ def test_only_pyhv_as_the_program_restarts_for_the_runtime_settings(monkeypatch,
     assert cli.main() == 0
     assert restarts == [cli.pyhv_argv(["run", "-h"])]
     capsys.readouterr()
-
-
-@pytest.mark.parametrize("stop, panic, reboots, events", [
-    (("shutdown", "ACPI power-off"), None, True, [("SHUTDOWN", {"guest": True, "reason": "guest-shutdown"})]),
-    (("shutdown", "host-qmp-quit"), None, True, [("SHUTDOWN", {"guest": False, "reason": "host-qmp-quit"})]),
-    (("shutdown", "terminating on signal 15"), None, True,
-     [("SHUTDOWN", {"guest": False, "reason": "host-signal"})]),
-    (("shutdown", "pvpanic: guest panicked"), "oops", True,
-     [("GUEST_PANICKED", {"action": "poweroff"}), ("SHUTDOWN", {"guest": True, "reason": "guest-panic"})]),
-    (("reset", "i8042 reset"), None, True, [("RESET", {"guest": True, "reason": "guest-reset"})]),
-    (("reset", "i8042 reset"), None, False, [("SHUTDOWN", {"guest": True, "reason": "guest-reset"})]),
-    (("reset", "i8042 reset"), "VFS: Unable to mount root fs", True,
-     [("GUEST_PANICKED", {"action": "run"}), ("RESET", {"guest": True, "reason": "guest-reset"})]),
-    (("reset", "i8042 reset"), "VFS: Unable to mount root fs", False,
-     [("GUEST_PANICKED", {"action": "poweroff"}), ("SHUTDOWN", {"guest": True, "reason": "guest-reset"})]),
-    (("reset", "host-qmp-system-reset"), None, False,
-     [("SHUTDOWN", {"guest": False, "reason": "host-qmp-system-reset"})]),
-])
-def test_stop_events_are_qemus(stop, panic, reboots, events):
-    from pyhv.cli import stop_events
-    from pyhv.devices.pvpanic import PANIC_REASON
-    from pyhv.lifecycle import Reset, Shutdown
-
-    kind, reason = stop
-    reason = reason.replace("pvpanic: guest panicked", PANIC_REASON)
-    request = Shutdown(0, reason) if kind == "shutdown" else Reset(reason)
-    assert stop_events(request, panic, reboots) == events
