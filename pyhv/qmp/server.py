@@ -32,10 +32,15 @@ class QmpSocketError(ConfigError):
 
 
 def event_message(event: str, data: Dict[str, Any], now: Optional[float] = None) -> Dict[str, Any]:
+    """An event as QEMU sends it: an event without data (STOP, RESUME, POWERDOWN) has no
+    ``data`` member at all."""
     now = time.time() if now is None else now
     seconds = int(now)
-    return {"event": event, "data": data,
-            "timestamp": {"seconds": seconds, "microseconds": int((now - seconds) * 1_000_000)}}
+    message: Dict[str, Any] = {"event": event}
+    if data:
+        message["data"] = data
+    message["timestamp"] = {"seconds": seconds, "microseconds": int((now - seconds) * 1_000_000)}
+    return message
 
 
 def greeting() -> Dict[str, Any]:
