@@ -62,6 +62,15 @@ def _qmp(cfg: MachineConfig, value: str) -> None:
     cfg.qmp.append(QmpSocketSpec(path, wait))
 
 
+def _monitor(cfg: MachineConfig, value: str) -> None:
+    """``-monitor none`` (scripts give it to keep QEMU's human monitor off stdio) is pyhv's
+    behaviour already; any other human monitor is refused, pointing at QMP."""
+    if value != "none":
+        raise ConfigError(f"-monitor {value}: pyhv has no human monitor (HMP); use -qmp "
+                          "unix:PATH,server=on,wait=off (QMP's human-monitor-command answers "
+                          "'info status' and 'info registers')")
+
+
 def _icount(cfg: MachineConfig, value: str) -> None:
     cfg.icount_shift, cfg.icount_sleep = parse_icount(value)
 
@@ -165,6 +174,7 @@ OPTIONS: Dict[str, Tuple[bool, Handler]] = {
     "nic": (True, _nic),
     "icount": (True, _icount),
     "qmp": (True, _qmp),
+    "monitor": (True, _monitor),
     "snapshot": (False, _flag("snapshot", True)),
     "pidfile": (True, _set("pidfile")),
     "seed": (True, _seed),

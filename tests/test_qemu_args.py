@@ -177,3 +177,9 @@ def test_bad_qmp_options(value, message):
 def test_one_socket_cannot_serve_two_monitors():
     with pytest.raises(ConfigError, match="already a QMP socket"):
         parse_run_args(["-kernel", "k", "-qmp", "unix:/run/q,server,nowait", "-qmp", "unix:/run/q,server"])
+
+
+def test_monitor_none_is_accepted_and_a_human_monitor_refused():
+    assert parse_run_args(["-kernel", "k", "-monitor", "none"]).qmp == []
+    with pytest.raises(ConfigError, match="-monitor stdio: pyhv has no human monitor .*use -qmp"):
+        parse_run_args(["-kernel", "k", "-monitor", "stdio"])
