@@ -20,6 +20,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 from .. import __version__
+from ..chardev import UNIX_PATH_MAX
 from ..errors import ConfigError
 from .commands import COMMAND_NOT_FOUND, GENERIC_ERROR, QEMU_VERSION, Monitor, QmpError, VmControl
 
@@ -80,9 +81,13 @@ class QmpServer:
 
     @staticmethod
     def _listen(path: str) -> socket.socket:
+        if len(os.fsencode(path)) > UNIX_PATH_MAX:
+            raise QmpSocketError(f"QMP socket {path}: path longer than {UNIX_PATH_MAX} bytes")
         try:
             if stat.S_ISSOCK(os.lstat(path).st_mode):
                 os.unlink(path)  # left by a process that was killed
+            else:
+                raise QmpSocketError(f"QMP socket {path}: exists and is not a socket")
         except FileNotFoundError:
             pass
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -91,7 +96,7 @@ class QmpServer:
             sock.listen(8)
         except OSError as err:
             sock.close()
-            raise QmpSocketError(f"QMP socket {path}: {err.strerror}") from err
+            raise QmpSocketError(f"QMP socket {path}: {err.strerror or err}") from err
         return sock
 
     def start(self) -> None:

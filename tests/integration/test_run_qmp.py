@@ -174,6 +174,8 @@ def test_the_guest_waits_for_the_first_client_by_default(guest_kernel, tmp_path)
     ("tcp:127.0.0.1:4444,server=on,wait=off", "pyhv serves QMP on unix sockets only"),
     ("unix:{tmp}/q.sock,wait=off", "wait/nowait only applies to a server socket"),
     ("unix:{tmp}/q.sock", "pyhv's monitor listens for clients: add server=on"),
+    ("unix:{tmp},server=on,wait=off", "QMP socket {tmp}: exists and is not a socket"),
+    ("unix:{tmp}/" + "x" * 120 + ",server=on,wait=off", "path longer than 107 bytes"),
 ])
 def test_a_bad_qmp_option_is_one_clear_error_and_no_vm(spec, message, guest_kernel, tmp_path):
     missing = tmp_path / "no-such-dir"
@@ -183,7 +185,8 @@ def test_a_bad_qmp_option_is_one_clear_error_and_no_vm(spec, message, guest_kern
                           stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
     err = done.stderr.decode(errors="replace")
     assert done.returncode == 1 and b"hello from" not in done.stdout, err
-    assert err.startswith("pyhv: ") and message.format(missing=missing) in err and "Traceback" not in err, err
+    assert err.startswith("pyhv: ") and message.format(missing=missing, tmp=tmp_path) in err, err
+    assert "Traceback" not in err, err
     assert os.listdir(tmp_path) == [], "nothing left behind"
 
 
