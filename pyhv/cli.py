@@ -13,6 +13,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 from . import __version__
 from .block.overlay import remove_overlays
 from .chardev import CharBackend
+from .daemonize import Daemon, check_daemonizable
 from .devices.debug_exit import SHUTDOWN_REASON_PREFIX as DEBUG_EXIT_REASON
 from .devices.pvpanic import PANIC_EXIT_STATUS
 from .devices.pvpanic import PANIC_REASON as GUEST_PANIC_REASON
@@ -43,9 +44,13 @@ def run_config(config) -> Tuple[int, Optional[StopRequest]]:
     kept_chardevs: Dict[str, CharBackend] = {}  # file and socket back-ends live across resets
     kept_overlays: Dict[str, str] = {}  # and so do -snapshot's overlays, deleted at the end
     monitors = Monitors({*TERMINATING_SIGNALS, signal.SIGUSR1})
+    daemon = Daemon()
+    if config.daemonize:
+        check_daemonizable(config.serial, list(config.chardevs.values()))
+        daemon.detach()  # before any thread or file of the VM: the child runs it
     pidfile = PidFile(config.pidfile) if config.pidfile else None
     try:
-        return _run_until_stop(config, kept_chardevs, kept_overlays, monitors)
+        return _run_until_stop(config, kept_chardevs, kept_overlays, monitors, daemon.started)
     finally:
         if pidfile is not None:
             pidfile.close()
@@ -55,7 +60,10 @@ def run_config(config) -> Tuple[int, Optional[StopRequest]]:
         remove_overlays(kept_overlays.values())
 
 
-def _run_until_stop(config, kept_chardevs, kept_overlays, monitors: Monitors) -> Tuple[int, Optional[StopRequest]]:
+def _run_until_stop(config, kept_chardevs, kept_overlays, monitors: Monitors,
+                    started: Callable[[], None]) -> Tuple[int, Optional[StopRequest]]:
+    """Build and run the machine until it stops for good; ``started`` is called each time
+    a machine is about to run (-daemonize's parent returns at the first)."""
     from .machine import Machine
 
     while True:
@@ -72,6 +80,7 @@ def _run_until_stop(config, kept_chardevs, kept_overlays, monitors: Monitors) ->
             # The monitors open once the first machine is built (QEMU, too, answers only then):
             # a client that connects at once finds a machine to act on.
             monitors.attach(machine, config)
+            started()
             previous = _on_terminating_signals(
                 lambda signum: machine.lifecycle.shutdown(0, f"{SIGNAL_REASON} {signum}"))
             stop = machine.run()

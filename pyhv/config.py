@@ -61,6 +61,7 @@ class MachineConfig:
     qmp: List[QmpSocketSpec] = field(default_factory=list)  # the VM process's QMP monitors
     snapshot: bool = False  # -snapshot: every -drive writes to a temporary overlay
     pidfile: Optional[str] = None  # -pidfile: the VM process's PID, written and locked there
+    daemonize: bool = False  # -daemonize: the VM runs detached; pyhv run returns once it started
 
 
 _SIZE_SUFFIX = {"": MiB, "B": 1, "K": 1 << 10, "M": MiB, "G": 1 << 30, "T": 1 << 40}

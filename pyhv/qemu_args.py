@@ -177,6 +177,7 @@ OPTIONS: Dict[str, Tuple[bool, Handler]] = {
     "monitor": (True, _monitor),
     "snapshot": (False, _flag("snapshot", True)),
     "pidfile": (True, _set("pidfile")),
+    "daemonize": (False, _flag("daemonize", True)),
     "seed": (True, _seed),
     # pyhv's own: host-side decompression of a bzImage payload (on/off/auto)
     "kernel-decompress": (True, _decompress),

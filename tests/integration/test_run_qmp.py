@@ -200,3 +200,55 @@ def test_pidfile_names_the_running_vm_and_goes_with_it(vmm, guest_kernel, tmp_pa
     (text, _), status, stderr = _run_scenario(vmm, guest_kernel("loop"), tmp_path, check, "-pidfile", str(pidfile))
     assert text.strip().isdigit() and status == 0, stderr
     assert not pidfile.exists()  # QEMU removes it at exit too
+
+
+def _gone(pid: int, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("vmm", VMMS)
+def test_daemonize_returns_once_the_vm_runs_detached(vmm, guest_kernel, tmp_path):
+    pidfile, path, console = tmp_path / "vm.pid", tmp_path / "vm.qmp", tmp_path / "console.log"
+    accel = "kvm" if os.access("/dev/kvm", os.R_OK | os.W_OK) else "tcg"
+    program = [sys.executable, "-m", "pyhv", "run"] if vmm == "pyhv" else [QEMU_BINARY, "-nodefaults"]
+    done = subprocess.run(program + [
+        "-accel", accel, "-m", "64", "-display", "none", "-serial", f"file:{console}",
+        "-kernel", str(guest_kernel("loop")), "-qmp", f"unix:{path},server=on,wait=off",
+        "-pidfile", str(pidfile), "-daemonize"], stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+    assert done.returncode == 0 and done.stdout == b"", done.stderr
+    pid = int(pidfile.read_text())  # in place as soon as the command returned, as the socket
+    try:
+        client = _client(path)
+        deadline = time.monotonic() + 30  # QEMU's firmware runs first
+        while b"loop guest running" not in console.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with contextlib.suppress(EOFError):
+            assert client.cmd("query-status")["status"] == "running"
+            assert client.cmd_raw("quit") == {"return": {}}
+            client.close()
+        assert _gone(pid), "the detached VM did not end on quit"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, 9)
+    assert not pidfile.exists() and b"loop guest running" in console.read_bytes()
+
+
+def test_daemonize_refuses_a_console_on_stdio_and_reports_a_failed_start(guest_kernel, tmp_path):
+    base = [sys.executable, "-m", "pyhv", "run", "-accel", "tcg", "-daemonize"]
+    done = subprocess.run(base + ["-nographic", "-kernel", str(guest_kernel("loop"))],
+                          stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+    assert done.returncode == 1 and b"-daemonize: the console is on stdio" in done.stderr, done.stderr
+    # A kernel that is not one: the child says why on the command's stderr, the command fails.
+    not_a_kernel = tmp_path / "junk"
+    not_a_kernel.write_bytes(b"\0" * 4096)
+    done = subprocess.run(base + ["-serial", "none", "-kernel", str(not_a_kernel)],
+                          stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+    assert done.returncode == 1 and done.stderr.startswith(b"pyhv: ") and b"Traceback" not in done.stderr, \
+        done.stderr
