@@ -62,6 +62,27 @@ def _qmp(cfg: MachineConfig, value: str) -> None:
     cfg.qmp.append(QmpSocketSpec(path, wait))
 
 
+def _mon(cfg: MachineConfig, value: str) -> None:
+    """``-mon chardev=ID,mode=control``: QMP on the unix socket of ``-chardev socket,id=ID,...``
+    (libvirt's spelling of -qmp); the chardev is then the monitor's, not a console's."""
+    props = dict(part.partition("=")[::2] for part in value.split(","))
+    chardev_id = props.pop("chardev", "")
+    mode = props.pop("mode", "readline")
+    props.pop("id", None)  # a name for the monitor object: nothing refers to it here
+    if props.pop("pretty", "off") != "off":
+        raise ConfigError(f"-mon {value}: pyhv's QMP output is not pretty-printed (pretty=off)")
+    if props:
+        raise ConfigError(f"-mon {value}: unsupported property '{next(iter(props))}'")
+    if mode != "control":
+        raise ConfigError(f"-mon {value}: pyhv has no human monitor (mode=readline); use mode=control (QMP)")
+    spec = cfg.chardevs.pop(chardev_id, None)
+    if spec is None:
+        raise ConfigError(f"-mon {value}: no -chardev with id '{chardev_id}' before it")
+    if not spec.startswith("unix:"):
+        raise ConfigError(f"-mon {value}: pyhv serves QMP on unix sockets only (-chardev socket,path=...)")
+    _qmp(cfg, spec)
+
+
 def _monitor(cfg: MachineConfig, value: str) -> None:
     """``-monitor none`` (scripts give it to keep QEMU's human monitor off stdio) is pyhv's
     behaviour already; any other human monitor is refused, pointing at QMP."""
@@ -175,6 +196,7 @@ OPTIONS: Dict[str, Tuple[bool, Handler]] = {
     "icount": (True, _icount),
     "qmp": (True, _qmp),
     "monitor": (True, _monitor),
+    "mon": (True, _mon),
     "snapshot": (False, _flag("snapshot", True)),
     "pidfile": (True, _set("pidfile")),
     "daemonize": (False, _flag("daemonize", True)),

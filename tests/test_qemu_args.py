@@ -183,3 +183,23 @@ def test_monitor_none_is_accepted_and_a_human_monitor_refused():
     assert parse_run_args(["-kernel", "k", "-monitor", "none"]).qmp == []
     with pytest.raises(ConfigError, match="-monitor stdio: pyhv has no human monitor .*use -qmp"):
         parse_run_args(["-kernel", "k", "-monitor", "stdio"])
+
+
+def test_mon_control_on_a_socket_chardev_is_qmp_as_libvirt_spells_it():
+    config = parse_run_args(["-kernel", "k", "-chardev", "socket,id=charmonitor,path=/run/m.sock,server=on,wait=off",
+                             "-mon", "chardev=charmonitor,id=monitor,mode=control"])
+    assert [(spec.path, spec.wait) for spec in config.qmp] == [("/run/m.sock", False)]
+    assert "charmonitor" not in config.chardevs  # the monitor's, not a console's
+
+
+@pytest.mark.parametrize("options, message", [
+    (["-mon", "chardev=nope,mode=control"], "no -chardev with id 'nope' before it"),
+    (["-chardev", "socket,id=m,path=/run/m.sock,server=on,wait=off", "-mon", "chardev=m"],
+     "pyhv has no human monitor (mode=readline)"),
+    (["-chardev", "file,id=m,path=/tmp/log", "-mon", "chardev=m,mode=control"], "unix sockets only"),
+    (["-chardev", "socket,id=m,path=/run/m.sock,server=on", "-mon", "chardev=m,mode=control,bogus=1"],
+     "unsupported property 'bogus'"),
+])
+def test_bad_mon_options(options, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_run_args(["-kernel", "k"] + options)

@@ -30,12 +30,17 @@ VMMS = [
 ]
 
 
-def _vm_argv(vmm: str, kernel: Path, socket_path: Path, *extra: str, wait: bool = False) -> List[str]:
+def _vm_argv(vmm: str, kernel: Path, socket_path: Path, *extra: str, wait: bool = False,
+             libvirt_style: bool = False) -> List[str]:
     accel = "kvm" if os.access("/dev/kvm", os.R_OK | os.W_OK) else "tcg"
     program = [sys.executable, "-m", "pyhv", "run"] if vmm == "pyhv" else [QEMU_BINARY, "-nodefaults"]
+    if libvirt_style:  # the monitor as libvirt spells it
+        monitor = ["-chardev", f"socket,id=charmonitor,path={socket_path},server=on,wait=off",
+                   "-mon", "chardev=charmonitor,id=monitor,mode=control"]
+    else:
+        monitor = ["-qmp", f"unix:{socket_path},server=on" + ("" if wait else ",wait=off")]
     return program + ["-accel", accel, "-m", "64", "-nographic", "-serial", "stdio", "-name", "qmp-guest",
-                      "-device", DEBUG_EXIT_DEVICE, "-kernel", str(kernel),
-                      "-qmp", f"unix:{socket_path},server=on" + ("" if wait else ",wait=off")] + list(extra)
+                      "-device", DEBUG_EXIT_DEVICE, "-kernel", str(kernel)] + monitor + list(extra)
 
 
 def _wait_for_socket(path: Path, process: subprocess.Popen) -> None:
@@ -70,11 +75,12 @@ def _events(client, names: List[str]) -> List[Tuple[str, Dict[str, object]]]:
 
 
 def _run_scenario(vmm: str, kernel: Path, tmp_path: Path, script: Callable[[object], object],
-                  *extra: str) -> Tuple[object, int, str]:
+                  *extra: str, libvirt_style: bool = False) -> Tuple[object, int, str]:
     path = tmp_path / f"{vmm}.qmp"
     # The console goes to a file: a pipe nobody reads would fill and stop the guest.
     with open(tmp_path / f"{vmm}.console", "wb") as console:
-        process = subprocess.Popen(_vm_argv(vmm, kernel, path, *extra), stdin=subprocess.DEVNULL,
+        process = subprocess.Popen(_vm_argv(vmm, kernel, path, *extra, libvirt_style=libvirt_style),
+                                   stdin=subprocess.DEVNULL,
                                    stdout=console, stderr=subprocess.PIPE)
     try:
         _wait_for_socket(path, process)
@@ -107,9 +113,11 @@ def _pause_resume_reset_quit(client) -> List[object]:
     return seen
 
 
+@pytest.mark.parametrize("libvirt_style", [False, True], ids=["qmp", "chardev-mon"])
 @pytest.mark.parametrize("vmm", VMMS)
-def test_a_vm_paused_resumed_reset_and_quit_through_qmp(vmm, guest_kernel, tmp_path):
-    seen, status, stderr = _run_scenario(vmm, guest_kernel("loop"), tmp_path, _pause_resume_reset_quit)
+def test_a_vm_paused_resumed_reset_and_quit_through_qmp(vmm, libvirt_style, guest_kernel, tmp_path):
+    seen, status, stderr = _run_scenario(vmm, guest_kernel("loop"), tmp_path, _pause_resume_reset_quit,
+                                         libvirt_style=libvirt_style)
     assert seen == [
         "running", {"name": "qmp-guest"}, "paused", "running",
         [("STOP", None), ("RESUME", None)],
