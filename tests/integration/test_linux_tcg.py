@@ -110,3 +110,47 @@ def test_guest_run_prints_the_command_output_and_returns_its_status():
                             stdin=subprocess.DEVNULL)
     assert "guest-says-hi" in result.stdout, describe(result)
     assert result.returncode == 3, describe(result)
+
+
+def test_qmp_system_powerdown_reaches_the_guests_acpid(guest, tmp_path):
+    # pyhv run -qmp: the management path of a VM started from the command line, on Linux. The
+    # power button press goes through the kernel's button driver to busybox acpid, which
+    # powers off: QMP's SHUTDOWN says the guest did it, and pyhv exits 0.
+    import json
+    import socket
+
+    from pyhv.guestimage.init_script import POWER_BUTTON_MARKER
+
+    path = tmp_path / "qmp.sock"
+    argv = [sys.executable, "-m", "pyhv", "run", "-accel", "tcg", "-m", "256", "-nographic", "-no-reboot",
+            "-device", DEBUG_EXIT, "-kernel", str(guest.kernel), "-initrd", str(guest.initrd),
+            "-append", f'{guest.cmdline} -- "echo pyhv-ready; sleep 600"',
+            "-qmp", f"unix:{path},server=on,wait=off"]
+    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        output = []
+        for line in process.stdout:  # the guest's console, up to its command's first line
+            output.append(line)
+            if line.strip() == "pyhv-ready":
+                break
+        assert output and output[-1].strip() == "pyhv-ready", "".join(output)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(BOOT_TIMEOUT_S)
+            sock.connect(str(path))
+            messages = sock.makefile("r")
+            messages.readline()  # the greeting
+            sock.sendall(b'{"execute": "qmp_capabilities"}\n{"execute": "system_powerdown"}\n')
+            seen = []
+            while not any(m.get("event") == "SHUTDOWN" for m in seen):
+                line = messages.readline()
+                assert line, f"the monitor closed before SHUTDOWN; saw {seen}"
+                seen.append(json.loads(line))
+        rest, err = process.communicate(timeout=BOOT_TIMEOUT_S)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert [m["event"] for m in seen if "event" in m] == ["POWERDOWN", "SHUTDOWN"], seen
+    assert seen[-1]["data"] == {"guest": True, "reason": "guest-shutdown"}, seen
+    assert POWER_BUTTON_MARKER in rest and process.returncode == 0, (rest, err)
