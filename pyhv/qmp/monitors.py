@@ -1,14 +1,15 @@
-"""The QMP monitors of a `pyhv run` process (``-qmp``), and the events QEMU sends when its
-machine stops (:func:`stop_events`). A domain's runner (pyhv.virt.runner) has one monitor of its
-own and follows its domain's ``on_*`` policies instead.
+"""The QMP monitors of a VM process, and the events QEMU sends when its machine stops
+(:func:`stop_events`, which `pyhv run` follows; a domain's runner, pyhv.virt.runner, follows
+its domain's ``on_*`` policies instead).
 """
 
 from __future__ import annotations
 
 import signal
 import sys
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
+from ..config import QmpSocketSpec
 from ..devices.pvpanic import PANIC_REASON as GUEST_PANIC_REASON
 from ..lifecycle import Shutdown, StopRequest
 from .control import QMP_RESET_REASON, QUIT_REASON, MachineControl
@@ -19,37 +20,40 @@ SIGNAL_REASON = "terminating on signal"
 
 
 class Monitors:
-    """The QMP monitors of a `pyhv run` process (``-qmp``) and the control they act through."""
+    """The QMP monitors of a VM process and the control they act through: `pyhv run`'s
+    ``-qmp`` sockets (opened by :meth:`attach` at the first machine), or a domain runner's
+    socket (opened by :meth:`listen` before any machine, the runner its own control)."""
 
-    def __init__(self, main_thread_signals: Set[int]) -> None:
+    def __init__(self, main_thread_signals: Set[int], control: Optional[MachineControl] = None) -> None:
         """``main_thread_signals``: signals the monitors' threads block, so that they reach
         the VM process's main thread."""
         self.main_thread_signals = main_thread_signals
-        self.control: Optional[MachineControl] = None
+        self.control = control
         self.servers: List[QmpServer] = []
 
     def attach(self, machine, config) -> None:
         """Act on ``machine`` from now on (None: no machine runs); the first time, open the
         monitors ``config`` asks for."""
         if self.control is None and config.qmp and machine is not None:
-            self._open(config, machine)
+            self.control = MachineControl(config.name)
+            self.control.machine = machine
+            self.listen(config.qmp)
         elif self.control is not None:
             self.control.machine = machine
 
-    def _open(self, config, machine) -> None:
-        """Listen on each ``-qmp`` socket; then wait for the first client of those that ask it
-        (QEMU's ``wait=on``, its default), before the guest starts."""
-        self.control = MachineControl(config.name)
-        self.control.machine = machine
+    def listen(self, specs: Sequence[QmpSocketSpec]) -> None:
+        """Listen on each socket; then wait for the first client of those that ask it (QEMU's
+        ``wait=on``, its default), before the guest starts."""
+        assert self.control is not None
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, self.main_thread_signals)
         try:
-            for spec in config.qmp:
+            for spec in specs:
                 server = QmpServer(spec.path, self.control)
                 self.servers.append(server)
                 server.start()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-        for spec, server in zip(config.qmp, self.servers):
+        for spec, server in zip(specs, self.servers[-len(specs):]):
             if spec.wait:
                 print(f"pyhv: waiting for a QMP client on unix:{spec.path}", file=sys.stderr, flush=True)
                 server.wait_for_client()

@@ -18,12 +18,13 @@ from typing import Dict, List, Optional, Tuple
 
 from ..block.overlay import remove_overlays
 from ..chardev import CharBackend
+from ..config import QmpSocketSpec
 from ..devices.pvpanic import PANIC_REASON as GUEST_PANIC_REASON
 from ..errors import PyhvError, VmFatalError
 from ..lifecycle import Reset, Shutdown, StopRequest
 from ..panic_watch import panic_message
 from ..qmp.control import QMP_RESET_REASON, QUIT_REASON, MachineControl
-from ..qmp.server import QmpServer
+from ..qmp.monitors import Monitors
 from .domain import DomainConfig
 from .domain_ifaces import DomainInterfaces
 from .domain_xml import domain_to_xml, effective_serials
@@ -60,7 +61,7 @@ class DomainRunner(MachineControl):
         self.consoles = console_paths(store, dom)
         self.config = to_machine_config(dom, self.consoles)
         self.live_xml = domain_to_xml(dom, domain_id, self.consoles[0] if self.consoles else None)
-        self.server: Optional[QmpServer] = None
+        self.monitors = Monitors(set(BLOCKED_WHILE_BUILDING), control=self)
         self.interfaces: Optional[DomainInterfaces] = None  # TAP devices, passt: made in run()
         # The console sockets and log files, kept across reboots: a console stays attached.
         self.kept_chardevs: Dict[str, CharBackend] = {}
@@ -80,8 +81,7 @@ class DomainRunner(MachineControl):
 
     def _emit(self, event: str, data: Dict[str, object]) -> None:
         print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} event {event} {data}", file=sys.stderr, flush=True)
-        if self.server is not None:
-            self.server.emit(event, data)
+        self.monitors.emit([(event, data)])
 
     def _build(self):
         from ..machine import Machine
@@ -95,12 +95,7 @@ class DomainRunner(MachineControl):
 
     def run(self) -> int:
         self.store.runtime_path(self.dom.name, "pid").write_text(f"{os.getpid()}\n")
-        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, BLOCKED_WHILE_BUILDING)
-        try:
-            self.server = QmpServer(str(self.store.runtime_path(self.dom.name, "monitor")), self)
-            self.server.start()
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        self.monitors.listen([QmpSocketSpec(str(self.store.runtime_path(self.dom.name, "monitor")), wait=False)])
         for signum in TERMINATING_SIGNALS:
             signal.signal(signum, self._on_signal)
         final_reason = "failed"
@@ -129,8 +124,7 @@ class DomainRunner(MachineControl):
             if self.interfaces is not None:
                 self.interfaces.close()
             self._write_status("shutoff", final_reason)
-            if self.server is not None:
-                self.server.close()
+            self.monitors.close()
             cleanup_runtime(self.store, self.dom.name)
             print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} domain {self.dom.name} shut off ({final_reason})",
                   file=sys.stderr, flush=True)
