@@ -1,7 +1,8 @@
 """The VmControl of a VM process: QMP's commands acting on the machine it runs now.
 
 A VM process builds a new Machine on each reset, so the monitor acts on ``machine`` as it is
-at the moment of the command, and answers with an error while it is being rebuilt. Both VM
+at the moment of the command; a command that arrives while it is being rebuilt waits for the
+new one (up to REBUILD_WAIT_S), and one after the VM's end fails at once. Both VM
 processes use it: ``pyhv run -qmp`` (pyhv.cli) and a domain's runner (pyhv.virt.runner), which
 also records pauses in the domain's status file (:meth:`MachineControl.paused_changed`).
 """

@@ -45,15 +45,17 @@ class Monitors:
         """Listen on each socket; then wait for the first client of those that ask it (QEMU's
         ``wait=on``, its default), before the guest starts."""
         assert self.control is not None
+        opened: List[QmpServer] = []
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, self.main_thread_signals)
         try:
             for spec in specs:
                 server = QmpServer(spec.path, self.control)
-                self.servers.append(server)
+                self.servers.append(server)  # close() closes it, whatever happens next
+                opened.append(server)
                 server.start()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-        for spec, server in zip(specs, self.servers[-len(specs):]):
+        for spec, server in zip(specs, opened):
             if spec.wait:
                 print(f"pyhv: waiting for a QMP client on unix:{spec.path}", file=sys.stderr, flush=True)
                 server.wait_for_client()
